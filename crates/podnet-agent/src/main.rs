@@ -1,0 +1,3 @@
+//! podnet-agent: see README.md.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! podnet-cni: see README.md.
+
+fn main() {}

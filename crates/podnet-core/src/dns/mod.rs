@@ -1,0 +1,1 @@
+//! The dns planner (pure; no I/O).

@@ -1,0 +1,1 @@
+//! The policy planner (pure; no I/O).

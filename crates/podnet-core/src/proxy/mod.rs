@@ -1,0 +1,1 @@
+//! The proxy planner (pure; no I/O).

@@ -1,0 +1,196 @@
+//! Network namespaces that podnet (a test, the lab) creates and owns.
+//!
+//! Every namespace made here carries the creator's pid in its name, so a
+//! later run can tell a stale one (creator dead) from a live one and sweep
+//! it; the guard removes its namespace, and kills what runs inside, on drop.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Where `ip netns` keeps its named namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// Failures of namespace handling; each names the namespace at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum NetNsError {
+    /// `ip netns add/del` failed or could not run.
+    #[error("ip netns {action} {name}: {detail}")]
+    Ip {
+        action: &'static str,
+        name: String,
+        detail: String,
+    },
+    /// The namespace file could not be opened or entered.
+    #[error("network namespace {path}: {source}")]
+    Enter {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A named network namespace that is deleted (with every process in it)
+/// when the guard drops, so a failing test cannot leak it.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+    file: File,
+}
+
+impl NetNs {
+    /// Creates `<prefix>-<pid>-<n>`, unique on this machine while we live.
+    pub fn unique(prefix: &str) -> Result<Self, NetNsError> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self::create(&format!("{prefix}-{}-{n}", std::process::id()))
+    }
+
+    /// Creates the namespace `name` (failing if it exists) with `lo` up.
+    pub fn create(name: &str) -> Result<Self, NetNsError> {
+        ip_netns("add", name)?;
+        let ns = Self::open(name)?;
+        let out = ns.command("ip").args(["link", "set", "lo", "up"]).output();
+        match out {
+            Ok(o) if o.status.success() => Ok(ns),
+            Ok(o) => Err(NetNsError::Ip {
+                action: "exec",
+                name: name.into(),
+                detail: String::from_utf8_lossy(&o.stderr).into_owned(),
+            }),
+            Err(e) => Err(NetNsError::Ip {
+                action: "exec",
+                name: name.into(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Adopts an existing named namespace; it is still deleted on drop.
+    pub fn open(name: &str) -> Result<Self, NetNsError> {
+        let path = Path::new(NETNS_DIR).join(name);
+        let file = File::open(&path).map_err(|source| NetNsError::Enter { path, source })?;
+        Ok(Self {
+            name: name.into(),
+            file,
+        })
+    }
+
+    /// The namespace's name, as `ip netns` shows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bind-mounted file, as a runtime passes it in `CNI_NETNS`.
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
+    }
+
+    /// A command that runs `program` inside this namespace (via `setns`
+    /// before exec, so no extra process is spawned).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        command_in(self.file.as_fd(), program)
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace, so the
+    /// caller's own thread never changes namespace.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R, NetNsError> {
+        let fd = self.file.as_fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| NetNsError::Enter {
+                    path: self.path(),
+                    source: e.into(),
+                })?;
+                Ok(f())
+            })
+            .join()
+            .expect("namespace thread panicked")
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        kill_processes_in(&self.name);
+        let _ = ip_netns("delete", &self.name);
+    }
+}
+
+/// A command whose child enters the network namespace `ns` before exec.
+pub fn command_in(ns: BorrowedFd<'_>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let raw = ns.as_raw_fd();
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is async-signal-safe; the fd outlives the spawn because
+    // the caller borrows it for the Command's construction and spawns before
+    // the owner drops (NetNs keeps its file for its whole life).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Deletes namespaces named `<prefix>-<pid>-<n>` whose creator is gone:
+/// what a killed test run left behind.
+pub fn sweep_stale(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            kill_processes_in(&name);
+            let _ = ip_netns("delete", &name);
+        }
+    }
+}
+
+fn kill_processes_in(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn ip_netns(action: &'static str, name: &str) -> Result<(), NetNsError> {
+    let out = Command::new("ip")
+        .args(["netns", action, name])
+        .output()
+        .map_err(|e| NetNsError::Ip {
+            action,
+            name: name.into(),
+            detail: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetNsError::Ip {
+            action,
+            name: name.into(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}

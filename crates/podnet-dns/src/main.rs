@@ -1,0 +1,3 @@
+//! podnet-dns: see README.md.
+
+fn main() {}

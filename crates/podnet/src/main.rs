@@ -1,0 +1,3 @@
+//! podnet: see README.md.
+
+fn main() {}
