@@ -1,8 +1,8 @@
-//! Effects at the edge: network namespaces, synchronous rtnetlink, and the
-//! nftables/iptables appliers. Decisions are made by `podnet-core`'s
-//! planners; this crate only carries them out, atomically.
+//! Effects at the edge: the appliers that carry out `podnet-core`'s plans
+//! (proxy maps, policy sets) atomically. The kernel primitives live in
+//! `podnet-kernel` and are re-exported here.
 
-pub mod netns;
-pub mod nft;
+pub use podnet_kernel::{netlink, netns, nft};
+
 pub mod policy;
 pub mod proxy;

@@ -1,0 +1,8 @@
+//! Kernel primitives that every effectful part of podnet shares: a
+//! synchronous rtnetlink socket, network namespaces podnet owns, and nft
+//! transactions. Small and dependency-light, so the CNI plugin can use it
+//! without pulling in the planners.
+
+pub mod netlink;
+pub mod netns;
+pub mod nft;
