@@ -122,8 +122,7 @@ fn from_object(obj: &Map<String, Value>) -> Result<NetConf, CniError> {
             ),
         ));
     }
-    let name =
-        string(obj, "name", "name")?.ok_or_else(|| CniError::config("name", "missing"))?;
+    let name = string(obj, "name", "name")?.ok_or_else(|| CniError::config("name", "missing"))?;
     if name.is_empty()
         || !name
             .chars()
@@ -177,7 +176,8 @@ fn from_object(obj: &Map<String, Value>) -> Result<NetConf, CniError> {
             let s = mac
                 .as_str()
                 .ok_or_else(|| CniError::config("runtimeConfig.mac", "not a string"))?;
-            requested_mac = Some(parse_mac(s).map_err(|e| CniError::config("runtimeConfig.mac", e))?);
+            requested_mac =
+                Some(parse_mac(s).map_err(|e| CniError::config("runtimeConfig.mac", e))?);
         }
     }
     let valid_attachments = match obj.get("cni.dev/valid-attachments") {
@@ -304,9 +304,9 @@ fn parse_ipam(ipam: &Map<String, Value>) -> Result<Ipam, CniError> {
                     .get("dst")
                     .and_then(Value::as_str)
                     .ok_or_else(|| CniError::config(&format!("{field}.dst"), "missing"))?;
-                let dst: IpNet = dst
-                    .parse()
-                    .map_err(|e| CniError::config(&format!("{field}.dst"), format!("{dst:?}: {e}")))?;
+                let dst: IpNet = dst.parse().map_err(|e| {
+                    CniError::config(&format!("{field}.dst"), format!("{dst:?}: {e}"))
+                })?;
                 let gw = match r.get("gw").and_then(Value::as_str) {
                     Some(g) => Some(g.parse::<IpAddr>().map_err(|e| {
                         CniError::config(&format!("{field}.gw"), format!("{g:?}: {e}"))
@@ -496,7 +496,11 @@ mod tests {
                 7,
                 "overlaps",
             ),
-            (r#"{"cniVersion":"1.0.0","name":"n","ipam":{}}"#, 7, "ipam.ranges"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{}}"#,
+                7,
+                "ipam.ranges",
+            ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","bridge":"a-very-long-bridge-name","ipam":{"subnet":"10.0.0.0/24"}}"#,
                 7,

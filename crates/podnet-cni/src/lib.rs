@@ -9,4 +9,5 @@ pub mod error;
 pub mod ipam;
 pub mod naming;
 pub mod result;
+pub mod runtime;
 pub mod version;

@@ -87,7 +87,11 @@ impl CniResult {
             .map(|ip| {
                 let mut o = json!({"address": ip.address.to_string()});
                 if version::ips_carry_version(v) {
-                    o["version"] = json!(if ip.address.addr().is_ipv4() { "4" } else { "6" });
+                    o["version"] = json!(if ip.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    });
                 }
                 if let Some(gw) = ip.gateway {
                     o["gateway"] = json!(gw.to_string());

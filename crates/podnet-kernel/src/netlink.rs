@@ -266,7 +266,9 @@ impl Netlink {
         msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         msg.attributes
-            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
         self.request(
             || format!("create bridge {name}"),
             RouteNetlinkMessage::NewLink(msg),
@@ -275,12 +277,12 @@ impl Netlink {
         .map(drop)
     }
 
-    /// Creates a veth pair whose peer appears, up, in another namespace,
+    /// Creates a veth pair whose peer appears (down) in another namespace,
     /// and whose host end is enslaved and up, in one request.
     pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<u32> {
+        // The peer cannot be created up: veth_open fails with ENOTCONN
+        // until both ends exist. The caller brings it up in its namespace.
         let mut peer = LinkMessage::default();
-        peer.header.flags = LinkFlags::Up;
-        peer.header.change_mask = LinkFlags::Up;
         peer.attributes
             .push(LinkAttribute::IfName(spec.peer_name.into()));
         peer.attributes
@@ -380,11 +382,7 @@ impl Netlink {
         msg.attributes.push(AddressAttribute::Address(ip));
         if let IpAddr::V4(v4) = ip {
             let bits = u32::from(v4);
-            let host = if prefix >= 31 {
-                0
-            } else {
-                u32::MAX >> prefix
-            };
+            let host = if prefix >= 31 { 0 } else { u32::MAX >> prefix };
             msg.attributes
                 .push(AddressAttribute::Broadcast((bits | host).into()));
         } else if nodad {
@@ -496,8 +494,7 @@ impl Netlink {
             let RouteNetlinkMessage::NewRoute(r) = m else {
                 continue;
             };
-            if r.header.table != RouteHeader::RT_TABLE_MAIN || r.header.kind != RouteType::Unicast
-            {
+            if r.header.table != RouteHeader::RT_TABLE_MAIN || r.header.kind != RouteType::Unicast {
                 continue;
             }
             let mut route = Route {

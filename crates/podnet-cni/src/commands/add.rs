@@ -54,10 +54,13 @@ fn allocate(env: &CniEnv, conf: &NetConf, raw: &[u8]) -> Result<Allocated, CniEr
                 );
             }
             let mut store = LockedStore::open(data_dir, &conf.name)?;
-            let got =
-                store
-                    .state
-                    .allocate(ranges, &env.container_id, &env.ifname, &env.pod, &requested)?;
+            let got = store.state.allocate(
+                ranges,
+                &env.container_id,
+                &env.ifname,
+                &env.pod,
+                &requested,
+            )?;
             store.commit()?;
             drop(store);
             let ips: Vec<IpConfig> = got
@@ -111,7 +114,10 @@ fn route_results(conf_routes: &[RouteConf], ips: &[IpConfig]) -> Vec<RouteResult
             } else {
                 "::/0".parse().ok()?
             };
-            Some(RouteResult { dst, gw: ip.gateway })
+            Some(RouteResult {
+                dst,
+                gw: ip.gateway,
+            })
         })
         .collect()
 }
@@ -165,8 +171,14 @@ fn attach(
     let pod_link = pod.link_by_name(&env.ifname)?.ok_or_else(|| {
         CniError::dataplane(format!("{} vanished from {}", env.ifname, env.netns))
     })?;
+    pod.set_up(pod_link.index, true)?;
     for ip in ips {
-        pod.add_address(pod_link.index, ip.address.addr(), ip.address.prefix_len(), true)?;
+        pod.add_address(
+            pod_link.index,
+            ip.address.addr(),
+            ip.address.prefix_len(),
+            true,
+        )?;
     }
     for r in routes {
         let gw = r.gw.or_else(|| {
@@ -180,17 +192,6 @@ fn attach(
         masq::add(conf, ips)?;
     }
 
-    let routes_out = routes
-        .iter()
-        .map(|r| RouteResult {
-            dst: r.dst,
-            gw: r.gw.or_else(|| {
-                ips.iter()
-                    .find(|ip| ip.address.addr().is_ipv4() == r.dst.addr().is_ipv4())
-                    .and_then(|ip| ip.gateway)
-            }),
-        })
-        .collect();
     Ok(CniResult {
         interfaces: vec![
             Interface {
@@ -213,7 +214,9 @@ fn attach(
             },
         ],
         ips: ips.to_vec(),
-        routes: routes_out,
+        // Routes are reported as configured (a route without `gw` uses the
+        // gateway, as with the reference plugins).
+        routes: routes.to_vec(),
         dns: None,
     })
 }
@@ -241,7 +244,11 @@ fn ensure_bridge(
     if link.kind.as_deref().is_some_and(|k| k != "bridge") {
         return Err(CniError::config(
             "bridge",
-            format!("{} exists and is a {}, not a bridge", conf.bridge, link.kind.unwrap()),
+            format!(
+                "{} exists and is a {}, not a bridge",
+                conf.bridge,
+                link.kind.unwrap()
+            ),
         ));
     }
     if !link.up {
@@ -254,7 +261,9 @@ fn ensure_bridge(
             }
         }
         let v4 = ips.iter().any(|i| i.address.addr().is_ipv4());
-        let v6 = ips.iter().any(|i| matches!(i.address.addr(), IpAddr::V6(_)));
+        let v6 = ips
+            .iter()
+            .any(|i| matches!(i.address.addr(), IpAddr::V6(_)));
         enable_forwarding(v4, v6)?;
     }
     Ok(link)

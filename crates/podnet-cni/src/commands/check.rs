@@ -41,11 +41,17 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     {
         let have = mac_string(&link.mac);
         if !want.mac.is_empty() && !want.mac.eq_ignore_ascii_case(&have) {
-            diffs.push(format!("{} has MAC {have}, prevResult says {}", env.ifname, want.mac));
+            diffs.push(format!(
+                "{} has MAC {have}, prevResult says {}",
+                env.ifname, want.mac
+            ));
         }
     }
     if link.mtu != conf.mtu {
-        diffs.push(format!("{} has MTU {}, configuration says {}", env.ifname, link.mtu, conf.mtu));
+        diffs.push(format!(
+            "{} has MTU {}, configuration says {}",
+            env.ifname, link.mtu, conf.mtu
+        ));
     }
     if !link.up {
         diffs.push(format!("{} is down", env.ifname));
@@ -59,7 +65,10 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
                 && a.prefix == ip.address.prefix_len()
         });
         if !present {
-            diffs.push(format!("address {} is missing from {}", ip.address, env.ifname));
+            diffs.push(format!(
+                "address {} is missing from {}",
+                ip.address, env.ifname
+            ));
         }
     }
     let mut have_routes = pod.routes(false)?;
@@ -79,12 +88,16 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
 
     let mut host = Netlink::open()?;
     let host_name = naming::host_veth(&env.container_id, &env.ifname);
-    match (host.link_by_name(&host_name)?, host.link_by_name(&conf.bridge)?) {
+    match (
+        host.link_by_name(&host_name)?,
+        host.link_by_name(&conf.bridge)?,
+    ) {
         (None, _) => diffs.push(format!("host veth {host_name} is missing")),
         (_, None) => diffs.push(format!("bridge {} is missing", conf.bridge)),
-        (Some(h), Some(b)) if h.master != Some(b.index) => {
-            diffs.push(format!("host veth {host_name} is not on bridge {}", conf.bridge))
-        }
+        (Some(h), Some(b)) if h.master != Some(b.index) => diffs.push(format!(
+            "host veth {host_name} is not on bridge {}",
+            conf.bridge
+        )),
         (Some(h), _) if !h.up => diffs.push(format!("host veth {host_name} is down")),
         _ => {}
     }

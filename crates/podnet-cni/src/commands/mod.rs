@@ -7,7 +7,6 @@ mod gc;
 mod masq;
 mod status;
 
-
 use serde_json::Value;
 
 use crate::config::{self, Ipam, NetConf};
@@ -90,4 +89,3 @@ fn enable_forwarding(v4: bool, v6: bool) -> Result<(), CniError> {
     }
     Ok(())
 }
-

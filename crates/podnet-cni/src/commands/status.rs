@@ -13,7 +13,10 @@ pub fn status(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             ranges, data_dir, ..
         } => {
             let store = LockedStore::open(data_dir, &conf.name).map_err(|e| {
-                CniError::new(code::NOT_AVAILABLE, format!("IPAM store unusable: {}", e.msg))
+                CniError::new(
+                    code::NOT_AVAILABLE,
+                    format!("IPAM store unusable: {}", e.msg),
+                )
             })?;
             store.check_writable()?;
             if let Some(i) = store.state.first_exhausted(ranges) {

@@ -19,7 +19,10 @@ pub fn find(env: &CniEnv, plugin: &str) -> Result<PathBuf, CniError> {
         .ok_or_else(|| {
             CniError::env(
                 "CNI_PATH",
-                format!("IPAM plugin {plugin:?} not found in {:?}", env.path.join(":")),
+                format!(
+                    "IPAM plugin {plugin:?} not found in {:?}",
+                    env.path.join(":")
+                ),
             )
         })
 }

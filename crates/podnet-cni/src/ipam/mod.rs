@@ -62,7 +62,8 @@ fn from_u128(n: u128, v4: bool) -> IpAddr {
 
 /// The range of `set` that holds `ip`, if any.
 fn range_of(set: &[Range], ip: IpAddr) -> Option<&Range> {
-    set.iter().find(|r| r.start <= ip && ip <= r.end && r.subnet.contains(&ip))
+    set.iter()
+        .find(|r| r.start <= ip && ip <= r.end && r.subnet.contains(&ip))
 }
 
 /// Walks a range set in host-local's order: after `last`, through the
@@ -94,8 +95,8 @@ fn candidates<'a>(
             (k, None) if k == n => (1, 0), // nothing: already visited whole
             _ => (lo, hi),
         };
-        let range = if from <= to { from..=to } else { 1..=0 };
-        range.map(move |i| (from_u128(i, v4), r))
+        // An empty span (from > to) yields nothing.
+        (from..=to).map(move |i| (from_u128(i, v4), r))
     })
 }
 
@@ -250,7 +251,10 @@ mod tests {
         let got: Vec<String> = (0..5)
             .map(|i| alloc(&mut s, &sets, &format!("c{i}")).unwrap().to_string())
             .collect();
-        assert_eq!(got, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
+        assert_eq!(
+            got,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
         let e = alloc(&mut s, &sets, "c5").unwrap_err();
         assert_eq!(e.code, code::RANGE_EXHAUSTED);
         assert_eq!(s.first_exhausted(&sets), Some(0));
@@ -265,7 +269,11 @@ mod tests {
 
     #[test]
     fn retried_add_gets_the_same_address() {
-        let sets = vec![vec![range("10.0.0.0/24", Some("10.0.0.10"), Some("10.0.0.20"))]];
+        let sets = vec![vec![range(
+            "10.0.0.0/24",
+            Some("10.0.0.10"),
+            Some("10.0.0.20"),
+        )]];
         let mut s = State::default();
         let a = alloc(&mut s, &sets, "c").unwrap();
         assert_eq!(a.to_string(), "10.0.0.10");
@@ -281,16 +289,34 @@ mod tests {
         ];
         let mut s = State::default();
         let got = s
-            .allocate(&sets, "a", "eth0", &PodRef::default(), &["10.0.0.77".parse().unwrap()])
+            .allocate(
+                &sets,
+                "a",
+                "eth0",
+                &PodRef::default(),
+                &["10.0.0.77".parse().unwrap()],
+            )
             .unwrap();
         assert_eq!(got[0].0.to_string(), "10.0.0.77");
         assert_eq!(got[1].0.to_string(), "fd00::2");
         let e = s
-            .allocate(&sets, "b", "eth0", &PodRef::default(), &["10.0.0.77".parse().unwrap()])
+            .allocate(
+                &sets,
+                "b",
+                "eth0",
+                &PodRef::default(),
+                &["10.0.0.77".parse().unwrap()],
+            )
             .unwrap_err();
         assert_eq!(e.code, code::ADDRESS_UNAVAILABLE);
         let e = s
-            .allocate(&sets, "b", "eth0", &PodRef::default(), &["10.9.0.1".parse().unwrap()])
+            .allocate(
+                &sets,
+                "b",
+                "eth0",
+                &PodRef::default(),
+                &["10.9.0.1".parse().unwrap()],
+            )
             .unwrap_err();
         assert_eq!(e.code, code::ADDRESS_UNAVAILABLE);
         alloc(&mut s, &sets, "c").unwrap();
