@@ -172,13 +172,18 @@ impl Drop for Node {
     }
 }
 
-/// The directory holding the podnet-cni binary (for CNI_PATH).
+/// A directory holding the plugin under its type name, `podnet`, as a
+/// runtime's CNI bin directory would (the binary builds as `podnet-cni`).
 pub fn plugin_dir() -> String {
-    PathBuf::from(PLUGIN)
-        .parent()
-        .unwrap()
-        .display()
-        .to_string()
+    let dir = std::env::temp_dir().join(format!("pncni-bin-{}", std::process::id()));
+    let link = dir.join("podnet");
+    if !link.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(format!("podnet.{}", N.fetch_add(1, Ordering::Relaxed)));
+        std::os::unix::fs::symlink(PLUGIN, &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+    }
+    dir.display().to_string()
 }
 
 pub fn pod() -> NetNs {
