@@ -1,0 +1,438 @@
+//! The planner: from the cluster's objects and one node's facts to the
+//! desired policy state of that node, as sets keyed by address.
+//!
+//! Shape (Cilium's idea in nftables terms): every address in the IPv4 space
+//! gets a *peer class*, the set of policy peers it matches (plus, for egress
+//! named ports, what those names mean on it). Classes are few (addresses that
+//! match the same peers share one), so the verdict of a new connection is one
+//! lookup `address -> class` and one lookup `local pod . class . proto .
+//! port` in a hashed set, whatever the number of policies.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use super::PolicyError;
+use super::model::{Direction, Peer, PodFacts, PodKey, PolicyWorld, PortMatch, Proto, Rule};
+
+/// What the planner must know about the node it plans for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// `spec.nodeName` of the pods that run here.
+    pub node_name: String,
+    /// The node's pod CIDRs: an address in them that the planner does not
+    /// know as a local pod is refused (a pod not yet seen is isolated).
+    pub pod_cidrs: Vec<Ipv4Net>,
+}
+
+/// Why a local pod is isolated in one direction: the policies selecting it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Isolation {
+    /// The pod.
+    pub pod: PodKey,
+    /// `namespace/name` of every policy that selects it for the direction.
+    pub policies: Vec<String>,
+}
+
+/// A range of addresses sharing one peer class (`0`: matches no peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerRange {
+    /// First address.
+    pub first: Ipv4Addr,
+    /// Last address (inclusive).
+    pub last: Ipv4Addr,
+    /// The class id (an nft `mark`).
+    pub class: u32,
+}
+
+/// Element of `<dir>_peer_port`: the local pod admits (ingress) or may send
+/// to (egress) a class on a protocol and port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerPort {
+    /// Direction.
+    pub dir: Direction,
+    /// The local pod's address.
+    pub pod: Ipv4Addr,
+    /// The remote peer class.
+    pub class: u32,
+    /// Protocol.
+    pub proto: Proto,
+    /// First port.
+    pub lo: u16,
+    /// Last port.
+    pub hi: u16,
+}
+
+/// The desired policy state of one node: what the nft table's sets hold.
+/// Two equal states mean two equal rulesets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyState {
+    /// The node's pod CIDRs.
+    pub local_cidrs: BTreeSet<Ipv4Net>,
+    /// Addresses of local pods the planner knows.
+    pub known: BTreeSet<Ipv4Addr>,
+    /// Local pods isolated per direction, with who isolates them.
+    pub isolated: BTreeMap<(Direction, Ipv4Addr), Isolation>,
+    /// The whole IPv4 space, split into peer classes (sorted, no gaps).
+    pub peer_map: Vec<PeerRange>,
+    /// Class admitted on any port and protocol.
+    pub peer_any_port: BTreeSet<(Direction, Ipv4Addr, u32)>,
+    /// Class admitted on some ports.
+    pub peer_ports: BTreeSet<PeerPort>,
+    /// Any peer admitted on some ports.
+    pub any_peer_ports: BTreeSet<(Direction, Ipv4Addr, Proto, u16, u16)>,
+}
+
+/// Plans the node's policy state from the API objects.
+pub fn plan(
+    node: &NodeFacts,
+    pods: &[Pod],
+    namespaces: &[Namespace],
+    policies: &[NetworkPolicy],
+) -> Result<PolicyState, PolicyError> {
+    let world = PolicyWorld::new(pods, namespaces, policies)?;
+    Ok(plan_world(node, &world))
+}
+
+struct Subject<'w> {
+    dir: Direction,
+    pod: &'w PodFacts,
+    ip: Ipv4Addr,
+    rules: Vec<&'w Rule>,
+}
+
+/// Plans from an already compiled world (the agent keeps one between events).
+pub fn plan_world(node: &NodeFacts, world: &PolicyWorld) -> PolicyState {
+    let mut state = PolicyState {
+        local_cidrs: node.pod_cidrs.iter().map(|c| c.trunc()).collect(),
+        ..Default::default()
+    };
+    // Which local pods are isolated, and by which rules.
+    let mut subjects = Vec::new();
+    for pod in &world.pods {
+        let Some(ip) = pod.ip else { continue };
+        if pod.host_network || pod.node.as_deref() != Some(node.node_name.as_str()) {
+            continue;
+        }
+        state.known.insert(ip);
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let mut policies = Vec::new();
+            let mut rules = Vec::new();
+            for pol in &world.policies {
+                if let Some(r) = pol.rules(dir).filter(|_| pol.selects(pod)) {
+                    policies.push(pol.id());
+                    rules.extend(r.iter());
+                }
+            }
+            if policies.is_empty() || rules.iter().any(|r| r.peers.is_none() && r.ports.is_none()) {
+                continue; // not selected, or a rule admits everything
+            }
+            state.isolated.insert(
+                (dir, ip),
+                Isolation {
+                    pod: pod.key.clone(),
+                    policies,
+                },
+            );
+            subjects.push(Subject {
+                dir,
+                pod,
+                ip,
+                rules,
+            });
+        }
+    }
+
+    // The peers that matter here, and the egress port names to resolve.
+    let mut peers: Vec<&Peer> = Vec::new();
+    let mut peer_index: HashMap<&Peer, usize> = HashMap::new();
+    let mut names: BTreeSet<(String, Proto)> = BTreeSet::new();
+    for s in &subjects {
+        for r in &s.rules {
+            for p in r.peers.iter().flatten() {
+                peer_index.entry(p).or_insert_with(|| {
+                    peers.push(p);
+                    peers.len() - 1
+                });
+            }
+            if s.dir == Direction::Egress {
+                for spec in r.ports.iter().flatten() {
+                    if let PortMatch::Named(n) = &spec.port {
+                        names.insert((n.clone(), spec.proto));
+                    }
+                }
+            }
+        }
+    }
+    let names: Vec<(String, Proto)> = names.into_iter().collect();
+    let classes = classify(world, &peers, &names);
+    state.peer_map = classes.ranges;
+
+    // Elements.
+    type ClassPorts = BTreeMap<(Direction, Ipv4Addr, u32, Proto), Vec<(u16, u16)>>;
+    let mut peer_ports: ClassPorts = BTreeMap::new();
+    let mut any_ports: BTreeMap<(Direction, Ipv4Addr, Proto), Vec<(u16, u16)>> = BTreeMap::new();
+    for s in &subjects {
+        for r in &s.rules {
+            match &r.peers {
+                None => {
+                    for spec in r.ports.iter().flatten() {
+                        match (&spec.port, s.dir) {
+                            (PortMatch::Named(n), Direction::Egress) => {
+                                // Resolved on each destination: per class.
+                                let ni = names
+                                    .iter()
+                                    .position(|(m, p)| m == n && *p == spec.proto)
+                                    .expect("collected");
+                                for c in &classes.classes {
+                                    if let Some(port) = c.resolved[ni] {
+                                        peer_ports
+                                            .entry((s.dir, s.ip, c.id, spec.proto))
+                                            .or_default()
+                                            .push((port, port));
+                                    }
+                                }
+                            }
+                            _ => {
+                                if let Some(range) = local_range(&spec.port, spec.proto, s.pod) {
+                                    any_ports
+                                        .entry((s.dir, s.ip, spec.proto))
+                                        .or_default()
+                                        .push(range);
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(list) => {
+                    for peer in list {
+                        let pi = peer_index[peer];
+                        for &ci in &classes.by_peer[pi] {
+                            let c = &classes.classes[ci];
+                            let Some(ports) = &r.ports else {
+                                state.peer_any_port.insert((s.dir, s.ip, c.id));
+                                continue;
+                            };
+                            for spec in ports {
+                                let range = match (&spec.port, s.dir) {
+                                    (PortMatch::Named(n), Direction::Egress) => {
+                                        let ni = names
+                                            .iter()
+                                            .position(|(m, p)| m == n && *p == spec.proto)
+                                            .expect("collected");
+                                        c.resolved[ni].map(|p| (p, p))
+                                    }
+                                    _ => local_range(&spec.port, spec.proto, s.pod),
+                                };
+                                if let Some(range) = range {
+                                    peer_ports
+                                        .entry((s.dir, s.ip, c.id, spec.proto))
+                                        .or_default()
+                                        .push(range);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for ((dir, pod, class, proto), ranges) in peer_ports {
+        if state.peer_any_port.contains(&(dir, pod, class)) {
+            continue;
+        }
+        for (lo, hi) in merge_ranges(ranges) {
+            state.peer_ports.insert(PeerPort {
+                dir,
+                pod,
+                class,
+                proto,
+                lo,
+                hi,
+            });
+        }
+    }
+    for ((dir, pod, proto), ranges) in any_ports {
+        for (lo, hi) in merge_ranges(ranges) {
+            state.any_peer_ports.insert((dir, pod, proto, lo, hi));
+        }
+    }
+    state
+}
+
+/// A port spec on the local pod's side: numbers as given, names resolved on
+/// the local pod (the destination, for ingress).
+fn local_range(port: &PortMatch, proto: Proto, pod: &PodFacts) -> Option<(u16, u16)> {
+    match port {
+        PortMatch::Any => Some((0, u16::MAX)),
+        PortMatch::Range(lo, hi) => Some((*lo, *hi)),
+        PortMatch::Named(n) => pod.resolve(n, proto).map(|p| (p, p)),
+    }
+}
+
+/// Sorted, disjoint, non-adjacent union of inclusive ranges.
+fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for (lo, hi) in ranges {
+        match out.last_mut() {
+            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+struct Class {
+    id: u32,
+    resolved: Vec<Option<u16>>,
+}
+
+struct Classes {
+    classes: Vec<Class>,
+    /// For each peer, the classes (indices) that contain it.
+    by_peer: Vec<Vec<usize>>,
+    ranges: Vec<PeerRange>,
+}
+
+/// Splits the IPv4 space into peer classes.
+fn classify(world: &PolicyWorld, peers: &[&Peer], names: &[(String, Proto)]) -> Classes {
+    // Boundaries: every pod address and every block edge.
+    let mut pods_by_addr: BTreeMap<u32, &PodFacts> = BTreeMap::new();
+    for p in &world.pods {
+        if let (Some(ip), false) = (p.ip, p.host_network) {
+            pods_by_addr.entry(u32::from(ip)).or_insert(p);
+        }
+    }
+    let mut bounds: BTreeSet<u32> = BTreeSet::from([0]);
+    let mut edge = |net: &Ipv4Net| {
+        bounds.insert(u32::from(net.network()));
+        if let Some(next) = u32::from(net.broadcast()).checked_add(1) {
+            bounds.insert(next);
+        }
+    };
+    let mut block_peers = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        if let Peer::Block { cidr, except } = p {
+            edge(cidr);
+            except.iter().for_each(&mut edge);
+            block_peers.push(i);
+        }
+    }
+    for &a in pods_by_addr.keys() {
+        bounds.insert(a);
+        if let Some(n) = a.checked_add(1) {
+            bounds.insert(n);
+        }
+    }
+    let bounds: Vec<u32> = bounds.into_iter().collect();
+
+    // Each elementary interval gets a key: its peers and resolved names.
+    type Key = (Vec<usize>, Vec<Option<u16>>);
+    let mut keys: HashMap<Key, usize> = HashMap::new();
+    let mut key_list: Vec<Key> = Vec::new();
+    let mut intervals: Vec<(u32, u32, usize)> = Vec::new();
+    for (i, &start) in bounds.iter().enumerate() {
+        let end = bounds.get(i + 1).map(|n| n - 1).unwrap_or(u32::MAX);
+        let addr = Ipv4Addr::from(start);
+        let pod = if start == end {
+            pods_by_addr.get(&start).copied()
+        } else {
+            None
+        };
+        let members: Vec<usize> = match pod {
+            Some(_) => (0..peers.len())
+                .filter(|&pi| world.peer_matches(peers[pi], addr, pod))
+                .collect(),
+            None => block_peers
+                .iter()
+                .copied()
+                .filter(|&pi| world.peer_matches(peers[pi], addr, None))
+                .collect(),
+        };
+        let resolved: Vec<Option<u16>> = names
+            .iter()
+            .map(|(n, proto)| pod.and_then(|p| p.resolve(n, *proto)))
+            .collect();
+        let key = (members, resolved);
+        let idx = match keys.get(&key) {
+            Some(&i) => i,
+            None => {
+                key_list.push(key.clone());
+                keys.insert(key, key_list.len() - 1);
+                key_list.len() - 1
+            }
+        };
+        intervals.push((start, end, idx));
+    }
+
+    // Stable ids from content, so that a full plan and an incremental one
+    // name the same class the same way: a hash of the peers' text.
+    let peer_text: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+    let mut order: Vec<(String, usize)> = key_list
+        .iter()
+        .enumerate()
+        .map(|(i, (members, resolved))| {
+            let mut parts: Vec<&str> = members.iter().map(|&m| peer_text[m].as_str()).collect();
+            parts.sort_unstable();
+            (format!("{}|{resolved:?}", parts.join(";")), i)
+        })
+        .collect();
+    order.sort();
+    let mut ids = vec![0u32; key_list.len()];
+    let mut used: BTreeSet<u32> = BTreeSet::from([0]);
+    for (text, i) in &order {
+        let (members, resolved) = &key_list[*i];
+        if members.is_empty() && resolved.iter().all(Option::is_none) {
+            ids[*i] = 0;
+            continue;
+        }
+        let mut id = (fnv1a(text.as_bytes()) & 0x7fff_ffff) as u32;
+        while used.contains(&id) {
+            id = (id + 1) & 0x7fff_ffff;
+        }
+        used.insert(id);
+        ids[*i] = id;
+    }
+
+    let mut by_peer = vec![Vec::new(); peers.len()];
+    let mut classes = Vec::new();
+    for (i, (members, resolved)) in key_list.iter().enumerate() {
+        for &m in members {
+            by_peer[m].push(i);
+        }
+        classes.push(Class {
+            id: ids[i],
+            resolved: resolved.clone(),
+        });
+    }
+    let mut ranges: Vec<PeerRange> = Vec::new();
+    for (start, end, idx) in intervals {
+        let class = ids[idx];
+        match ranges.last_mut() {
+            Some(last) if last.class == class => last.last = Ipv4Addr::from(end),
+            _ => ranges.push(PeerRange {
+                first: Ipv4Addr::from(start),
+                last: Ipv4Addr::from(end),
+                class,
+            }),
+        }
+    }
+    Classes {
+        classes,
+        by_peer,
+        ranges,
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

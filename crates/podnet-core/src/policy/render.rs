@@ -1,0 +1,294 @@
+//! The policy state as nft text: the whole table for a first sync, and the
+//! element adds and deletes that turn one state into another. The rules are
+//! constant; only set elements ever change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use super::model::Direction;
+use super::plan::PolicyState;
+
+/// The nft family and name of podnet's policy table.
+pub const TABLE: &str = "inet podnet-policy";
+
+/// The table's fixed chains. `ct mark` carries the remote peer class between
+/// the two lookups of a new connection (the first packet only; established
+/// traffic is accepted first and never reaches it).
+const CHAINS: &str = r#"	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ct state established,related accept
+		ip daddr @local_cidrs ip daddr != @known counter name "unknown_in" reject with icmpx admin-prohibited
+		ip saddr @local_cidrs ip saddr != @known counter name "unknown_eg" reject with icmpx admin-prohibited
+		ip saddr @eg_isolated jump egress
+		ip daddr @in_isolated jump ingress
+	}
+
+	chain egress {
+		ct mark set ip daddr map @peer
+		ip saddr . ct mark @eg_peer return
+		ip saddr . ct mark . meta l4proto . th dport @eg_peer_port return
+		ip saddr . meta l4proto . th dport @eg_port return
+		update @eg_drops { ip saddr } reject with icmpx admin-prohibited
+	}
+
+	chain ingress {
+		ct mark set ip saddr map @peer
+		ip daddr . ct mark @in_peer accept
+		ip daddr . ct mark . meta l4proto . th dport @in_peer_port accept
+		ip daddr . meta l4proto . th dport @in_port accept
+		update @in_drops { ip daddr } reject with icmpx admin-prohibited
+	}
+"#;
+
+/// Each named set or map of the table and its declaration (type and flags).
+const SETS: &[(&str, &str)] = &[
+    ("local_cidrs", "type ipv4_addr; flags interval;"),
+    ("known", "type ipv4_addr;"),
+    ("in_isolated", "type ipv4_addr;"),
+    ("eg_isolated", "type ipv4_addr;"),
+    ("peer", "type ipv4_addr : mark; flags interval;"),
+    ("in_peer", "type ipv4_addr . mark;"),
+    ("eg_peer", "type ipv4_addr . mark;"),
+    (
+        "in_peer_port",
+        "type ipv4_addr . mark . inet_proto . inet_service; flags interval;",
+    ),
+    (
+        "eg_peer_port",
+        "type ipv4_addr . mark . inet_proto . inet_service; flags interval;",
+    ),
+    (
+        "in_port",
+        "type ipv4_addr . inet_proto . inet_service; flags interval;",
+    ),
+    (
+        "eg_port",
+        "type ipv4_addr . inet_proto . inet_service; flags interval;",
+    ),
+];
+
+/// Per-pod drop counters, filled by the kernel as it drops (never by us).
+const DROP_SETS: &[&str] = &["in_drops", "eg_drops"];
+
+fn ports(lo: u16, hi: u16) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
+fn mark(class: u32) -> String {
+    format!("0x{class:08x}")
+}
+
+/// The elements of every set and map, as nft text, by set name.
+pub fn elements(state: &PolicyState) -> BTreeMap<&'static str, BTreeSet<String>> {
+    let mut m: BTreeMap<&'static str, BTreeSet<String>> =
+        SETS.iter().map(|(n, _)| (*n, BTreeSet::new())).collect();
+    let mut put = |set: &'static str, e: String| {
+        m.get_mut(set).expect("declared set").insert(e);
+    };
+    for c in &state.local_cidrs {
+        put("local_cidrs", c.to_string());
+    }
+    for a in &state.known {
+        put("known", a.to_string());
+    }
+    for (dir, a) in state.isolated.keys() {
+        put(
+            match dir {
+                Direction::Ingress => "in_isolated",
+                Direction::Egress => "eg_isolated",
+            },
+            a.to_string(),
+        );
+    }
+    for r in &state.peer_map {
+        let range = if r.first == r.last {
+            r.first.to_string()
+        } else {
+            format!("{}-{}", r.first, r.last)
+        };
+        put("peer", format!("{range} : {}", mark(r.class)));
+    }
+    for (dir, a, class) in &state.peer_any_port {
+        let set = match dir {
+            Direction::Ingress => "in_peer",
+            Direction::Egress => "eg_peer",
+        };
+        put(set, format!("{a} . {}", mark(*class)));
+    }
+    for p in &state.peer_ports {
+        let set = match p.dir {
+            Direction::Ingress => "in_peer_port",
+            Direction::Egress => "eg_peer_port",
+        };
+        put(
+            set,
+            format!(
+                "{} . {} . {} . {}",
+                p.pod,
+                mark(p.class),
+                p.proto.nft(),
+                ports(p.lo, p.hi)
+            ),
+        );
+    }
+    for (dir, a, proto, lo, hi) in &state.any_peer_ports {
+        let set = match dir {
+            Direction::Ingress => "in_port",
+            Direction::Egress => "eg_port",
+        };
+        put(set, format!("{a} . {} . {}", proto.nft(), ports(*lo, *hi)));
+    }
+    m
+}
+
+/// The script that replaces the whole table atomically (first sync, and
+/// any resync): the old table stays in force until the new one is in.
+pub fn render_full(state: &PolicyState) -> String {
+    let els = elements(state);
+    let mut s = format!("table {TABLE} {{}}\ndelete table {TABLE}\ntable {TABLE} {{\n");
+    s.push_str("\tcounter unknown_in {}\n\tcounter unknown_eg {}\n\n");
+    for (name, decl) in SETS {
+        let _ = write!(
+            s,
+            "\t{} {name} {{ {decl}",
+            if decl.contains(':') { "map" } else { "set" }
+        );
+        let e = &els[name];
+        if !e.is_empty() {
+            s.push_str(" elements = { ");
+            s.push_str(&e.iter().cloned().collect::<Vec<_>>().join(", "));
+            s.push_str(" }");
+        }
+        s.push_str(" }\n");
+    }
+    for name in DROP_SETS {
+        let _ = writeln!(
+            s,
+            "\tset {name} {{ type ipv4_addr; size 65535; flags dynamic; counter; }}"
+        );
+    }
+    s.push('\n');
+    s.push_str(CHAINS);
+    s.push_str("}\n");
+    s
+}
+
+/// The element changes from one state to another, per set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateDiff {
+    /// Elements to delete, by set.
+    pub deletes: BTreeMap<&'static str, Vec<String>>,
+    /// Elements to add, by set.
+    pub adds: BTreeMap<&'static str, Vec<String>>,
+}
+
+impl StateDiff {
+    /// Nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.deletes.values().all(Vec::is_empty) && self.adds.values().all(Vec::is_empty)
+    }
+
+    /// Number of element changes.
+    pub fn len(&self) -> usize {
+        self.deletes.values().map(Vec::len).sum::<usize>()
+            + self.adds.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// One script (one transaction): deletes first, so that a split or
+    /// re-labelled interval never overlaps its old self; isolation adds come
+    /// before allow removals would matter because the whole script is atomic.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for (set, els) in &self.deletes {
+            if !els.is_empty() {
+                let _ = writeln!(s, "delete element {TABLE} {set} {{ {} }}", els.join(", "));
+            }
+        }
+        for (set, els) in &self.adds {
+            if !els.is_empty() {
+                let _ = writeln!(s, "add element {TABLE} {set} {{ {} }}", els.join(", "));
+            }
+        }
+        s
+    }
+}
+
+/// The adds and deletes that turn `old` into `new`.
+pub fn diff(old: &PolicyState, new: &PolicyState) -> StateDiff {
+    let (a, b) = (elements(old), elements(new));
+    let mut d = StateDiff::default();
+    for (set, old_els) in &a {
+        let new_els = &b[set];
+        let del: Vec<String> = old_els.difference(new_els).cloned().collect();
+        let add: Vec<String> = new_els.difference(old_els).cloned().collect();
+        if !del.is_empty() {
+            d.deletes.insert(set, del);
+        }
+        if !add.is_empty() {
+            d.adds.insert(set, add);
+        }
+    }
+    d
+}
+
+/// Packets the kernel refused for one local pod in one direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropCount {
+    /// Direction.
+    pub dir: Direction,
+    /// The local pod's address.
+    pub addr: Ipv4Addr,
+    /// Packets dropped.
+    pub packets: u64,
+    /// Bytes dropped.
+    pub bytes: u64,
+}
+
+/// The drop sets' names per direction, for readers of the counters.
+pub fn drop_set(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Ingress => DROP_SETS[0],
+        Direction::Egress => DROP_SETS[1],
+    }
+}
+
+/// Prometheus text for drop counters, each attributed to what dropped it:
+/// the policies isolating the pod in that direction (a drop happens when
+/// none of them admits the packet, the pod's implicit default deny), or
+/// `reason="unknown-pod"` for a local address no pod is known for yet.
+pub fn render_drop_metrics(
+    state: &PolicyState,
+    drops: &[DropCount],
+    unknown: [(Direction, u64); 2],
+) -> String {
+    let mut s = String::from(
+        "# HELP podnet_policy_dropped_packets_total Packets refused by NetworkPolicy, per pod, direction and the policies isolating it.\n# TYPE podnet_policy_dropped_packets_total counter\n",
+    );
+    for d in drops {
+        let (pod, policies) = match state.isolated.get(&(d.dir, d.addr)) {
+            Some(iso) => (iso.pod.to_string(), iso.policies.join(",")),
+            None => (String::new(), String::new()),
+        };
+        let (ns, name) = pod.split_once('/').unwrap_or(("", ""));
+        let _ = writeln!(
+            s,
+            "podnet_policy_dropped_packets_total{{namespace=\"{ns}\",pod=\"{name}\",ip=\"{}\",direction=\"{}\",reason=\"default-deny\",policies=\"{policies}\"}} {}",
+            d.addr,
+            d.dir.as_str(),
+            d.packets
+        );
+    }
+    for (dir, n) in unknown {
+        let _ = writeln!(
+            s,
+            "podnet_policy_dropped_packets_total{{namespace=\"\",pod=\"\",ip=\"\",direction=\"{}\",reason=\"unknown-pod\",policies=\"\"}} {n}",
+            dir.as_str()
+        );
+    }
+    s
+}

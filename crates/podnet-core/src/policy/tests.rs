@@ -1,0 +1,267 @@
+//! Unit tests of the model, the planner and the renderer.
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::json;
+
+use super::*;
+
+fn ns(name: &str) -> Namespace {
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"ns": name}}})).unwrap()
+}
+
+fn pod(namespace: &str, name: &str, ip: &str, node: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace, "labels": {"pod": name}},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [
+            {"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"},
+            {"name": "serve-81-tcp", "containerPort": 81, "protocol": "TCP"},
+            {"name": "serve-80-udp", "containerPort": 80, "protocol": "UDP"},
+            {"name": "serve-81-udp", "containerPort": 81, "protocol": "UDP"}]}]},
+        "status": {"podIP": ip}
+    }))
+    .unwrap()
+}
+
+fn netpol(namespace: &str, name: &str, spec: serde_json::Value) -> NetworkPolicy {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "namespace": namespace}, "spec": spec}),
+    )
+    .unwrap()
+}
+
+struct World {
+    pods: Vec<Pod>,
+    nss: Vec<Namespace>,
+}
+
+fn world() -> World {
+    let mut pods = Vec::new();
+    for (i, n) in ["x", "y", "z"].iter().enumerate() {
+        for (j, p) in ["a", "b", "c"].iter().enumerate() {
+            let node = if j < 2 { "n1" } else { "n2" };
+            let net = if j < 2 { 1 } else { 2 };
+            pods.push(pod(n, p, &format!("10.244.{net}.{}", 10 + i * 3 + j), node));
+        }
+    }
+    World {
+        pods,
+        nss: ["x", "y", "z"].iter().map(|n| ns(n)).collect(),
+    }
+}
+
+const TCP80: Probe = Probe {
+    proto: Proto::Tcp,
+    port: 80,
+};
+const TCP81: Probe = Probe {
+    proto: Proto::Tcp,
+    port: 81,
+};
+const UDP80: Probe = Probe {
+    proto: Proto::Udp,
+    port: 80,
+};
+
+fn cell(m: &Matrix, from: &str, to: &str, probe: Probe) -> bool {
+    let idx = |s: &str| {
+        m.pods
+            .iter()
+            .position(|p| p.to_string() == s)
+            .unwrap_or_else(|| panic!("no pod {s}"))
+    };
+    let pi = m.probes.iter().position(|p| *p == probe).unwrap();
+    m.get(idx(from), idx(to), pi)
+}
+
+#[test]
+fn no_policy_everything_open() {
+    let w = world();
+    let m = expected_matrix(&w.pods, &w.nss, &[], &[TCP80, UDP80]).unwrap();
+    assert!(m.cells.iter().all(|c| *c));
+    assert_eq!(m.pods.len(), 9);
+}
+
+#[test]
+fn default_deny_ingress_isolates_namespace_only() {
+    let w = world();
+    let p = netpol("x", "deny", json!({"podSelector": {}, "ingress": []}));
+    let m = expected_matrix(&w.pods, &w.nss, &[p], &[TCP80]).unwrap();
+    assert!(!cell(&m, "y/a", "x/a", TCP80));
+    assert!(!cell(&m, "x/b", "x/a", TCP80));
+    assert!(cell(&m, "x/a", "x/a", TCP80), "a pod always reaches itself");
+    assert!(cell(&m, "x/a", "y/a", TCP80), "egress stays open");
+    assert!(cell(&m, "y/a", "z/b", TCP80));
+}
+
+#[test]
+fn policy_types_default_adds_egress_only_with_rules() {
+    let p = netpol("x", "p", json!({"podSelector": {}, "egress": [{}]}));
+    let c = model::CompiledPolicy::compile(&p).unwrap();
+    assert!(c.ingress.is_some() && c.egress.is_some());
+    let p = netpol("x", "p", json!({"podSelector": {}, "egress": []}));
+    let c = model::CompiledPolicy::compile(&p).unwrap();
+    assert!(c.ingress.is_some() && c.egress.is_none());
+}
+
+#[test]
+fn pod_and_namespace_selector_in_one_peer_is_and() {
+    let w = world();
+    let p = netpol(
+        "x",
+        "and",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}
+        ]}]}),
+    );
+    let m = expected_matrix(&w.pods, &w.nss, &[p], &[TCP80]).unwrap();
+    assert!(cell(&m, "y/b", "x/a", TCP80));
+    assert!(!cell(&m, "y/a", "x/a", TCP80));
+    assert!(!cell(&m, "x/b", "x/a", TCP80));
+    assert!(!cell(&m, "z/b", "x/a", TCP80));
+}
+
+#[test]
+fn named_ports_resolve_on_destination_and_endport_ranges() {
+    let w = world();
+    let named = netpol(
+        "x",
+        "named",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"port": "serve-81-tcp"}]}]}),
+    );
+    let m = expected_matrix(&w.pods, &w.nss, &[named], &[TCP80, TCP81, UDP80]).unwrap();
+    assert!(!cell(&m, "y/a", "x/a", TCP80));
+    assert!(cell(&m, "y/a", "x/a", TCP81));
+    assert!(!cell(&m, "y/a", "x/a", UDP80));
+    let range = netpol(
+        "x",
+        "range",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"port": 79, "endPort": 80, "protocol": "TCP"}]}]}),
+    );
+    let m = expected_matrix(&w.pods, &w.nss, &[range], &[TCP80, TCP81]).unwrap();
+    assert!(cell(&m, "y/a", "x/a", TCP80));
+    assert!(!cell(&m, "y/a", "x/a", TCP81));
+}
+
+#[test]
+fn ip_block_except() {
+    let w = world();
+    let p = netpol(
+        "x",
+        "cidr",
+        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [
+            {"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.1.13/32"]}}
+        ]}]}),
+    );
+    let m = expected_matrix(&w.pods, &w.nss, &[p], &[TCP80]).unwrap();
+    assert!(
+        !cell(&m, "x/a", "y/a", TCP80),
+        "y/a is 10.244.1.13, excepted"
+    );
+    assert!(cell(&m, "x/a", "y/b", TCP80));
+    assert!(cell(&m, "y/a", "x/a", TCP80));
+}
+
+#[test]
+fn invalid_policy_is_an_error() {
+    let w = world();
+    let p = netpol(
+        "x",
+        "bad",
+        json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}),
+    );
+    let e = expected_matrix(&w.pods, &w.nss, &[p], &[TCP80]).unwrap_err();
+    assert!(e.to_string().contains("x/bad"), "{e}");
+}
+
+fn n1() -> NodeFacts {
+    NodeFacts {
+        node_name: "n1".into(),
+        pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+    }
+}
+
+#[test]
+fn plan_isolates_only_local_selected_pods() {
+    let w = world();
+    let p = netpol("x", "deny", json!({"podSelector": {}, "ingress": []}));
+    let s = plan(&n1(), &w.pods, &w.nss, &[p]).unwrap();
+    // x/a and x/b are local to n1; x/c runs on n2.
+    let iso: Vec<Ipv4Addr> = s.isolated.keys().map(|(_, a)| *a).collect();
+    assert_eq!(
+        iso,
+        vec![
+            "10.244.1.10".parse::<Ipv4Addr>().unwrap(),
+            "10.244.1.11".parse().unwrap()
+        ]
+    );
+    assert_eq!(s.known.len(), 6);
+    assert!(s.peer_ports.is_empty() && s.peer_any_port.is_empty());
+    assert_eq!(s.peer_map.len(), 1, "no peers: one class for all space");
+}
+
+#[test]
+fn plan_peer_classes_are_shared_and_stable() {
+    let w = world();
+    let p = netpol(
+        "x",
+        "from-y",
+        json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+            "ports": [{"port": 80}, {"port": 81}, {"port": 80, "protocol": "UDP"}]}]}),
+    );
+    let s = plan(&n1(), &w.pods, &w.nss, std::slice::from_ref(&p)).unwrap();
+    let classes: std::collections::BTreeSet<u32> = s.peer_ports.iter().map(|e| e.class).collect();
+    assert_eq!(classes.len(), 1, "the three y pods share one class");
+    // 2 local targets x (TCP 80-81 merged, UDP 80).
+    assert_eq!(s.peer_ports.len(), 4, "{:?}", s.peer_ports);
+    // Same inputs, same ids; a new pod elsewhere does not rename the class.
+    let mut pods = w.pods.clone();
+    pods.push(pod("z", "d", "10.244.2.99", "n2"));
+    let s2 = plan(&n1(), &pods, &w.nss, &[p]).unwrap();
+    assert_eq!(s.peer_ports, s2.peer_ports);
+}
+
+#[test]
+fn render_and_diff() {
+    let w = world();
+    let deny = netpol("x", "deny", json!({"podSelector": {}, "ingress": []}));
+    let allow = netpol(
+        "x",
+        "allow-b",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+    );
+    let a = plan(&n1(), &w.pods, &w.nss, std::slice::from_ref(&deny)).unwrap();
+    let b = plan(&n1(), &w.pods, &w.nss, &[deny, allow]).unwrap();
+    let full = render_full(&b);
+    assert!(full.starts_with("table inet podnet-policy {}\ndelete table inet podnet-policy\n"));
+    assert!(
+        full.contains(
+            "set in_isolated { type ipv4_addr; elements = { 10.244.1.10, 10.244.1.11 } }"
+        )
+    );
+    assert_eq!(full.matches("chain ").count(), 3, "rules never grow");
+    let d = diff(&a, &b);
+    let text = d.render();
+    assert!(
+        text.contains("add element inet podnet-policy in_peer { 10.244.1.10 . 0x"),
+        "{text}"
+    );
+    assert!(text.find("delete element").unwrap() < text.find("add element").unwrap());
+    assert!(diff(&b, &b).is_empty());
+}
+
+#[test]
+fn merge_port_ranges() {
+    let w = world();
+    let p = netpol(
+        "x",
+        "ranges",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"ports": [
+            {"port": 80, "endPort": 90}, {"port": 85, "endPort": 100}, {"port": 101}, {"port": 200}]}]}),
+    );
+    let s = plan(&n1(), &w.pods, &w.nss, &[p]).unwrap();
+    let r: Vec<(u16, u16)> = s.any_peer_ports.iter().map(|e| (e.3, e.4)).collect();
+    assert_eq!(r, vec![(80, 101), (200, 200)]);
+}
