@@ -1,0 +1,422 @@
+//! Serving: UDP workers (one SO_REUSEPORT socket and thread per core, no
+//! async on the hot path), TCP on tokio, and the health/metrics responder.
+//! Every worker reads the current index through an `ArcSwap`: a lookup
+//! takes no lock and sees either the old index or the new one, never a mix.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use podnet_core::dns::Index;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::forward::Forwarder;
+use crate::metrics::{Gauges, Metrics};
+use crate::wire::{self, Reject, rcode};
+
+/// State shared by every worker: the index, the forwarder, the counters.
+#[derive(Debug)]
+pub struct Shared {
+    index: ArcSwap<Index>,
+    /// The forwarder for names outside the zone (`None`: REFUSED).
+    pub forwarder: Option<Forwarder>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    ready: AtomicBool,
+}
+
+impl Shared {
+    /// Shared state starting from `index` (not ready until [`Shared::mark_ready`]).
+    pub fn new(index: Index, forwarder: Option<Forwarder>) -> Arc<Self> {
+        Arc::new(Shared {
+            index: ArcSwap::from_pointee(index),
+            forwarder,
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Publishes a new index; queries after this call see it.
+    pub fn swap(&self, index: Index) {
+        self.index.store(Arc::new(index));
+        self.metrics.swaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The index in force.
+    pub fn index(&self) -> Arc<Index> {
+        self.index.load_full()
+    }
+
+    /// Marks the first full sync done (`/ready` turns 200).
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the first full sync is done.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The figures `/metrics` prints besides the counters.
+    pub fn gauges(&self) -> Gauges {
+        let idx = self.index.load();
+        let mut g = Gauges {
+            index_records: idx.record_count(),
+            index_names: idx.name_count(),
+            ..Gauges::default()
+        };
+        if let Some(f) = &self.forwarder {
+            g.cache_hits = f.stats.cache_hits.load(Ordering::Relaxed);
+            g.cache_misses = f.stats.cache_misses.load(Ordering::Relaxed);
+            g.collapsed = f.stats.collapsed.load(Ordering::Relaxed);
+            g.upstream_failures = f.stats.upstream_failures.load(Ordering::Relaxed);
+        }
+        g
+    }
+}
+
+/// What to do with one received packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `out` back.
+    Reply,
+    /// Send nothing.
+    Drop,
+    /// The name is outside the zone and not cached: forward it.
+    Forward,
+}
+
+/// Answers `packet` from the index or the forwarder's cache into `out`
+/// (sized for UDP unless `tcp`). Never panics on any input.
+pub fn answer(shared: &Shared, packet: &[u8], tcp: bool, out: &mut Vec<u8>) -> Action {
+    let start = Instant::now();
+    let q = match wire::parse_query(packet) {
+        Ok(q) => q,
+        Err(Reject::Drop) => {
+            shared.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+            return Action::Drop;
+        }
+        Err(r) => {
+            if let Reject::Error { rcode, .. } = r {
+                shared.metrics.record(0, rcode, start.elapsed());
+            }
+            wire::encode_reject(&r, out);
+            return Action::Reply;
+        }
+    };
+    let limit = if tcp { 65535 } else { q.udp_limit() };
+    if q.qclass != 1 && q.qclass != 255 {
+        wire::encode_status(&q, rcode::REFUSED, out);
+        shared
+            .metrics
+            .record(q.qtype, rcode::REFUSED, start.elapsed());
+        return Action::Reply;
+    }
+    let index = shared.index.load();
+    if let Some(ans) = index.lookup(&q.qname, q.qtype) {
+        wire::encode_answer(&q, &ans, limit, out);
+        let rc = u16::from(out[3] & 0xf);
+        shared.metrics.record(q.qtype, rc, start.elapsed());
+        return Action::Reply;
+    }
+    match &shared.forwarder {
+        None => {
+            wire::encode_status(&q, rcode::REFUSED, out);
+            shared
+                .metrics
+                .record(q.qtype, rcode::REFUSED, start.elapsed());
+            Action::Reply
+        }
+        Some(f) => match f.cached(&q, start) {
+            Some(c) => {
+                c.render(&q, limit, start, out);
+                shared.metrics.record(q.qtype, c.rcode(), start.elapsed());
+                Action::Reply
+            }
+            None => Action::Forward,
+        },
+    }
+}
+
+/// Resolves a forwarded query and writes the answer (or SERVFAIL) into `out`.
+pub async fn forward(shared: &Shared, packet: &[u8], tcp: bool, out: &mut Vec<u8>) {
+    let start = Instant::now();
+    let Ok(q) = wire::parse_query(packet) else {
+        return;
+    };
+    let limit = if tcp { 65535 } else { q.udp_limit() };
+    let Some(f) = &shared.forwarder else { return };
+    match f.resolve(&q).await {
+        Some(c) => {
+            c.render(&q, limit, Instant::now(), out);
+            shared.metrics.record(q.qtype, c.rcode(), start.elapsed());
+        }
+        None => {
+            wire::encode_status(&q, rcode::SERVFAIL, out);
+            shared
+                .metrics
+                .record(q.qtype, rcode::SERVFAIL, start.elapsed());
+        }
+    }
+}
+
+/// Binds one UDP socket with SO_REUSEPORT so several workers share a port.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<StdUdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Runs one UDP worker on `sock` until `stop` is set: receive, answer,
+/// send; forwarded questions go to the tokio runtime and are answered from
+/// there.
+pub fn udp_worker(
+    shared: Arc<Shared>,
+    sock: StdUdpSocket,
+    rt: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) {
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let sock = Arc::new(sock);
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    while !stop.load(Ordering::Relaxed) {
+        let (n, peer) = match sock.recv_from(&mut buf) {
+            Ok(v) => v,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        match answer(&shared, &buf[..n], false, &mut out) {
+            Action::Reply => {
+                let _ = sock.send_to(&out, peer);
+            }
+            Action::Drop => {}
+            Action::Forward => {
+                let packet = buf[..n].to_vec();
+                let shared = shared.clone();
+                let sock = sock.clone();
+                rt.spawn(async move {
+                    let mut out = Vec::new();
+                    forward(&shared, &packet, false, &mut out).await;
+                    if !out.is_empty() {
+                        let _ = sock.send_to(&out, peer);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Serves DNS over TCP (length-prefixed messages, several per connection,
+/// 10 s idle timeout).
+pub async fn serve_tcp(shared: Arc<Shared>, listener: TcpListener) {
+    let conns = Arc::new(tokio::sync::Semaphore::new(1024));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            continue; // over the limit: close
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = tcp_conn(&shared, stream).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_conn(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
+    let idle = Duration::from_secs(10);
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let len = match tokio::time::timeout(idle, s.read_u16()).await {
+            Ok(Ok(l)) => usize::from(l),
+            _ => return Ok(()),
+        };
+        let mut msg = vec![0u8; len];
+        if tokio::time::timeout(idle, s.read_exact(&mut msg))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        out.clear();
+        match answer(shared, &msg, true, &mut out) {
+            Action::Reply => {}
+            Action::Drop => return Ok(()),
+            Action::Forward => forward(shared, &msg, true, &mut out).await,
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&out);
+        s.write_all(&framed).await?;
+    }
+}
+
+/// Serves `/health`, `/ready` and `/metrics` over plain HTTP/1.
+pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            let read = async {
+                while n < buf.len() {
+                    let m = s.read(&mut buf[n..]).await?;
+                    if m == 0 {
+                        break;
+                    }
+                    n += m;
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                io::Result::Ok(())
+            };
+            if tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let (status, ctype, body) = http_route(&shared, path);
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+fn http_route(shared: &Shared, path: &str) -> (&'static str, &'static str, String) {
+    let path = path.split('?').next().unwrap_or("");
+    match path {
+        "/health" => ("200 OK", "text/plain", "OK\n".into()),
+        "/ready" if shared.is_ready() => ("200 OK", "text/plain", "OK\n".into()),
+        "/ready" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "waiting for the first sync\n".into(),
+        ),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            shared.metrics.render(&shared.gauges()),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    }
+}
+
+/// Where and how to serve.
+#[derive(Clone, Debug)]
+pub struct Listen {
+    /// DNS addresses (UDP and TCP on each).
+    pub dns: Vec<SocketAddr>,
+    /// The health/metrics address (`None`: not served).
+    pub http: Option<SocketAddr>,
+    /// UDP worker threads per DNS address.
+    pub udp_workers: usize,
+}
+
+/// A running server; dropping it stops the UDP workers.
+#[derive(Debug)]
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The DNS addresses actually bound (ephemeral ports resolved).
+    pub dns: Vec<SocketAddr>,
+    /// The HTTP address actually bound.
+    pub http: Option<SocketAddr>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds every listener and starts serving on the current tokio runtime.
+/// A DNS address with port 0 gets one ephemeral port shared by UDP and TCP.
+pub async fn start(shared: Arc<Shared>, listen: &Listen) -> io::Result<Running> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Handle::current();
+    let mut running = Running {
+        stop: stop.clone(),
+        threads: vec![],
+        tasks: vec![],
+        dns: vec![],
+        http: None,
+    };
+    for addr in &listen.dns {
+        // Bind TCP first to learn the port, then UDP on the same port.
+        let tcp = TcpListener::bind(addr).await?;
+        let bound = tcp.local_addr()?;
+        running
+            .tasks
+            .push(tokio::spawn(serve_tcp(shared.clone(), tcp)));
+        for i in 0..listen.udp_workers.max(1) {
+            let sock = bind_udp(bound)?;
+            let (shared, rt, stop) = (shared.clone(), rt.clone(), stop.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || udp_worker(shared, sock, rt, stop))?;
+            running.threads.push(t);
+        }
+        running.dns.push(bound);
+    }
+    if let Some(addr) = listen.http {
+        let l = TcpListener::bind(addr).await?;
+        running.http = Some(l.local_addr()?);
+        running
+            .tasks
+            .push(tokio::spawn(serve_http(shared.clone(), l)));
+    }
+    Ok(running)
+}

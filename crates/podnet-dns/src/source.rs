@@ -1,0 +1,267 @@
+//! Where the objects come from: kube-rs reflectors on Services,
+//! EndpointSlices, Pods and Namespaces (in-cluster config or a
+//! kubeconfig), or a static file of objects for tests and benchmarks. Each
+//! change rebuilds the index (debounced) and swaps it in atomically.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use podnet_core::dns::{Config, Index, Objects};
+use tokio::sync::Notify;
+
+use crate::server::Shared;
+
+/// Why a file of objects could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// It is not JSON.
+    #[error("{path}: not JSON: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// An object of a kind the index does not use, or that does not decode.
+    #[error("{path}: object #{n} ({kind}): {reason}")]
+    Object {
+        /// The file.
+        path: PathBuf,
+        /// Position of the object in the file.
+        n: usize,
+        /// Its kind.
+        kind: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn push_object(
+    objs: &mut Objects,
+    v: serde_json::Value,
+    path: &Path,
+    n: &mut usize,
+) -> Result<(), LoadError> {
+    let kind = v
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_string();
+    if kind == "List" || kind.ends_with("List") {
+        let items = v
+            .get("items")
+            .and_then(|i| i.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for item in items {
+            push_object(objs, item, path, n)?;
+        }
+        return Ok(());
+    }
+    *n += 1;
+    let err = |reason: String| LoadError::Object {
+        path: path.into(),
+        n: *n,
+        kind: kind.clone(),
+        reason,
+    };
+    match kind.as_str() {
+        "Service" => objs.services.push(Arc::new(
+            serde_json::from_value(v).map_err(|e| err(e.to_string()))?,
+        )),
+        "EndpointSlice" => objs.endpoint_slices.push(Arc::new(
+            serde_json::from_value(v).map_err(|e| err(e.to_string()))?,
+        )),
+        "Pod" => objs.pods.push(Arc::new(
+            serde_json::from_value(v).map_err(|e| err(e.to_string()))?,
+        )),
+        "Namespace" => objs.namespaces.push(Arc::new(
+            serde_json::from_value(v).map_err(|e| err(e.to_string()))?,
+        )),
+        _ => {
+            return Err(err(
+                "expected Service, EndpointSlice, Pod, Namespace or a List of them".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Loads objects from a JSON file: one object, a `List` (as `kubectl get -o
+/// json` prints), an array, or a stream of objects.
+pub fn load_objects(path: &Path) -> Result<Objects, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let mut objs = Objects::default();
+    let mut n = 0;
+    for v in serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>() {
+        let v = v.map_err(|source| LoadError::Json {
+            path: path.into(),
+            source,
+        })?;
+        match v {
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    push_object(&mut objs, item, path, &mut n)?;
+                }
+            }
+            v => push_object(&mut objs, v, path, &mut n)?,
+        }
+    }
+    Ok(objs)
+}
+
+/// Rebuilds from `objects` with the next SOA serial and swaps it in.
+pub fn publish(shared: &Shared, config: &Config, serial: &AtomicU32, objects: &Objects) {
+    let mut cfg = config.clone();
+    cfg.serial = serial.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let index = Index::build(cfg, objects);
+    tracing::debug!(
+        records = index.record_count(),
+        took_us = started.elapsed().as_micros() as u64,
+        "index rebuilt"
+    );
+    shared.swap(index);
+}
+
+/// Serves from a static file; reloads it on SIGHUP (a bad file is logged and
+/// the index in force kept).
+pub async fn run_file(shared: Arc<Shared>, config: Config, path: PathBuf) -> Result<()> {
+    let serial = AtomicU32::new(unix_serial());
+    let objects = load_objects(&path).with_context(|| format!("loading {}", path.display()))?;
+    publish(&shared, &config, &serial, &objects);
+    shared.mark_ready();
+    tracing::info!(path = %path.display(), services = objects.services.len(), "zone loaded from file");
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    while hup.recv().await.is_some() {
+        match load_objects(&path) {
+            Ok(objects) => {
+                publish(&shared, &config, &serial, &objects);
+                tracing::info!(services = objects.services.len(), "zone reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "reload failed; keeping the index in force"),
+        }
+    }
+    Ok(())
+}
+
+fn unix_serial() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1)
+}
+
+/// Starts a reflector for `K`, waking `notify` on every change; returns its
+/// store.
+fn reflect<K>(client: kube::Client, notify: Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: kube::Api<K> = kube::Api::all(client);
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|o: &mut K| {
+            // Managed fields are most of an object's size and never used.
+            o.meta_mut().managed_fields = None;
+        });
+    let stream = reflector::reflector(writer, stream);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => {
+                    tracing::warn!(kind = %K::kind(&()), error = %e, "watch error (retrying)")
+                }
+            }
+        }
+    });
+    reader
+}
+
+/// Connects to the API server (`kubeconfig`, or in-cluster/inferred config).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster config and no kubeconfig (pass --kubeconfig)")?,
+    };
+    kube::Client::try_from(config).context("building the API client")
+}
+
+/// Watches the cluster and keeps the index current: a full build after all
+/// four reflectors have synced (then `/ready`), and a rebuild `debounce`
+/// after each burst of changes.
+pub async fn run_kube(
+    shared: Arc<Shared>,
+    config: Config,
+    client: kube::Client,
+    debounce: Duration,
+) -> Result<()> {
+    let notify = Arc::new(Notify::new());
+    let services: Store<Service> = reflect(client.clone(), notify.clone());
+    let slices: Store<EndpointSlice> = reflect(client.clone(), notify.clone());
+    let pods: Store<Pod> = reflect(client.clone(), notify.clone());
+    let namespaces: Store<Namespace> = reflect(client, notify.clone());
+    for (kind, ready) in [
+        ("Service", services.wait_until_ready().await),
+        ("EndpointSlice", slices.wait_until_ready().await),
+        ("Pod", pods.wait_until_ready().await),
+        ("Namespace", namespaces.wait_until_ready().await),
+    ] {
+        if ready.is_err() {
+            bail!("the {kind} reflector stopped before its first sync");
+        }
+    }
+    let serial = AtomicU32::new(unix_serial());
+    let snapshot = || Objects {
+        services: services.state(),
+        endpoint_slices: slices.state(),
+        pods: pods.state(),
+        namespaces: namespaces.state(),
+    };
+    publish(&shared, &config, &serial, &snapshot());
+    shared.mark_ready();
+    tracing::info!("first sync done; serving the cluster zone");
+    loop {
+        notify.notified().await;
+        tokio::time::sleep(debounce).await;
+        publish(&shared, &config, &serial, &snapshot());
+    }
+}
