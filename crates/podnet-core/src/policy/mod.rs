@@ -19,7 +19,9 @@ pub use model::{
     Direction, Matrix, Mismatch, PodKey, PolicyWorld, Probe, Proto, Verdict, expected_matrix,
 };
 pub use plan::{NodeFacts, PolicyState, plan, plan_world};
-pub use render::{DropCount, StateDiff, TABLE, diff, render_drop_metrics, render_full};
+pub use render::{
+    DropCount, DropCounters, StateDiff, TABLE, diff, render_drop_metrics, render_full,
+};
 
 /// A policy object the API could not have accepted; the caller keeps its
 /// last good state and reports this.

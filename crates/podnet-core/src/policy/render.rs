@@ -249,6 +249,17 @@ pub struct DropCount {
     pub bytes: u64,
 }
 
+/// Everything the kernel counted as refused by policy on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DropCounters {
+    /// Per local isolated pod and direction.
+    pub pods: Vec<DropCount>,
+    /// Packets to a local address no known pod holds (yet).
+    pub unknown_ingress: u64,
+    /// Packets from a local address no known pod holds (yet).
+    pub unknown_egress: u64,
+}
+
 /// The drop sets' names per direction, for readers of the counters.
 pub fn drop_set(dir: Direction) -> &'static str {
     match dir {
@@ -261,15 +272,11 @@ pub fn drop_set(dir: Direction) -> &'static str {
 /// the policies isolating the pod in that direction (a drop happens when
 /// none of them admits the packet, the pod's implicit default deny), or
 /// `reason="unknown-pod"` for a local address no pod is known for yet.
-pub fn render_drop_metrics(
-    state: &PolicyState,
-    drops: &[DropCount],
-    unknown: [(Direction, u64); 2],
-) -> String {
+pub fn render_drop_metrics(state: &PolicyState, counters: &DropCounters) -> String {
     let mut s = String::from(
         "# HELP podnet_policy_dropped_packets_total Packets refused by NetworkPolicy, per pod, direction and the policies isolating it.\n# TYPE podnet_policy_dropped_packets_total counter\n",
     );
-    for d in drops {
+    for d in &counters.pods {
         let (pod, policies) = match state.isolated.get(&(d.dir, d.addr)) {
             Some(iso) => (iso.pod.to_string(), iso.policies.join(",")),
             None => (String::new(), String::new()),
@@ -283,7 +290,10 @@ pub fn render_drop_metrics(
             d.packets
         );
     }
-    for (dir, n) in unknown {
+    for (dir, n) in [
+        (Direction::Ingress, counters.unknown_ingress),
+        (Direction::Egress, counters.unknown_egress),
+    ] {
         let _ = writeln!(
             s,
             "podnet_policy_dropped_packets_total{{namespace=\"\",pod=\"\",ip=\"\",direction=\"{}\",reason=\"unknown-pod\",policies=\"\"}} {n}",
