@@ -25,7 +25,16 @@ fn malformed_inputs_get_their_code_and_change_nothing() {
         c
     };
     // (what, verb, container, netns, ifname, stdin, code, words in msg)
-    type Case<'a> = (&'a str, &'a str, &'a str, String, &'a str, Vec<u8>, u64, &'a str);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        String,
+        &'a str,
+        Vec<u8>,
+        u64,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         (
             "not JSON",

@@ -108,7 +108,7 @@ fn chained_with_portmap_and_bandwidth() {
         inv.exec("CHECK", &conf, &att).expect("CHECK");
     }
     inv.del(&list, &att, Some(&result)).expect("chained DEL");
-    assert!(!node.links().contains(&host_veth.to_string()));
+    assert!(node.wait_link_gone(host_veth));
     assert!(node.allocated("chain").is_empty());
 }
 

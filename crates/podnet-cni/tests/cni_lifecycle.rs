@@ -101,8 +101,27 @@ fn add_gives_interface_address_route_mtu_and_connectivity() {
 
     // DEL twice succeeds; the address and the host veth are gone.
     node.ok("DEL", "ctr-a", &pod_a, &conf);
+    // Once DEL returns the pod is cut off (host end down) and its address
+    // is free; the veth pair itself goes right after.
+    let detail = node.sh(&["ip", "-j", "link", "show"]);
+    let links: Value = serde_json::from_str(&detail).unwrap();
+    if let Some(l) = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ifname"] == host_name)
+    {
+        assert!(
+            !l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+            "{l}"
+        );
+    }
     node.ok("DEL", "ctr-a", &pod_a, &conf);
-    assert!(!node.links().contains(&host_name));
+    assert!(
+        node.wait_link_gone(&host_name),
+        "host veth {host_name} outlived DEL"
+    );
+    assert_eq!(links_in(&pod_a), ["lo"], "the pod end outlived DEL");
     assert_eq!(node.allocated("testnet"), ["10.77.0.3"]);
     // DEL of something never added succeeds too, even without a netns.
     let out = node.run(PLUGIN, "DEL", "never-added", "", "eth0", &conf);

@@ -371,6 +371,23 @@ impl Netlink {
         }
     }
 
+    /// Deletes a link by index: unlike a name, an index is not reused at
+    /// once, so a late deletion cannot hit a newer link of the same name.
+    /// `Ok(false)` when there was none.
+    pub fn delete_link_index(&mut self, index: u32) -> Result<bool> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.request(
+            || format!("delete link {index}"),
+            RouteNetlinkMessage::DelLink(msg),
+            NLM_F_ACK,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Adds an address; `nodad` skips IPv6 duplicate address detection so
     /// the address is usable at once. `EEXIST` is success.
     pub fn add_address(&mut self, index: u32, ip: IpAddr, prefix: u8, nodad: bool) -> Result<()> {

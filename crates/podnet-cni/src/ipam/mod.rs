@@ -37,6 +37,11 @@ pub struct Allocation {
 /// Everything IPAM knows about one network.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    /// The boot the allocations belong to (`/proc/sys/kernel/random/boot_id`):
+    /// every attachment dies with the boot, so a state from another boot
+    /// holds nothing and is started afresh.
+    #[serde(default)]
+    pub boot_id: String,
     /// Last address given, per range set (where the next search starts).
     #[serde(default)]
     pub last_reserved: Vec<Option<IpAddr>>,

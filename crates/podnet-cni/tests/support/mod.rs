@@ -140,6 +140,18 @@ impl Node {
         links_in(&self.ns)
     }
 
+    /// Waits (up to 3 s) for a link to disappear from the node: DEL deletes
+    /// the veth pair in a detached child after it returns.
+    pub fn wait_link_gone(&self, name: &str) -> bool {
+        for _ in 0..300 {
+            if !self.links().iter().any(|l| l == name) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
     /// The IPAM state file (empty when none).
     pub fn state(&self, network: &str) -> String {
         std::fs::read_to_string(self.data_dir.join(network).join("state.json")).unwrap_or_default()
