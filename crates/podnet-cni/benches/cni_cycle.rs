@@ -20,6 +20,7 @@ struct Sample {
 }
 
 /// Runs one plugin invocation and waits with wait4 to read its rusage.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which clippy cannot see
 fn invoke(
     node: &NetNs,
     exe: &str,
