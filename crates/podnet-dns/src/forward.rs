@@ -297,6 +297,11 @@ impl Forwarder {
                 waiters.push(tx);
                 Some(rx)
             } else {
+                // A leader that just finished stored into the cache before
+                // leaving this table: look again under the lock.
+                if let Some(c) = self.cached(q, Instant::now()) {
+                    return Some(c);
+                }
                 inflight.insert(key.clone(), Vec::new());
                 None
             }

@@ -1,0 +1,106 @@
+//! Forwarding of names outside the zone to a test upstream of our own (a
+//! second podnet-dns on another loopback address), with the cache: a second
+//! answer comes from the cache even after the upstream is gone.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::Ordering;
+
+#[test]
+fn forwards_out_of_zone_and_caches() {
+    // The upstream: authoritative for example.test, forwards nothing.
+    let upstream = start("127.0.0.2", "example.test", &fixture(), None);
+    let s = start(
+        "127.0.0.1",
+        "cluster.local",
+        &fixture(),
+        Some(upstream.addr),
+    );
+    let a = s.addr;
+    let f = s.shared.forwarder.as_ref().unwrap();
+
+    let out = dig(a, &["Kubernetes.Default.svc.example.test"]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(out.contains("10.96.0.1"), "{out}");
+    assert!(
+        !flags(&out).contains("aa"),
+        "forwarded answers are not authoritative: {out}"
+    );
+    assert!(
+        out.contains(";Kubernetes.Default.svc.example.test."),
+        "question case kept: {out}"
+    );
+    assert_eq!(f.stats.cache_misses.load(Ordering::Relaxed), 1);
+    assert_eq!(f.stats.cache_hits.load(Ordering::Relaxed), 0);
+
+    // Second lookup: from the cache.
+    assert_eq!(
+        short(a, &["kubernetes.default.svc.example.test"]),
+        ["10.96.0.1"]
+    );
+    assert_eq!(f.stats.cache_hits.load(Ordering::Relaxed), 1);
+    assert_eq!(f.stats.cache_misses.load(Ordering::Relaxed), 1);
+
+    // Negative answers are cached too (SOA minimum), with their SOA.
+    let out = dig(a, &["nope.default.svc.example.test"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert!(out.contains("AUTHORITY: 1"), "{out}");
+    let out = dig(a, &["nope.default.svc.example.test"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert_eq!(f.stats.cache_hits.load(Ordering::Relaxed), 2);
+
+    // Over TCP the forwarded answer is the same.
+    assert_eq!(short(a, &["web.default.svc.example.test", "+tcp"]).len(), 3);
+
+    // The upstream goes away: cached names still answer, others SERVFAIL.
+    drop(upstream);
+    assert_eq!(
+        short(a, &["kubernetes.default.svc.example.test"]),
+        ["10.96.0.1"]
+    );
+    let out = dig(a, &["kube-dns.kube-system.svc.example.test", "+time=5"]);
+    assert_eq!(status(&out), "SERVFAIL", "{out}");
+
+    // The metrics say so.
+    let (_, body) = http_get(s.http, "/metrics");
+    assert!(body.contains("podnet_dns_cache_hits_total 3\n"), "{body}");
+}
+
+#[test]
+fn identical_concurrent_queries_collapse() {
+    let upstream = start("127.0.0.3", "example.test", &fixture(), None);
+    let s = start(
+        "127.0.0.1",
+        "cluster.local",
+        &fixture(),
+        Some(upstream.addr),
+    );
+    let f = s.shared.forwarder.as_ref().unwrap();
+    // 20 clients at once for one name.
+    let handles: Vec<_> = (0..20u16)
+        .map(|i| {
+            let addr = s.addr;
+            std::thread::spawn(move || {
+                raw_udp(
+                    addr,
+                    &query(i, "web.default.svc.example.test", 1),
+                    std::time::Duration::from_secs(3),
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().unwrap().expect("answered");
+        assert_eq!(r[3] & 0xf, 0);
+        assert_eq!(r[7], 3, "three addresses");
+    }
+    let upstream_exchanges = f.stats.cache_misses.load(Ordering::Relaxed);
+    let collapsed = f.stats.collapsed.load(Ordering::Relaxed);
+    let hits = f.stats.cache_hits.load(Ordering::Relaxed);
+    assert_eq!(
+        upstream_exchanges, 1,
+        "one upstream exchange for 20 identical queries"
+    );
+    assert_eq!(collapsed + hits + upstream_exchanges, 20);
+}

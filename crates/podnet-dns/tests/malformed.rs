@@ -1,0 +1,194 @@
+//! The malformed-packet corpus: each packet gets FORMERR (or another error
+//! rcode) or is dropped, and the server keeps answering, over UDP and TCP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_millis(300);
+
+fn header(id: u16, qd: u16, an: u16, ns: u16, ar: u16) -> Vec<u8> {
+    let mut b = id.to_be_bytes().to_vec();
+    b.extend_from_slice(&[0x01, 0x00]);
+    for v in [qd, an, ns, ar] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    b
+}
+
+fn corpus() -> Vec<(&'static str, Vec<u8>)> {
+    let good = query(0x4242, "kubernetes.default.svc.cluster.local", 1);
+    let mut v: Vec<(&str, Vec<u8>)> = Vec::new();
+    v.push(("empty", vec![]));
+    v.push(("truncated header", good[..7].to_vec()));
+    v.push(("header only, qdcount 1", good[..12].to_vec()));
+    v.push(("truncated question", good[..good.len() - 3].to_vec()));
+    v.push(("qdcount 0", {
+        let mut b = header(1, 0, 0, 0, 0);
+        b.extend_from_slice(&good[12..]);
+        b
+    }));
+    v.push(("qdcount 2", {
+        let mut b = header(2, 2, 0, 0, 0);
+        b.extend_from_slice(&good[12..]);
+        b.extend_from_slice(&good[12..]);
+        b
+    }));
+    v.push(("compression pointer to itself", {
+        let mut b = header(3, 1, 0, 0, 0);
+        b.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+        b
+    }));
+    v.push(("compression pointer loop of two", {
+        let mut b = header(4, 1, 0, 0, 0);
+        b.extend_from_slice(&[1, b'a', 0xC0, 12, 0, 1, 0, 1]);
+        b
+    }));
+    v.push(("compression pointer past the end", {
+        let mut b = header(5, 1, 0, 0, 0);
+        b.extend_from_slice(&[0xFF, 0xFF, 0, 1, 0, 1]);
+        b
+    }));
+    v.push(("label over 63 bytes", query(6, &"x".repeat(64), 1)));
+    v.push((
+        "name over 255 bytes",
+        query(7, &["abcdefghijklmnopqrstuvwxy"; 11].join("."), 1),
+    ));
+    v.push(("label length past the end", {
+        let mut b = header(8, 1, 0, 0, 0);
+        b.extend_from_slice(&[40, b'a', b'b']);
+        b
+    }));
+    v.push(("garbage after the question", {
+        let mut b = good.clone();
+        b.extend_from_slice(b"garbage!");
+        b
+    }));
+    v.push(("arcount 1 without a record", {
+        let mut b = good.clone();
+        b[11] = 1;
+        b
+    }));
+    v.push(("OPT with rdlen past the end", {
+        let mut b = good.clone();
+        b[11] = 1;
+        b.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 9, 1, 2]);
+        b
+    }));
+    v.push(("OPT with a non-root owner", {
+        let mut b = good.clone();
+        b[11] = 1;
+        b.extend_from_slice(&[1, b'x', 0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+        b
+    }));
+    v.push(("OPT with a truncated option", {
+        let mut b = good.clone();
+        b[11] = 1;
+        b.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 3, 0, 10, 0]);
+        b
+    }));
+    v.push(("two OPT records", {
+        let mut b = good.clone();
+        b[11] = 2;
+        for _ in 0..2 {
+            b.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        b
+    }));
+    v.push(("EDNS version 1", {
+        let mut b = good.clone();
+        b[11] = 1;
+        b.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 1, 0, 0, 0, 0]);
+        b
+    }));
+    v.push(("answer records in a query", {
+        let mut b = good.clone();
+        b[7] = 1;
+        b
+    }));
+    v.push(("a response, not a query", {
+        let mut b = good.clone();
+        b[2] |= 0x80;
+        b
+    }));
+    v.push(("opcode UPDATE", {
+        let mut b = good.clone();
+        b[2] = 5 << 3;
+        b
+    }));
+    v.push(("64 KiB of 0xff", vec![0xff; 65000]));
+    v
+}
+
+/// Every malformed packet: an error rcode with the query's id, or nothing.
+/// After each, a good query is still answered.
+#[test]
+fn malformed_udp_packets_get_formerr_or_drop() {
+    let s = start("127.0.0.1", "cluster.local", &fixture(), None);
+    let good = query(0x4242, "kubernetes.default.svc.cluster.local", 1);
+    let mut answered = 0;
+    for (what, packet) in corpus() {
+        match raw_udp(s.addr, &packet, WAIT) {
+            None => {}
+            Some(r) => {
+                assert!(r.len() >= 12, "{what}: short reply {r:?}");
+                assert_eq!(r[..2], packet[..2], "{what}: id echoed");
+                assert!(r[2] & 0x80 != 0, "{what}: QR set");
+                let rc = r[3] & 0xf;
+                assert!(
+                    matches!(rc, 1 | 4) || (rc == 0 && r[11] == 1 && what.contains("version")),
+                    "{what}: rcode {rc} is not an error: {r:?}"
+                );
+                answered += 1;
+            }
+        }
+        let r = raw_udp(s.addr, &good, Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("server stopped answering after {what}"));
+        assert_eq!(r[3] & 0xf, 0, "good query after {what}");
+        assert_eq!(r[7], 1, "one answer after {what}");
+    }
+    assert!(
+        answered >= 15,
+        "most malformed queries get FORMERR, got {answered}"
+    );
+    // dig still works.
+    assert_eq!(
+        short(s.addr, &["kubernetes.default.svc.cluster.local"]),
+        ["10.96.0.1"]
+    );
+}
+
+/// The same corpus over TCP, plus framing abuse: never a hang, and the
+/// server keeps serving.
+#[test]
+fn malformed_tcp_streams_do_not_hang_the_server() {
+    let s = start("127.0.0.1", "cluster.local", &fixture(), None);
+    for (what, packet) in corpus().into_iter().filter(|(_, p)| p.len() < 65535) {
+        let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.write_all(&(packet.len() as u16).to_be_bytes()).unwrap();
+        c.write_all(&packet).unwrap();
+        let mut len = [0u8; 2];
+        if c.read_exact(&mut len).is_ok() {
+            let mut r = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            c.read_exact(&mut r).unwrap();
+            assert!(r[3] & 0xf != 0 || what.contains("version"), "{what}: {r:?}");
+        }
+    }
+    // A length prefix promising more than is sent, then silence: the
+    // connection waits alone; others are served meanwhile.
+    let mut stuck = std::net::TcpStream::connect(s.addr).unwrap();
+    stuck.write_all(&[0xff, 0xff, 1, 2, 3]).unwrap();
+    let out = dig(
+        s.addr,
+        &["kubernetes.default.svc.cluster.local", "+tcp", "+short"],
+    );
+    assert_eq!(out.trim(), "10.96.0.1");
+    assert_eq!(
+        short(s.addr, &["kubernetes.default.svc.cluster.local"]),
+        ["10.96.0.1"]
+    );
+}
