@@ -5,12 +5,17 @@
 //! - `service-ips` (`daddr . l4proto . dport` → `goto ips-N`) and
 //!   `service-nodeports` (`l4proto . dport` → `goto nodeports-N`), where N
 //!   is the service's endpoint count;
-//! - `ips-N` / `nodeports-N` (`… . numgen random mod N` → `addr . port`):
+//! - `ips-N-<proto>` / `nodeports-N-<proto>` (`… . numgen random mod N` →
+//!   `addr . port`):
 //!   the DNAT target, so load is spread evenly over exactly N endpoints;
 //! - `no-endpoint-ips` / `no-endpoint-nodeports`: rejected at once;
 //! - `hairpin` (`endpoint . endpoint`) and the masquerade mark `0x4000`;
 //! - `affinity-T` (service ports with `ClientIP` affinity of T seconds) and
-//!   the dynamic `affinity` map filled from the packet path.
+//!   the dynamic `affinity-<proto>` maps filled from the packet path.
+//!
+//! Bucket and affinity maps exist once per protocol because nft 1.0.x
+//! cannot read back a `typeof` whose data is `th dport` (it then refuses
+//! later transactions that refer to the map).
 //!
 //! Chains exist per distinct endpoint count (and Local/Cluster variant),
 //! never per service; the rule count is bounded by the largest service.
@@ -151,6 +156,7 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
         Entry::NodePorts => format!("nodeports-{n}"),
     };
     let mut add_bucket = |entry: Entry,
+                          proto: &str,
                           key_prefix: &str,
                           eps: &[&Endpoint],
                           local: bool,
@@ -162,15 +168,25 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
         }
         let n = eps.len();
         let name = bucket_name(entry, n);
-        let map = buckets.entry(name.clone()).or_insert_with(|| {
+        if !buckets.contains_key(&format!("{name}-tcp")) {
             let key = match entry {
                 Entry::Ips => format!("{fam} daddr . meta l4proto . th dport"),
                 Entry::NodePorts => "meta l4proto . th dport".to_string(),
             };
-            NftSet::new(&[format!(
-                "typeof {key} . numgen random mod {n} : {fam} daddr . th dport"
-            )])
-        });
+            // One map per protocol: nft 1.0.x cannot read back a typeof
+            // whose data says `th dport`, so the data names the protocol.
+            for p in PROTOCOLS {
+                buckets.insert(
+                    format!("{name}-{p}"),
+                    NftSet::new(&[format!(
+                        "typeof {key} . numgen random mod {n} : {fam} daddr . {p} dport"
+                    )]),
+                );
+            }
+        }
+        let map = buckets
+            .get_mut(&format!("{name}-{proto}"))
+            .expect("just made");
         for (i, ep) in eps.iter().enumerate() {
             map.elements.insert(
                 format!("{key_prefix} . {i}"),
@@ -199,6 +215,7 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
             let key = format!("{ip} . {proto} . {}", sp.port);
             add_bucket(
                 Entry::Ips,
+                proto,
                 &key,
                 &cluster_eps,
                 false,
@@ -214,6 +231,7 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
             let key = format!("{ip} . {proto} . {}", sp.port);
             add_bucket(
                 Entry::Ips,
+                proto,
                 &key,
                 &external_eps,
                 sp.external_local,
@@ -228,6 +246,7 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
             let key = format!("{proto} . {np}");
             add_bucket(
                 Entry::NodePorts,
+                proto,
                 &key,
                 &external_eps,
                 sp.external_local,
@@ -258,18 +277,20 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
         if !local {
             rules.extend(masq_from_outside.clone());
         }
-        match entry {
-            Entry::Ips => {
-                rules.push(format!(
-                    "dnat to {fam} saddr . {fam} daddr . meta l4proto . th dport map @affinity"
-                ));
-                rules.push(format!(
-                    "dnat to {fam} daddr . meta l4proto . th dport . numgen random mod {n} map @{map}"
-                ));
+        for p in PROTOCOLS {
+            match entry {
+                Entry::Ips => {
+                    rules.push(format!(
+                        "meta l4proto {p} dnat to {fam} saddr . {fam} daddr . meta l4proto . th dport map @affinity-{p}"
+                    ));
+                    rules.push(format!(
+                        "meta l4proto {p} dnat to {fam} daddr . meta l4proto . th dport . numgen random mod {n} map @{map}-{p}"
+                    ));
+                }
+                Entry::NodePorts => rules.push(format!(
+                    "meta l4proto {p} dnat to meta l4proto . th dport . numgen random mod {n} map @{map}-{p}"
+                )),
             }
-            Entry::NodePorts => rules.push(format!(
-                "dnat to meta l4proto . th dport . numgen random mod {n} map @{map}"
-            )),
         }
         let name = if local { format!("{map}-local") } else { map };
         chains.insert(name, NftChain { hook: None, rules });
@@ -365,10 +386,10 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
     }
     let mut record = Vec::new();
     for t in affinity.keys() {
-        for proto in ["tcp", "udp", "sctp"] {
+        for proto in PROTOCOLS {
             record.push(format!(
                 "meta l4proto {proto} ct original {fam} daddr . meta l4proto . ct original proto-dst @affinity-{t} \
-                 update @affinity {{ {fam} saddr . ct original {fam} daddr . meta l4proto . ct original proto-dst timeout {t}s : {fam} daddr . th dport }}"
+                 update @affinity-{proto} {{ {fam} saddr . ct original {fam} daddr . meta l4proto . ct original proto-dst timeout {t}s : {fam} daddr . {proto} dport }}"
             ));
         }
     }
@@ -385,14 +406,18 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
     sets.insert("no-endpoint-ips".into(), no_ep_ips);
     sets.insert("no-endpoint-nodeports".into(), no_ep_nodeports);
     sets.insert("hairpin".into(), hairpin);
-    sets.insert(
-        "affinity".into(),
-        NftSet::new(&[
-            format!("typeof {fam} saddr . {fam} daddr . meta l4proto . th dport : {fam} daddr . th dport"),
-            format!("size {AFFINITY_SIZE}"),
-            "flags dynamic,timeout".into(),
-        ]),
-    );
+    for p in PROTOCOLS {
+        sets.insert(
+            format!("affinity-{p}"),
+            NftSet::new(&[
+                format!(
+                    "typeof {fam} saddr . {fam} daddr . meta l4proto . th dport : {fam} daddr . {p} dport"
+                ),
+                format!("size {AFFINITY_SIZE}"),
+                "flags dynamic,timeout".into(),
+            ]),
+        );
+    }
     for (t, set) in affinity {
         sets.insert(format!("affinity-{t}"), set);
     }
@@ -406,7 +431,10 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
 
 /// Sets whose elements the packet path writes, which a plan never lists
 /// and a diff never touches.
-pub const DYNAMIC_SETS: &[&str] = &["affinity"];
+pub const DYNAMIC_SETS: &[&str] = &["affinity-tcp", "affinity-udp", "affinity-sctp"];
+
+/// The protocols a bucket chain dispatches on (maps exist for each).
+pub const PROTOCOLS: [&str; 3] = ["tcp", "udp", "sctp"];
 
 impl NftTable {
     /// `ip podnet-proxy` or `ip6 podnet-proxy`.

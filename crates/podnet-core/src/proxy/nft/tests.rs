@@ -78,23 +78,39 @@ fn apply_model(old: &NftTable, d: &NftDiff) -> NftTable {
 }
 
 const GOLDEN: &str = r#"table ip podnet-proxy {
-	map affinity {
-		typeof ip saddr . ip daddr . meta l4proto . th dport : ip daddr . th dport
-		size 65535
-		flags dynamic,timeout
-	}
 	set affinity-60 {
 		type ipv4_addr . inet_proto . inet_service
 		elements = { 10.96.0.5 . tcp . 80 }
+	}
+	map affinity-sctp {
+		typeof ip saddr . ip daddr . meta l4proto . th dport : ip daddr . sctp dport
+		size 65535
+		flags dynamic,timeout
+	}
+	map affinity-tcp {
+		typeof ip saddr . ip daddr . meta l4proto . th dport : ip daddr . tcp dport
+		size 65535
+		flags dynamic,timeout
+	}
+	map affinity-udp {
+		typeof ip saddr . ip daddr . meta l4proto . th dport : ip daddr . udp dport
+		size 65535
+		flags dynamic,timeout
 	}
 	set hairpin {
 		type ipv4_addr . ipv4_addr
 		elements = { 10.244.1.2 . 10.244.1.2 }
 	}
-	map ips-2 {
-		typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport
+	map ips-2-sctp {
+		typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . sctp dport
+	}
+	map ips-2-tcp {
+		typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . tcp dport
 		elements = { 10.96.0.5 . tcp . 80 . 0 : 10.244.1.2 . 8080,
 			     10.96.0.5 . tcp . 80 . 1 : 10.244.2.2 . 8080 }
+	}
+	map ips-2-udp {
+		typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . udp dport
 	}
 	set no-endpoint-ips {
 		type ipv4_addr . inet_proto . inet_service
@@ -103,9 +119,15 @@ const GOLDEN: &str = r#"table ip podnet-proxy {
 	set no-endpoint-nodeports {
 		type inet_proto . inet_service
 	}
-	map nodeports-1 {
-		typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport
+	map nodeports-1-sctp {
+		typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . sctp dport
+	}
+	map nodeports-1-tcp {
+		typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . tcp dport
 		elements = { tcp . 30080 . 0 : 10.244.1.2 . 8080 }
+	}
+	map nodeports-1-udp {
+		typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . udp dport
 	}
 	map service-ips {
 		type ipv4_addr . inet_proto . inet_service : verdict
@@ -124,9 +146,9 @@ const GOLDEN: &str = r#"table ip podnet-proxy {
 		ct state new ct status dnat jump affinity-record
 	}
 	chain affinity-record {
-		meta l4proto tcp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-60 update @affinity { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst timeout 60s : ip daddr . th dport }
-		meta l4proto udp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-60 update @affinity { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst timeout 60s : ip daddr . th dport }
-		meta l4proto sctp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-60 update @affinity { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst timeout 60s : ip daddr . th dport }
+		meta l4proto tcp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-60 update @affinity-tcp { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst timeout 60s : ip daddr . tcp dport }
+		meta l4proto udp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-60 update @affinity-udp { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst timeout 60s : ip daddr . udp dport }
+		meta l4proto sctp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-60 update @affinity-sctp { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst timeout 60s : ip daddr . sctp dport }
 	}
 	chain endpoints-check {
 		ip daddr . meta l4proto . th dport @no-endpoint-ips jump reject-service
@@ -146,8 +168,12 @@ const GOLDEN: &str = r#"table ip podnet-proxy {
 	}
 	chain ips-2 {
 		ip saddr != { 10.244.0.0/16 } meta mark set meta mark | 0x4000
-		dnat to ip saddr . ip daddr . meta l4proto . th dport map @affinity
-		dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @ips-2
+		meta l4proto tcp dnat to ip saddr . ip daddr . meta l4proto . th dport map @affinity-tcp
+		meta l4proto tcp dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @ips-2-tcp
+		meta l4proto udp dnat to ip saddr . ip daddr . meta l4proto . th dport map @affinity-udp
+		meta l4proto udp dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @ips-2-udp
+		meta l4proto sctp dnat to ip saddr . ip daddr . meta l4proto . th dport map @affinity-sctp
+		meta l4proto sctp dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @ips-2-sctp
 	}
 	chain nat-output {
 		type nat hook output priority -100; policy accept;
@@ -163,7 +189,9 @@ const GOLDEN: &str = r#"table ip podnet-proxy {
 		jump services
 	}
 	chain nodeports-1-local {
-		dnat to meta l4proto . th dport . numgen random mod 1 map @nodeports-1
+		meta l4proto tcp dnat to meta l4proto . th dport . numgen random mod 1 map @nodeports-1-tcp
+		meta l4proto udp dnat to meta l4proto . th dport . numgen random mod 1 map @nodeports-1-udp
+		meta l4proto sctp dnat to meta l4proto . th dport . numgen random mod 1 map @nodeports-1-sctp
 	}
 	chain reject-service {
 		meta l4proto tcp reject with tcp reset
@@ -225,7 +253,7 @@ fn rule_count_does_not_grow_with_services() {
     assert_eq!(small.rule_count(), large.rule_count());
     assert_eq!(small.chains.len(), large.chains.len());
     assert_eq!(large.sets["service-ips"].elements.len(), 2000);
-    assert_eq!(large.sets["ips-10"].elements.len(), 20_000);
+    assert_eq!(large.sets["ips-10-tcp"].elements.len(), 20_000);
 }
 
 #[test]
@@ -246,7 +274,7 @@ fn diff_is_element_adds_and_deletes_and_converges() {
     assert_eq!(apply_model(&old, &d), new);
     let script = d.script();
     assert!(
-        script.contains("add map ip podnet-proxy ips-4 { typeof ip daddr"),
+        script.contains("add map ip podnet-proxy ips-4-tcp { typeof ip daddr"),
         "{script}"
     );
     assert!(
@@ -276,7 +304,7 @@ fn diff_is_element_adds_and_deletes_and_converges() {
         "{script}"
     );
     assert!(
-        script.contains("delete map ip podnet-proxy ips-4\n"),
+        script.contains("delete map ip podnet-proxy ips-4-udp\n"),
         "{script}"
     );
     assert!(script.find("delete chain").unwrap() > script.find("delete element").unwrap());
