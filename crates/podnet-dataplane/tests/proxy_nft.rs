@@ -342,3 +342,28 @@ fn dual_stack_tables_load() {
     let tables = sh(&lab.node_a, &["nft", "list", "tables"]);
     assert!(!tables.contains("ip6 podnet-proxy"), "{tables}");
 }
+
+#[test]
+fn an_agent_restart_keeps_established_connections_and_the_ruleset() {
+    use std::io::{Read, Write};
+    let lab = three_pods();
+    let st = state(vec![web(&lab, &[0, 1, 2])]);
+    let mut proxy = NftProxy::new(lab.target());
+    proxy.sync(&st).unwrap();
+    let before = normalized_table(&lab.node_a, "ip");
+    let mut conn = lab.pods[3]
+        .ns
+        .run(|| std::net::TcpStream::connect((VIP, 80)))
+        .unwrap()
+        .expect("connect through the service");
+    // the agent restarts: a fresh applier loads the whole table again
+    drop(proxy);
+    let mut restarted = NftProxy::new(lab.target());
+    assert!(restarted.sync(&st).unwrap().full);
+    assert_eq!(before, normalized_table(&lab.node_a, "ip"));
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert!(reply.ends_with(" 10.244.1.100\n"), "{reply}");
+}

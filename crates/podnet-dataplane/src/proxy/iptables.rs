@@ -47,7 +47,12 @@ impl IptablesProxy {
             if previous == Some(&rs) {
                 continue;
             }
-            let mut text = rs.restore_text(previous);
+            let mut text = match previous {
+                Some(p) => rs.restore_text(Some(p)),
+                // After a restart, chains a former run left behind (an
+                // endpoint gone while we were down) are deleted too.
+                None => rs.restore_text(Some(&self.existing(family))),
+            };
             if previous.is_none() {
                 text = self.with_missing_jumps(family, &text);
             }
@@ -61,6 +66,33 @@ impl IptablesProxy {
             element_changes: 0,
             flushed,
         })
+    }
+
+    /// The `KUBE-*` chains the kernel holds now (names only).
+    fn existing(&self, family: Family) -> IptablesRuleset {
+        let (tool, _) = tools(family);
+        let mut rs = IptablesRuleset::default();
+        for table in ["nat", "filter"] {
+            let Ok(out) = self
+                .target
+                .command(tool)
+                .args(["-w", "-t", table, "-S"])
+                .output()
+            else {
+                continue;
+            };
+            let chains = if table == "nat" {
+                &mut rs.nat
+            } else {
+                &mut rs.filter
+            };
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = line.strip_prefix("-N ").filter(|n| n.starts_with("KUBE-")) {
+                    chains.insert(name.to_string(), Vec::new());
+                }
+            }
+        }
+        rs
     }
 
     /// Inserts `-I CHAIN 1 <jump>` lines for jumps not yet present, so the
