@@ -97,6 +97,17 @@ fn full_resync_equals_the_incremental_result() {
                        "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.1.0/28"]}}]}]}),
             ),
         ],
+        // Single ports and ranges deleted again (element deletes).
+        vec![
+            netpol("x", "deny", json!({"podSelector": {}, "ingress": []})),
+            netpol(
+                "x",
+                "from-y",
+                json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                       "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+                                    "ports": [{"port": 81, "protocol": "TCP"}]}]}),
+            ),
+        ],
     ];
     for (i, policies) in steps.iter().enumerate() {
         for (n, agent) in incremental.iter_mut().enumerate() {
@@ -112,12 +123,16 @@ fn full_resync_equals_the_incremental_result() {
     // Labels change under the agents: element updates again.
     lab.label_pod("z/a", "pod", "b");
     lab.label_namespace("z", "ns", "y");
-    let last = &steps[1];
+    let last = &steps[2];
     for (n, agent) in incremental.iter_mut().enumerate() {
         let kind = agent.sync(&lab.plan(n, last)).unwrap();
         // n1 holds the peers' pods and x/a; n2's sets do not change.
         let want_change = n == 0;
-        assert_eq!(kind != SyncKind::Unchanged, want_change, "node {n}: {kind:?}");
+        assert_eq!(
+            kind != SyncKind::Unchanged,
+            want_change,
+            "node {n}: {kind:?}"
+        );
         assert_ne!(kind, SyncKind::Full);
     }
     assert_eq!(lab.expected(last).mismatches(&lab.probe()), vec![]);

@@ -16,7 +16,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::PolicyError;
-use super::model::{Direction, Peer, PodFacts, PodKey, PolicyWorld, PortMatch, Proto, Rule};
+use super::model::{
+    CompiledPolicy, Direction, Peer, PodFacts, PodKey, PolicyWorld, PortMatch, Proto, Rule,
+};
 
 /// What the planner must know about the node it plans for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,8 +78,12 @@ pub struct PolicyState {
     pub known: BTreeSet<Ipv4Addr>,
     /// Local pods isolated per direction, with who isolates them.
     pub isolated: BTreeMap<(Direction, Ipv4Addr), Isolation>,
-    /// The whole IPv4 space, split into peer classes (sorted, no gaps).
-    pub peer_map: Vec<PeerRange>,
+    /// The whole IPv4 space split at ipBlock edges into peer classes
+    /// (sorted, no gaps): the class of an address that is no pod.
+    pub peer_ranges: Vec<PeerRange>,
+    /// Pod addresses whose class differs from their range's (looked up
+    /// after the ranges, in a hashed map).
+    pub peer_pods: BTreeMap<Ipv4Addr, u32>,
     /// Class admitted on any port and protocol.
     pub peer_any_port: BTreeSet<(Direction, Ipv4Addr, u32)>,
     /// Class admitted on some ports.
@@ -110,7 +116,12 @@ pub fn plan_world(node: &NodeFacts, world: &PolicyWorld) -> PolicyState {
         local_cidrs: node.pod_cidrs.iter().map(|c| c.trunc()).collect(),
         ..Default::default()
     };
-    // Which local pods are isolated, and by which rules.
+    // Which local pods are isolated, and by which rules (a policy selects
+    // only pods of its own namespace: index by namespace).
+    let mut by_ns: HashMap<&str, Vec<&CompiledPolicy>> = HashMap::new();
+    for pol in &world.policies {
+        by_ns.entry(pol.namespace.as_str()).or_default().push(pol);
+    }
     let mut subjects = Vec::new();
     for pod in &world.pods {
         let Some(ip) = pod.ip else { continue };
@@ -121,7 +132,7 @@ pub fn plan_world(node: &NodeFacts, world: &PolicyWorld) -> PolicyState {
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut policies = Vec::new();
             let mut rules = Vec::new();
-            for pol in &world.policies {
+            for pol in by_ns.get(pod.key.namespace.as_str()).into_iter().flatten() {
                 if let Some(r) = pol.rules(dir).filter(|_| pol.selects(pod)) {
                     policies.push(pol.id());
                     rules.extend(r.iter());
@@ -169,7 +180,8 @@ pub fn plan_world(node: &NodeFacts, world: &PolicyWorld) -> PolicyState {
     }
     let names: Vec<(String, Proto)> = names.into_iter().collect();
     let classes = classify(world, &peers, &names);
-    state.peer_map = classes.ranges;
+    state.peer_ranges = classes.ranges;
+    state.peer_pods = classes.pods;
 
     // Elements.
     type ClassPorts = BTreeMap<(Direction, Ipv4Addr, u32, Proto), Vec<(u16, u16)>>;
@@ -273,13 +285,16 @@ fn local_range(port: &PortMatch, proto: Proto, pod: &PodFacts) -> Option<(u16, u
     }
 }
 
-/// Sorted, disjoint, non-adjacent union of inclusive ranges.
+/// Sorted union of inclusive ranges without overlaps (interval sets refuse
+/// overlapping elements); touching ranges stay apart, so that single ports
+/// stay single and go to the hashed sets.
 fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
     ranges.sort_unstable();
+    ranges.dedup();
     let mut out: Vec<(u16, u16)> = Vec::new();
     for (lo, hi) in ranges {
         match out.last_mut() {
-            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
             _ => out.push((lo, hi)),
         }
     }
@@ -296,11 +311,12 @@ struct Classes {
     /// For each peer, the classes (indices) that contain it.
     by_peer: Vec<Vec<usize>>,
     ranges: Vec<PeerRange>,
+    pods: BTreeMap<Ipv4Addr, u32>,
 }
 
 /// Splits the IPv4 space into peer classes.
 fn classify(world: &PolicyWorld, peers: &[&Peer], names: &[(String, Proto)]) -> Classes {
-    // Boundaries: every pod address and every block edge.
+    // Boundaries: every block edge.
     let mut pods_by_addr: BTreeMap<u32, &PodFacts> = BTreeMap::new();
     for p in &world.pods {
         if let (Some(ip), false) = (p.ip, p.host_network) {
@@ -322,51 +338,42 @@ fn classify(world: &PolicyWorld, peers: &[&Peer], names: &[(String, Proto)]) -> 
             block_peers.push(i);
         }
     }
-    for &a in pods_by_addr.keys() {
-        bounds.insert(a);
-        if let Some(n) = a.checked_add(1) {
-            bounds.insert(n);
-        }
-    }
     let bounds: Vec<u32> = bounds.into_iter().collect();
 
-    // Each elementary interval gets a key: its peers and resolved names.
+    // Each address range between block edges, and each pod address, gets
+    // a key: the peers it matches and what the egress port names mean on it.
     type Key = (Vec<usize>, Vec<Option<u16>>);
     let mut keys: HashMap<Key, usize> = HashMap::new();
     let mut key_list: Vec<Key> = Vec::new();
+    let mut intern = |key: Key| match keys.get(&key) {
+        Some(&i) => i,
+        None => {
+            key_list.push(key.clone());
+            keys.insert(key, key_list.len() - 1);
+            key_list.len() - 1
+        }
+    };
     let mut intervals: Vec<(u32, u32, usize)> = Vec::new();
     for (i, &start) in bounds.iter().enumerate() {
         let end = bounds.get(i + 1).map(|n| n - 1).unwrap_or(u32::MAX);
-        let addr = Ipv4Addr::from(start);
-        let pod = if start == end {
-            pods_by_addr.get(&start).copied()
-        } else {
-            None
-        };
-        let members: Vec<usize> = match pod {
-            Some(_) => (0..peers.len())
-                .filter(|&pi| world.peer_matches(peers[pi], addr, pod))
-                .collect(),
-            None => block_peers
-                .iter()
-                .copied()
-                .filter(|&pi| world.peer_matches(peers[pi], addr, None))
-                .collect(),
-        };
+        let members: Vec<usize> = block_peers
+            .iter()
+            .copied()
+            .filter(|&pi| world.peer_matches(peers[pi], Ipv4Addr::from(start), None))
+            .collect();
+        intervals.push((start, end, intern((members, vec![None; names.len()]))));
+    }
+    let mut pod_keys: Vec<(u32, usize)> = Vec::new();
+    for (&a, pod) in &pods_by_addr {
+        let addr = Ipv4Addr::from(a);
+        let members: Vec<usize> = (0..peers.len())
+            .filter(|&pi| world.peer_matches(peers[pi], addr, Some(pod)))
+            .collect();
         let resolved: Vec<Option<u16>> = names
             .iter()
-            .map(|(n, proto)| pod.and_then(|p| p.resolve(n, *proto)))
+            .map(|(n, proto)| pod.resolve(n, *proto))
             .collect();
-        let key = (members, resolved);
-        let idx = match keys.get(&key) {
-            Some(&i) => i,
-            None => {
-                key_list.push(key.clone());
-                keys.insert(key, key_list.len() - 1);
-                key_list.len() - 1
-            }
-        };
-        intervals.push((start, end, idx));
+        pod_keys.push((a, intern((members, resolved))));
     }
 
     // Stable ids from content, so that a full plan and an incremental one
@@ -421,10 +428,20 @@ fn classify(world: &PolicyWorld, peers: &[&Peer], names: &[(String, Proto)]) -> 
             }),
         }
     }
+    // A pod needs its own entry only where it differs from its range.
+    let mut pods = BTreeMap::new();
+    for (a, idx) in pod_keys {
+        let class = ids[idx];
+        let i = ranges.partition_point(|r| u32::from(r.first) <= a) - 1;
+        if ranges[i].class != class {
+            pods.insert(Ipv4Addr::from(a), class);
+        }
+    }
     Classes {
         classes,
         by_peer,
         ranges,
+        pods,
     }
 }
 

@@ -13,8 +13,11 @@ use super::plan::PolicyState;
 pub const TABLE: &str = "inet podnet-policy";
 
 /// The table's fixed chains. `ct mark` carries the remote peer class between
-/// the two lookups of a new connection (the first packet only; established
-/// traffic is accepted first and never reaches it).
+/// the lookups of a new connection's first packet (established traffic is
+/// accepted first and never reaches them): first the class of the address
+/// range (ipBlock edges), then, for a pod, its own class. Exact ports are
+/// looked up in hashed sets (constant cost); only `endPort` ranges need the
+/// interval sets, tried last.
 const CHAINS: &str = r#"	chain forward {
 		type filter hook forward priority filter; policy accept;
 		ct state established,related accept
@@ -25,18 +28,24 @@ const CHAINS: &str = r#"	chain forward {
 	}
 
 	chain egress {
-		ct mark set ip daddr map @peer
+		ct mark set ip daddr map @peer_ranges
+		ct mark set ip daddr map @peer_pods
 		ip saddr . ct mark @eg_peer return
 		ip saddr . ct mark . meta l4proto . th dport @eg_peer_port return
 		ip saddr . meta l4proto . th dport @eg_port return
+		ip saddr . ct mark . meta l4proto . th dport @eg_peer_range return
+		ip saddr . meta l4proto . th dport @eg_range return
 		update @eg_drops { ip saddr } reject with icmpx admin-prohibited
 	}
 
 	chain ingress {
-		ct mark set ip saddr map @peer
+		ct mark set ip saddr map @peer_ranges
+		ct mark set ip saddr map @peer_pods
 		ip daddr . ct mark @in_peer accept
 		ip daddr . ct mark . meta l4proto . th dport @in_peer_port accept
 		ip daddr . meta l4proto . th dport @in_port accept
+		ip daddr . ct mark . meta l4proto . th dport @in_peer_range accept
+		ip daddr . meta l4proto . th dport @in_range accept
 		update @in_drops { ip daddr } reject with icmpx admin-prohibited
 	}
 "#;
@@ -47,23 +56,34 @@ const SETS: &[(&str, &str)] = &[
     ("known", "type ipv4_addr;"),
     ("in_isolated", "type ipv4_addr;"),
     ("eg_isolated", "type ipv4_addr;"),
-    ("peer", "type ipv4_addr : mark; flags interval;"),
+    ("peer_ranges", "type ipv4_addr : mark; flags interval;"),
+    ("peer_pods", "type ipv4_addr : mark;"),
     ("in_peer", "type ipv4_addr . mark;"),
     ("eg_peer", "type ipv4_addr . mark;"),
     (
         "in_peer_port",
-        "type ipv4_addr . mark . inet_proto . inet_service; flags interval;",
+        "type ipv4_addr . mark . inet_proto . inet_service;",
     ),
     (
         "eg_peer_port",
+        "type ipv4_addr . mark . inet_proto . inet_service;",
+    ),
+    ("in_port", "type ipv4_addr . inet_proto . inet_service;"),
+    ("eg_port", "type ipv4_addr . inet_proto . inet_service;"),
+    (
+        "in_peer_range",
         "type ipv4_addr . mark . inet_proto . inet_service; flags interval;",
     ),
     (
-        "in_port",
+        "eg_peer_range",
+        "type ipv4_addr . mark . inet_proto . inet_service; flags interval;",
+    ),
+    (
+        "in_range",
         "type ipv4_addr . inet_proto . inet_service; flags interval;",
     ),
     (
-        "eg_port",
+        "eg_range",
         "type ipv4_addr . inet_proto . inet_service; flags interval;",
     ),
 ];
@@ -71,12 +91,10 @@ const SETS: &[(&str, &str)] = &[
 /// Per-pod drop counters, filled by the kernel as it drops (never by us).
 const DROP_SETS: &[&str] = &["in_drops", "eg_drops"];
 
+/// A port range in a concatenated interval set: always `lo-hi`, because nft
+/// (1.0.6) cannot delete a single-value element of such a set by its value.
 fn ports(lo: u16, hi: u16) -> String {
-    if lo == hi {
-        lo.to_string()
-    } else {
-        format!("{lo}-{hi}")
-    }
+    format!("{lo}-{hi}")
 }
 
 fn mark(class: u32) -> String {
@@ -105,43 +123,51 @@ pub fn elements(state: &PolicyState) -> BTreeMap<&'static str, BTreeSet<String>>
             a.to_string(),
         );
     }
-    for r in &state.peer_map {
+    for r in &state.peer_ranges {
         let range = if r.first == r.last {
             r.first.to_string()
         } else {
             format!("{}-{}", r.first, r.last)
         };
-        put("peer", format!("{range} : {}", mark(r.class)));
+        put("peer_ranges", format!("{range} : {}", mark(r.class)));
     }
+    for (a, class) in &state.peer_pods {
+        put("peer_pods", format!("{a} : {}", mark(*class)));
+    }
+    let dir_set = |dir: Direction, ingress: &'static str, egress: &'static str| match dir {
+        Direction::Ingress => ingress,
+        Direction::Egress => egress,
+    };
     for (dir, a, class) in &state.peer_any_port {
-        let set = match dir {
-            Direction::Ingress => "in_peer",
-            Direction::Egress => "eg_peer",
-        };
-        put(set, format!("{a} . {}", mark(*class)));
+        put(
+            dir_set(*dir, "in_peer", "eg_peer"),
+            format!("{a} . {}", mark(*class)),
+        );
     }
     for p in &state.peer_ports {
-        let set = match p.dir {
-            Direction::Ingress => "in_peer_port",
-            Direction::Egress => "eg_peer_port",
+        let (set, port) = if p.lo == p.hi {
+            (
+                dir_set(p.dir, "in_peer_port", "eg_peer_port"),
+                p.lo.to_string(),
+            )
+        } else {
+            (
+                dir_set(p.dir, "in_peer_range", "eg_peer_range"),
+                ports(p.lo, p.hi),
+            )
         };
         put(
             set,
-            format!(
-                "{} . {} . {} . {}",
-                p.pod,
-                mark(p.class),
-                p.proto.nft(),
-                ports(p.lo, p.hi)
-            ),
+            format!("{} . {} . {} . {port}", p.pod, mark(p.class), p.proto.nft()),
         );
     }
     for (dir, a, proto, lo, hi) in &state.any_peer_ports {
-        let set = match dir {
-            Direction::Ingress => "in_port",
-            Direction::Egress => "eg_port",
+        let (set, port) = if lo == hi {
+            (dir_set(*dir, "in_port", "eg_port"), lo.to_string())
+        } else {
+            (dir_set(*dir, "in_range", "eg_range"), ports(*lo, *hi))
         };
-        put(set, format!("{a} . {} . {}", proto.nft(), ports(*lo, *hi)));
+        put(set, format!("{a} . {} . {port}", proto.nft()));
     }
     m
 }

@@ -199,7 +199,8 @@ fn plan_isolates_only_local_selected_pods() {
     );
     assert_eq!(s.known.len(), 6);
     assert!(s.peer_ports.is_empty() && s.peer_any_port.is_empty());
-    assert_eq!(s.peer_map.len(), 1, "no peers: one class for all space");
+    assert_eq!(s.peer_ranges.len(), 1, "no peers: one class for all space");
+    assert!(s.peer_pods.is_empty());
 }
 
 #[test]
@@ -214,8 +215,10 @@ fn plan_peer_classes_are_shared_and_stable() {
     let s = plan(&n1(), &w.pods, &w.nss, std::slice::from_ref(&p)).unwrap();
     let classes: std::collections::BTreeSet<u32> = s.peer_ports.iter().map(|e| e.class).collect();
     assert_eq!(classes.len(), 1, "the three y pods share one class");
-    // 2 local targets x (TCP 80-81 merged, UDP 80).
-    assert_eq!(s.peer_ports.len(), 4, "{:?}", s.peer_ports);
+    // 2 local targets x (TCP 80, TCP 81, UDP 80).
+    assert_eq!(s.peer_ports.len(), 6, "{:?}", s.peer_ports);
+    // Only the y pods need their own class entry.
+    assert_eq!(s.peer_pods.len(), 3);
     // Same inputs, same ids; a new pod elsewhere does not rename the class.
     let mut pods = w.pods.clone();
     pods.push(pod("z", "d", "10.244.2.99", "n2"));
@@ -233,7 +236,7 @@ fn render_and_diff() {
         json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
     );
     let a = plan(&n1(), &w.pods, &w.nss, std::slice::from_ref(&deny)).unwrap();
-    let b = plan(&n1(), &w.pods, &w.nss, &[deny, allow]).unwrap();
+    let b = plan(&n1(), &w.pods, &w.nss, &[deny.clone(), allow]).unwrap();
     let full = render_full(&b);
     assert!(full.starts_with("table inet podnet-policy {}\ndelete table inet podnet-policy\n"));
     assert!(
@@ -248,7 +251,19 @@ fn render_and_diff() {
         text.contains("add element inet podnet-policy in_peer { 10.244.1.10 . 0x"),
         "{text}"
     );
+    assert!(!text.contains("delete element"), "{text}");
+    // From b/x to c/x: the old peer's elements go before the new ones come.
+    let allow_c = netpol(
+        "x",
+        "allow-b",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "c"}}}],
+               "ports": [{"port": 80, "endPort": 81}]}]}),
+    );
+    let c = plan(&n1(), &w.pods, &w.nss, &[deny, allow_c]).unwrap();
+    let text = diff(&b, &c).render();
     assert!(text.find("delete element").unwrap() < text.find("add element").unwrap());
+    assert!(text.contains("in_peer_range { 10.244.1.10 . 0x"), "{text}");
+    assert!(text.contains(" . tcp . 80-81 }"), "{text}");
     assert!(diff(&b, &b).is_empty());
 }
 
@@ -263,5 +278,5 @@ fn merge_port_ranges() {
     );
     let s = plan(&n1(), &w.pods, &w.nss, &[p]).unwrap();
     let r: Vec<(u16, u16)> = s.any_peer_ports.iter().map(|e| (e.3, e.4)).collect();
-    assert_eq!(r, vec![(80, 101), (200, 200)]);
+    assert_eq!(r, vec![(80, 100), (101, 101), (200, 200)]);
 }
