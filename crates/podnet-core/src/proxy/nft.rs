@@ -131,6 +131,13 @@ enum Entry {
 
 /// Builds the desired table of `family` from `state`.
 pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
+    build(state, family, true)
+}
+
+/// The table of `state`; without `with_elements`, only its skeleton:
+/// chains, declarations and the (shared, small) hairpin set, which is
+/// cheap at any size.
+fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
     let fam = family.nft_family();
     let addr = family.addr_type();
     let mut sets = BTreeMap::new();
@@ -163,7 +170,9 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
                           vmap: &mut NftSet,
                           no_ep: &mut NftSet| {
         if eps.is_empty() {
-            no_ep.elements.insert(key_prefix.to_string(), None);
+            if with_elements {
+                no_ep.elements.insert(key_prefix.to_string(), None);
+            }
             return;
         }
         let n = eps.len();
@@ -184,18 +193,24 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
                 );
             }
         }
-        let map = buckets
-            .get_mut(&format!("{name}-{proto}"))
-            .expect("just made");
-        for (i, ep) in eps.iter().enumerate() {
-            map.elements.insert(
-                format!("{key_prefix} . {i}"),
-                Some(format!("{} . {}", ep.addr, ep.port)),
-            );
+        let chain = if local {
+            format!("{name}-local")
+        } else {
+            name.clone()
+        };
+        if with_elements {
+            let map = buckets
+                .get_mut(&format!("{name}-{proto}"))
+                .expect("just made");
+            for (i, ep) in eps.iter().enumerate() {
+                map.elements.insert(
+                    format!("{key_prefix} . {i}"),
+                    Some(format!("{} . {}", ep.addr, ep.port)),
+                );
+            }
+            vmap.elements
+                .insert(key_prefix.to_string(), Some(format!("goto {chain}")));
         }
-        let chain = if local { format!("{name}-local") } else { name };
-        vmap.elements
-            .insert(key_prefix.to_string(), Some(format!("goto {chain}")));
         bucket_chains.insert((entry == Entry::NodePorts, n, local));
     };
 
@@ -258,8 +273,10 @@ pub fn ruleset(state: &ProxyState, family: Family) -> NftTable {
             let set = affinity.entry(t).or_insert_with(|| {
                 NftSet::new(&[format!("type {addr} . inet_proto . inet_service")])
             });
-            for k in ip_keys {
-                set.elements.insert(k, None);
+            if with_elements {
+                for k in ip_keys {
+                    set.elements.insert(k, None);
+                }
             }
         }
     }
@@ -595,6 +612,150 @@ pub fn diff(old: &NftTable, new: &NftTable) -> NftDiff {
         }
     }
     d
+}
+
+/// The change from `old` to `new` for `family`, where `applied` is the
+/// table as last applied for `old`. Only the service ports that differ are
+/// rendered, so one endpoint change costs about the same at 10 or 10,000
+/// services; the skeleton (chains, declarations, hairpin) is recomputed
+/// whole because it is shared and small.
+pub fn diff_states(
+    old: &ProxyState,
+    new: &ProxyState,
+    family: Family,
+    applied: &NftTable,
+) -> NftDiff {
+    if old.cluster_cidrs != new.cluster_cidrs || applied.family != family {
+        return diff(applied, &ruleset(new, family));
+    }
+    let mut old_sub = ProxyState {
+        ports: BTreeMap::new(),
+        cluster_cidrs: old.cluster_cidrs.clone(),
+    };
+    let mut new_sub = ProxyState {
+        ports: BTreeMap::new(),
+        cluster_cidrs: new.cluster_cidrs.clone(),
+    };
+    for (k, v) in &old.ports {
+        if new.ports.get(k) != Some(v) {
+            old_sub.ports.insert(k.clone(), v.clone());
+        }
+    }
+    for (k, v) in &new.ports {
+        if old.ports.get(k) != Some(v) {
+            new_sub.ports.insert(k.clone(), v.clone());
+        }
+    }
+    // Structure (and the hairpin set) from the whole new state.
+    let skeleton = build(new, family, false);
+    let mut d = NftDiff {
+        table: skeleton.qualified_name(),
+        ..Default::default()
+    };
+    for (name, ns) in &skeleton.sets {
+        match applied.sets.get(name) {
+            None => d.add_sets.push((name.clone(), NftSet::new(&ns.decl))),
+            Some(os) if os.decl != ns.decl => d.needs_full = true,
+            Some(_) => {}
+        }
+    }
+    for (name, os) in &applied.sets {
+        if !skeleton.sets.contains_key(name) {
+            d.del_sets
+                .push((name.clone(), if os.is_map() { "map" } else { "set" }));
+        }
+    }
+    for (name, nc) in &skeleton.chains {
+        match applied.chains.get(name) {
+            None => d.add_chains.push((name.clone(), nc.clone())),
+            Some(oc) if oc.hook != nc.hook => d.needs_full = true,
+            Some(oc) if oc.rules != nc.rules => d.rewrite_chains.push((name.clone(), nc.clone())),
+            Some(_) => {}
+        }
+    }
+    for name in applied.chains.keys() {
+        if !skeleton.chains.contains_key(name) {
+            d.del_chains.push(name.clone());
+        }
+    }
+    // Elements: the changed ports' own, plus the shared hairpin set.
+    let t_old = build(&old_sub, family, true);
+    let t_new = build(&new_sub, family, true);
+    let empty = NftSet::default();
+    let deleted: BTreeSet<&str> = d.del_sets.iter().map(|(n, _)| n.as_str()).collect();
+    let mut element_diff = |name: &str, os: &NftSet, ns: &NftSet| {
+        let dels: Vec<String> = os
+            .elements
+            .iter()
+            .filter(|(k, v)| ns.elements.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let adds: Vec<String> = ns
+            .elements
+            .iter()
+            .filter(|(k, v)| os.elements.get(*k) != Some(*v))
+            .map(|(k, v)| element_text(k, v))
+            .collect();
+        if !dels.is_empty() && !deleted.contains(name) {
+            d.del_elements.insert(name.to_string(), dels);
+        }
+        if !adds.is_empty() {
+            d.add_elements.insert(name.to_string(), adds);
+        }
+    };
+    let names: BTreeSet<&String> = t_old.sets.keys().chain(t_new.sets.keys()).collect();
+    for name in names {
+        if DYNAMIC_SETS.contains(&name.as_str()) || name == "hairpin" {
+            continue;
+        }
+        let os = t_old.sets.get(name).unwrap_or(&empty);
+        let ns = t_new.sets.get(name).unwrap_or(&empty);
+        element_diff(name, os, ns);
+    }
+    element_diff(
+        "hairpin",
+        applied.sets.get("hairpin").unwrap_or(&empty),
+        skeleton.sets.get("hairpin").unwrap_or(&empty),
+    );
+    d
+}
+
+impl NftTable {
+    /// Applies `d` to this model, as the kernel applies its script, so an
+    /// applier can keep an exact picture of the kernel without re-reading
+    /// it.
+    pub fn apply_diff(&mut self, d: &NftDiff) {
+        for (name, set) in &d.add_sets {
+            self.sets.insert(name.clone(), set.clone());
+        }
+        for (name, chain) in d.add_chains.iter().chain(&d.rewrite_chains) {
+            self.chains.insert(name.clone(), chain.clone());
+        }
+        for (set, keys) in &d.del_elements {
+            if let Some(s) = self.sets.get_mut(set) {
+                for k in keys {
+                    s.elements.remove(k);
+                }
+            }
+        }
+        for (set, elems) in &d.add_elements {
+            if let Some(s) = self.sets.get_mut(set) {
+                for e in elems {
+                    let (k, v) = match e.split_once(" : ") {
+                        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                        None => (e.clone(), None),
+                    };
+                    s.elements.insert(k, v);
+                }
+            }
+        }
+        for c in &d.del_chains {
+            self.chains.remove(c);
+        }
+        for (s, _) in &d.del_sets {
+            self.sets.remove(s);
+        }
+    }
 }
 
 impl NftDiff {

@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use podnet_core::proxy::nft::{NftTable, PROTOCOLS, TABLE, diff, parse_affinity_elements, ruleset};
+use podnet_core::proxy::nft::{
+    NftTable, PROTOCOLS, TABLE, diff_states, parse_affinity_elements, ruleset,
+};
 use podnet_core::proxy::{Family, ProxyState};
 
 use super::{ProxyError, SyncReport, Target, flush_udp};
@@ -33,22 +35,24 @@ impl NftProxy {
     /// only what changed afterwards (falling back to a full load if the
     /// kernel refuses the patch, e.g. because someone edited the table).
     pub fn sync(&mut self, state: &ProxyState) -> Result<SyncReport, ProxyError> {
-        if self.state.is_none() {
+        let Some(old) = self.state.take() else {
             return self.full_sync(state);
-        }
-        let tables = tables(state);
-        if tables.keys().ne(self.applied.keys()) {
+        };
+        let families = state.families();
+        if families.iter().ne(self.applied.keys()) {
             return self.full_sync(state);
         }
         let mut script = String::new();
         let mut changes = 0;
-        for (family, new) in &tables {
-            let d = diff(&self.applied[family], new);
+        let mut diffs = Vec::new();
+        for family in families {
+            let d = diff_states(&old, state, family, &self.applied[&family]);
             if d.needs_full {
                 return self.full_sync(state);
             }
             changes += d.element_changes();
             script.push_str(&d.script());
+            diffs.push((family, d));
         }
         if !script.is_empty()
             && let Err(e) = nft::apply(self.target.nft(), &script)
@@ -56,8 +60,12 @@ impl NftProxy {
             tracing::warn!(error = %e, "incremental proxy sync refused; loading the whole table");
             return self.full_sync(state);
         }
-        self.applied = tables;
-        let old = self.state.replace(state.clone()).unwrap_or_default();
+        for (family, d) in &diffs {
+            if let Some(t) = self.applied.get_mut(family) {
+                t.apply_diff(d);
+            }
+        }
+        self.state = Some(state.clone());
         let flushed = self.after_change(&old, state)?;
         Ok(SyncReport {
             full: false,

@@ -386,3 +386,41 @@ fn affinity_listing_is_parsed() {
     assert_eq!(got[1].1.to_string(), "10.244.2.2");
     assert_eq!(got[1].2, 8080);
 }
+
+#[test]
+fn diff_of_states_matches_the_diff_of_whole_tables() {
+    let base = many(50, 3);
+    let mut transitions: Vec<ProxyState> = Vec::new();
+    // an endpoint added to one service (3 -> 4), one removed from another
+    let mut s = base.clone();
+    let mut it = s.ports.values_mut();
+    it.next()
+        .unwrap()
+        .endpoints
+        .push(ep("10.244.9.9", 8080, true));
+    it.next().unwrap().endpoints.pop();
+    transitions.push(s.clone());
+    // a service goes, another gets affinity and a NodePort, one goes empty
+    s.ports.pop_first();
+    let mut it = s.ports.values_mut();
+    let p = it.next().unwrap();
+    p.affinity_timeout = Some(30);
+    p.node_port = Some(30001);
+    p.external_local = true;
+    it.next().unwrap().endpoints.clear();
+    transitions.push(s.clone());
+    // back to the start
+    transitions.push(base.clone());
+
+    let mut applied = ruleset(&base, Family::V4);
+    let mut old = base.clone();
+    for (i, new) in transitions.iter().enumerate() {
+        let d = diff_states(&old, new, Family::V4, &applied);
+        assert!(!d.needs_full, "step {i}");
+        let whole = diff(&applied, &ruleset(new, Family::V4));
+        assert_eq!(d.element_changes(), whole.element_changes(), "step {i}");
+        applied.apply_diff(&d);
+        assert_eq!(applied, ruleset(new, Family::V4), "step {i}");
+        old = new.clone();
+    }
+}
