@@ -1005,7 +1005,7 @@ impl Api {
             };
             let (initial, start) = match started {
                 Ok(s) => s,
-                Err(()) => {
+                Err(crate::store::TooOld) => {
                     let e = ApiError::new(
                         410,
                         "Expired",

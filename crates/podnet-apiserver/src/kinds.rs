@@ -264,7 +264,7 @@ fn check_labels(labels: &Value, path: &str, errs: &mut Vec<FieldError>) {
         match v.as_str() {
             Some(s) if label_value_ok(s) => {}
             _ => errs.push(FieldError::invalid(
-                format!("{path}"),
+                path.to_string(),
                 v,
                 "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
             )),
@@ -407,10 +407,8 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<FieldError> {
                 errs.push(FieldError::required("spec.externalName"));
             }
         }
-        "NetworkPolicy" => {
-            if obj["spec"]["podSelector"].is_null() {
-                errs.push(FieldError::required("spec.podSelector"));
-            }
+        "NetworkPolicy" if obj["spec"]["podSelector"].is_null() => {
+            errs.push(FieldError::required("spec.podSelector"));
         }
         "EndpointSlice" => match obj["addressType"].as_str() {
             Some("IPv4" | "IPv6" | "FQDN") => {}
@@ -421,10 +419,8 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<FieldError> {
                 message: "Unsupported value: supported values: \"IPv4\", \"IPv6\", \"FQDN\"".into(),
             }),
         },
-        "Event" => {
-            if obj["involvedObject"].is_null() {
-                errs.push(FieldError::required("involvedObject"));
-            }
+        "Event" if obj["involvedObject"].is_null() => {
+            errs.push(FieldError::required("involvedObject"));
         }
         _ => {}
     }
@@ -466,23 +462,21 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> 
                 errs.push(FieldError::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
             }
         }
-        "Deployment" | "ReplicaSet" | "DaemonSet" => {
-            if old["spec"]["selector"] != new["spec"]["selector"] {
-                errs.push(FieldError::invalid(
-                    "spec.selector",
-                    &new["spec"]["selector"],
-                    "field is immutable",
-                ));
-            }
+        "Deployment" | "ReplicaSet" | "DaemonSet"
+            if old["spec"]["selector"] != new["spec"]["selector"] =>
+        {
+            errs.push(FieldError::invalid(
+                "spec.selector",
+                &new["spec"]["selector"],
+                "field is immutable",
+            ));
         }
-        "EndpointSlice" => {
-            if old["addressType"] != new["addressType"] {
-                errs.push(FieldError::invalid(
-                    "addressType",
-                    &new["addressType"],
-                    "field is immutable",
-                ));
-            }
+        "EndpointSlice" if old["addressType"] != new["addressType"] => {
+            errs.push(FieldError::invalid(
+                "addressType",
+                &new["addressType"],
+                "field is immutable",
+            ));
         }
         _ => {}
     }
@@ -686,11 +680,12 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
                 }
             }
         }
-        "Event" => {
-            if obj["involvedObject"]["namespace"].is_null() && obj["involvedObject"].is_object() {
-                let ns = obj["metadata"]["namespace"].clone();
-                obj["involvedObject"]["namespace"] = ns;
-            }
+        "Event"
+            if obj["involvedObject"]["namespace"].is_null()
+                && obj["involvedObject"].is_object() =>
+        {
+            let ns = obj["metadata"]["namespace"].clone();
+            obj["involvedObject"]["namespace"] = ns;
         }
         _ => {}
     }
@@ -704,9 +699,17 @@ pub fn has_generation(kind: &str) -> bool {
     )
 }
 
+/// A field selector names a field the kind cannot be selected on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsupportedField;
+
 /// The value of a field-selector field of an object, or Err when the kind
 /// does not support selecting on that field (400, as kube-apiserver does).
-pub fn field_value<'a>(kind: &str, obj: &'a Value, field: &str) -> Result<Option<&'a str>, ()> {
+pub fn field_value<'a>(
+    kind: &str,
+    obj: &'a Value,
+    field: &str,
+) -> Result<Option<&'a str>, UnsupportedField> {
     let allowed = match field {
         "metadata.name" | "metadata.namespace" => true,
         "spec.nodeName"
@@ -733,7 +736,7 @@ pub fn field_value<'a>(kind: &str, obj: &'a Value, field: &str) -> Result<Option
         _ => false,
     };
     if !allowed {
-        return Err(());
+        return Err(UnsupportedField);
     }
     if field == "source" {
         return Ok(obj["source"]["component"].as_str());

@@ -55,6 +55,9 @@ pub struct Config {
     pub cluster_name: String,
     /// Serve TLS (the default); plain HTTP only for in-process embedding.
     pub tls: bool,
+    /// How many events are kept for watches resuming from an older
+    /// resourceVersion (older ones get 410 Gone and re-list).
+    pub event_log_len: usize,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
             extra_sans: Vec::new(),
             cluster_name: "podnet".into(),
             tls: true,
+            event_log_len: store::EVENT_LOG_LEN,
         }
     }
 }
@@ -128,7 +132,7 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, Error> {
         let dir = config.state_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| Error::Io(dir.display().to_string(), e))?;
-        let store = Store::open(&dir)?;
+        let store = Store::open_with(&dir, config.event_log_len)?;
         let ca = Ca::load_or_create(&dir)?;
         let tokens = Tokens::load_or_create(&dir)?;
         let admin_token = tokens.token_of("kubernetes-admin").expect("made at load");

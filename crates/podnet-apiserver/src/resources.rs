@@ -53,6 +53,7 @@ impl Resource {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // a table row constructor
 const fn r(
     group: &'static str,
     kind: &'static str,

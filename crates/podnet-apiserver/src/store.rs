@@ -137,6 +137,10 @@ impl Event {
     }
 }
 
+/// A watch asked for events older than the log keeps (410 Gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooOld;
+
 /// (namespace, name)
 pub type ObjKey = (String, String);
 
@@ -161,6 +165,7 @@ struct Pending {
 
 /// The store; cheap to clone-share through `Arc`.
 pub struct Store {
+    log_len: usize,
     state: Mutex<State>,
     log: Mutex<Log>,
     tx: broadcast::Sender<Event>,
@@ -185,6 +190,11 @@ fn obj_key(resource: &str, ns: &str, name: &str) -> String {
 impl Store {
     /// Opens (or creates) the store in `dir/store.redb` and loads it.
     pub fn open(dir: &Path) -> Result<Arc<Store>, StoreError> {
+        Store::open_with(dir, EVENT_LOG_LEN)
+    }
+
+    /// Opens the store keeping `log_len` events for resuming watches.
+    pub fn open_with(dir: &Path, log_len: usize) -> Result<Arc<Store>, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(e.to_string()))?;
         let db = db!(Database::create(dir.join("store.redb")))?;
         {
@@ -252,6 +262,7 @@ impl Store {
         let (tx, _) = broadcast::channel(16_384);
         let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Pending>();
         let store = Arc::new(Store {
+            log_len,
             state: Mutex::new(State { rv, objects }),
             log: Mutex::new(Log {
                 start,
@@ -314,13 +325,13 @@ impl Store {
 
     /// Starts a watch: a list snapshot (when `from` is None) or a replay from
     /// the log (when `from` is a resourceVersion), and a live subscription.
-    /// Returns Err(()) when `from` is older than the log (410 Gone).
+    /// Returns `TooOld` when `from` is older than the log (410 Gone).
     pub fn watch(
         &self,
         resource: &str,
         ns: Option<&str>,
         from: Option<u64>,
-    ) -> Result<(Vec<Arc<Obj>>, WatchStart), ()> {
+    ) -> Result<(Vec<Arc<Obj>>, WatchStart), TooOld> {
         let st = self.state.lock().expect("store lock");
         let rx = self.tx.subscribe();
         let log = self.log.lock().expect("log lock");
@@ -350,7 +361,7 @@ impl Store {
             }
             Some(from) => {
                 if from < log.start {
-                    return Err(());
+                    return Err(TooOld);
                 }
                 let replay: Vec<Event> = log
                     .events
@@ -498,7 +509,8 @@ fn committer(db: Database, rx: std::sync::mpsc::Receiver<Pending>, store: std::s
                 Err(_) => break,
             }
         }
-        let res = write_batch(&db, &batch, &mut log_len);
+        let keep = store.upgrade().map(|s| s.log_len).unwrap_or(EVENT_LOG_LEN);
+        let res = write_batch(&db, &batch, &mut log_len, keep);
         let Some(store) = store.upgrade() else { return };
         match res {
             Ok(()) => {
@@ -508,7 +520,7 @@ fn committer(db: Database, rx: std::sync::mpsc::Receiver<Pending>, store: std::s
                     log.published = p.event.rv;
                     let _ = store.tx.send(p.event.clone());
                 }
-                while log.events.len() > EVENT_LOG_LEN {
+                while log.events.len() > store.log_len {
                     if let Some(e) = log.events.pop_front() {
                         log.start = e.rv;
                     }
@@ -532,7 +544,12 @@ fn committer(db: Database, rx: std::sync::mpsc::Receiver<Pending>, store: std::s
     }
 }
 
-fn write_batch(db: &Database, batch: &[Pending], log_len: &mut usize) -> Result<(), StoreError> {
+fn write_batch(
+    db: &Database,
+    batch: &[Pending],
+    log_len: &mut usize,
+    keep: usize,
+) -> Result<(), StoreError> {
     let w = db!(db.begin_write())?;
     {
         let mut objects = db!(w.open_table(OBJECTS))?;
@@ -557,8 +574,8 @@ fn write_batch(db: &Database, batch: &[Pending], log_len: &mut usize) -> Result<
         if let Some(last) = batch.last() {
             db!(meta.insert("rv", last.event.rv))?;
         }
-        if *log_len > EVENT_LOG_LEN + 4096 {
-            let cut = *log_len - EVENT_LOG_LEN;
+        if *log_len > keep + keep.min(4096) {
+            let cut = *log_len - keep;
             let first = db!(events.first())?.map(|(k, _)| k.value());
             if let Some(first) = first {
                 let upto = first + cut as u64;

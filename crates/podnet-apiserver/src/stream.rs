@@ -188,6 +188,7 @@ fn t_to_ax(m: TMsg) -> Option<AxMsg> {
 
 /// Forwards `pods/exec` or `pods/attach` (a WebSocket upgrade) to the pod's
 /// node, relaying frames both ways unchanged.
+#[allow(clippy::too_many_arguments)] // the request, split as the router has it
 pub async fn exec_or_attach(
     store: &Store,
     node_token: String,

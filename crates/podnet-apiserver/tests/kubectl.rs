@@ -1,0 +1,441 @@
+//! The real kubectl (1.30 and 1.33) against the server: get (plain, wide,
+//! -A, -l, -o yaml), describe, create -f, apply -f twice, label, scale,
+//! expose, delete (name and -l), get --watch.
+
+mod common;
+
+use common::{KUBECTLS, Lab, header, names};
+
+const POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web, tier: front}
+spec:
+  containers:
+  - name: nginx
+    image: nginx:1.25
+    ports:
+    - containerPort: 8080
+";
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: api}
+  template:
+    metadata:
+      labels: {app: api}
+    spec:
+      containers:
+      - name: api
+        image: busybox:1.36
+        env:
+        - {name: A, value: '1'}
+      - name: side
+        image: busybox:1.36
+";
+
+#[test]
+fn get_prints_kube_apiserver_tables() {
+    let lab = Lab::start();
+    for v in KUBECTLS {
+        let ns = lab.ok(v, &["get", "namespaces"]);
+        assert_eq!(header(&ns), ["NAME", "STATUS", "AGE"]);
+        assert_eq!(
+            names(&ns),
+            ["default", "kube-node-lease", "kube-public", "kube-system"]
+        );
+        let svc = lab.ok(v, &["get", "svc", "-A", "-o", "wide"]);
+        assert_eq!(
+            header(&svc),
+            [
+                "NAMESPACE",
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+                "SELECTOR"
+            ]
+        );
+        let row: Vec<&str> = svc.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row[..6],
+            [
+                "default",
+                "kubernetes",
+                "ClusterIP",
+                "10.96.0.1",
+                "<none>",
+                "443/TCP"
+            ]
+        );
+        let sys = lab.ok(v, &["get", "ns", "kube-system", "--show-labels"]);
+        assert!(
+            sys.contains("kubernetes.io/metadata.name=kube-system"),
+            "{sys}"
+        );
+    }
+    let f = lab.file("pod.yaml", POD);
+    assert!(
+        lab.ok("1.30", &["create", "-f", &f])
+            .contains("pod/web created")
+    );
+    for v in KUBECTLS {
+        let plain = lab.ok(v, &["get", "pods"]);
+        assert_eq!(
+            header(&plain),
+            ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        );
+        let row: Vec<&str> = plain.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[..4], ["web", "0/1", "Pending", "0"]);
+        let wide = lab.ok(v, &["get", "pods", "-o", "wide"]);
+        assert_eq!(
+            header(&wide),
+            [
+                "NAME",
+                "READY",
+                "STATUS",
+                "RESTARTS",
+                "AGE",
+                "IP",
+                "NODE",
+                "NOMINATED",
+                "NODE",
+                "READINESS",
+                "GATES"
+            ]
+        );
+        let all = lab.ok(v, &["get", "pods", "-A", "-L", "tier"]);
+        assert_eq!(
+            header(&all),
+            [
+                "NAMESPACE",
+                "NAME",
+                "READY",
+                "STATUS",
+                "RESTARTS",
+                "AGE",
+                "TIER"
+            ]
+        );
+        assert!(all.lines().nth(1).unwrap().ends_with("front"), "{all}");
+        assert_eq!(
+            names(&lab.ok(v, &["get", "pods", "-l", "app in (web,db),tier!=back"])),
+            ["web"]
+        );
+        let none = lab.kubectl(v, &["get", "pods", "-l", "app=db"]);
+        assert!(
+            String::from_utf8_lossy(&none.stderr)
+                .contains("No resources found in default namespace.")
+        );
+        let yaml = lab.ok(v, &["get", "pod", "web", "-o", "yaml"]);
+        for want in [
+            "kind: Pod",
+            "uid:",
+            "resourceVersion:",
+            "dnsPolicy: ClusterFirst",
+            "restartPolicy: Always",
+            "terminationGracePeriodSeconds: 30",
+            "protocol: TCP",
+            "phase: Pending",
+        ] {
+            assert!(yaml.contains(want), "{want} missing in {yaml}");
+        }
+        let by_field = lab.ok(
+            v,
+            &[
+                "get",
+                "pods",
+                "-A",
+                "--field-selector",
+                "metadata.name=web,status.phase=Pending",
+            ],
+        );
+        assert_eq!(names(&by_field), ["default"]);
+        let d = lab.ok(v, &["describe", "pod", "web"]);
+        for want in [
+            "Name:",
+            "web",
+            "Namespace:",
+            "default",
+            "Image:",
+            "nginx:1.25",
+            "Status:",
+            "Pending",
+            "8080/TCP",
+            "Events:",
+        ] {
+            assert!(d.contains(want), "{want} missing in describe: {d}");
+        }
+    }
+    let err = lab.fails("1.30", &["create", "-f", &f]);
+    assert!(
+        err.contains("AlreadyExists") && err.contains("pods \"web\" already exists"),
+        "{err}"
+    );
+}
+
+#[test]
+fn apply_twice_label_scale_expose_delete() {
+    let lab = Lab::start();
+    for v in KUBECTLS {
+        let ns = format!("t{}", v.replace('.', ""));
+        let nsf = lab.file(
+            &format!("{ns}.yaml"),
+            &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"),
+        );
+        lab.ok(v, &["apply", "-f", &nsf]);
+        let f = lab.file("deploy.yaml", DEPLOY);
+        assert!(
+            lab.ok(v, &["apply", "-n", &ns, "-f", &f])
+                .contains("deployment.apps/api created")
+        );
+        let changed = DEPLOY
+            .replace("replicas: 2", "replicas: 3")
+            .replace("value: '1'", "value: '2'")
+            .replace("      - name: side\n        image: busybox:1.36\n", "");
+        let f2 = lab.file("deploy2.yaml", &changed);
+        assert!(
+            lab.ok(v, &["apply", "-n", &ns, "-f", &f2])
+                .contains("deployment.apps/api configured")
+        );
+        assert!(
+            lab.ok(v, &["apply", "-n", &ns, "-f", &f2])
+                .contains("deployment.apps/api unchanged")
+        );
+        let got = lab.ok(v, &["get", "deploy", "api", "-n", &ns, "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[*].name} {.spec.template.spec.containers[0].env[0].value} {.metadata.generation}"]);
+        assert_eq!(got, "3 api 2 2");
+        let wide = lab.ok(v, &["get", "deploy", "-n", &ns, "-o", "wide"]);
+        assert_eq!(
+            header(&wide),
+            [
+                "NAME",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "AGE",
+                "CONTAINERS",
+                "IMAGES",
+                "SELECTOR"
+            ]
+        );
+        let row: Vec<&str> = wide.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            [row[0], row[1], row[2], row[3], row[5], row[6], row[7]],
+            ["api", "0/3", "0", "0", "api", "busybox:1.36", "app=api"]
+        );
+        assert!(
+            lab.ok(v, &["label", "deploy", "api", "-n", &ns, "team=net"])
+                .contains("labeled")
+        );
+        assert_eq!(
+            names(&lab.ok(v, &["get", "deploy", "-n", &ns, "-l", "team=net"])),
+            ["api"]
+        );
+        assert!(
+            lab.ok(v, &["scale", "deploy", "api", "-n", &ns, "--replicas=5"])
+                .contains("scaled")
+        );
+        assert_eq!(
+            lab.ok(
+                v,
+                &[
+                    "get",
+                    "deploy",
+                    "api",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "jsonpath={.spec.replicas}"
+                ]
+            ),
+            "5"
+        );
+        lab.ok(
+            v,
+            &[
+                "run",
+                "web",
+                "-n",
+                &ns,
+                "--image=nginx",
+                "--labels=run=web,x=y",
+            ],
+        );
+        assert!(
+            lab.ok(
+                v,
+                &[
+                    "expose",
+                    "pod",
+                    "web",
+                    "-n",
+                    &ns,
+                    "--port=80",
+                    "--target-port=8080",
+                    "--name=web-svc"
+                ]
+            )
+            .contains("service/web-svc exposed")
+        );
+        let svc = lab.ok(v, &["get", "svc", "web-svc", "-n", &ns, "-o", "jsonpath={.spec.clusterIP} {.spec.ports[0].port} {.spec.ports[0].targetPort} {.spec.selector.run}"]);
+        let parts: Vec<&str> = svc.split(' ').collect();
+        let ip: std::net::Ipv4Addr = parts[0].parse().unwrap();
+        assert!(
+            "10.96.0.0/12"
+                .parse::<ipnet::Ipv4Net>()
+                .unwrap()
+                .contains(&ip)
+                && parts[0] != "10.96.0.1",
+            "{svc}"
+        );
+        assert_eq!(parts[1..], ["80", "8080", "web"]);
+        assert!(
+            lab.ok(v, &["delete", "svc", "web-svc", "-n", &ns])
+                .contains("service \"web-svc\" deleted")
+        );
+        assert!(
+            lab.ok(v, &["delete", "pod", "-n", &ns, "-l", "run=web"])
+                .contains("pod \"web\" deleted")
+        );
+        assert!(
+            lab.ok(v, &["delete", "deploy", "api", "-n", &ns])
+                .contains("deleted")
+        );
+        let left = lab.kubectl(v, &["get", "all", "-n", &ns]);
+        assert!(
+            String::from_utf8_lossy(&left.stderr).contains("No resources found"),
+            "{}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+        assert!(lab.ok(v, &["delete", "ns", &ns]).contains("deleted"));
+        assert!(lab.fails(v, &["get", "ns", &ns]).contains("NotFound"));
+    }
+}
+
+#[test]
+fn get_watch_sees_a_change() {
+    use std::io::{BufRead, BufReader};
+    let lab = Lab::start();
+    for v in KUBECTLS {
+        let name = format!("w{}", v.replace('.', ""));
+        lab.ok(v, &["run", &name, "--image=busybox", "--", "sleep", "1"]);
+        let mut child = std::process::Command::new(common::kubectl_path(v))
+            .args([
+                "get",
+                "pods",
+                "--watch",
+                "--output-watch-events",
+                "--field-selector",
+                &format!("metadata.name={name}"),
+            ])
+            .env("KUBECONFIG", lab.kubeconfig())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        assert_eq!(
+            header(&first),
+            ["EVENT", "NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        );
+        let added = lines.next().unwrap().unwrap();
+        assert!(
+            added.starts_with("ADDED") && added.contains(&name),
+            "{added}"
+        );
+        lab.ok(v, &["label", "pod", &name, "seen=yes"]);
+        let modified = lines.next().unwrap().unwrap();
+        assert!(
+            modified.starts_with("MODIFIED") && modified.contains(&name),
+            "{modified}"
+        );
+        lab.ok(v, &["delete", "pod", &name]);
+        let deleted = lines.next().unwrap().unwrap();
+        assert!(
+            deleted.starts_with("DELETED") && deleted.contains(&name),
+            "{deleted}"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+#[test]
+fn invalid_objects_are_refused_with_the_field_named() {
+    let lab = Lab::start();
+    let before = lab.rv();
+    for v in KUBECTLS {
+        let bad = lab.file("bad.yaml", &POD.replace("name: web", "name: Web_1"));
+        let err = lab.fails(v, &["create", "-f", &bad]);
+        assert!(
+            err.contains("Invalid") && err.contains("metadata.name: Invalid value: \"Web_1\""),
+            "{err}"
+        );
+        let noimg = lab.file("noimg.yaml", &POD.replace("    image: nginx:1.25\n", ""));
+        let err = lab.fails(v, &["apply", "-f", &noimg]);
+        assert!(
+            err.contains("spec.containers[0].image: Required value"),
+            "{err}"
+        );
+        let unknown = lab.file(
+            "unknown.yaml",
+            &POD.replace(
+                "    image: nginx:1.25\n",
+                "    image: nginx:1.25\n    colour: red\n",
+            ),
+        );
+        let err = lab.fails(v, &["create", "-f", &unknown]);
+        assert!(
+            err.contains("unknown field \"spec.containers[0].colour\""),
+            "{err}"
+        );
+        let badsel = lab.file(
+            "badsel.yaml",
+            &DEPLOY.replace("labels: {app: api}", "labels: {app: other}"),
+        );
+        let err = lab.fails(v, &["create", "-f", &badsel]);
+        assert!(
+            err.contains("spec.template.metadata.labels")
+                && err.contains("`selector` does not match template `labels`"),
+            "{err}"
+        );
+    }
+    assert_eq!(lab.rv(), before, "refused objects changed the store");
+    let svc = lab.file(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80}]\n",
+    );
+    lab.ok("1.33", &["create", "-f", &svc]);
+    let ip = lab.ok(
+        "1.33",
+        &["get", "svc", "s", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    let other = if ip == "10.96.0.77" {
+        "10.96.0.78"
+    } else {
+        "10.96.0.77"
+    };
+    let err = lab.fails(
+        "1.33",
+        &[
+            "patch",
+            "svc",
+            "s",
+            "--type=merge",
+            "-p",
+            &format!("{{\"spec\":{{\"clusterIP\":\"{other}\"}}}}"),
+        ],
+    );
+    assert!(
+        err.contains("spec.clusterIPs[0]") && err.contains("may not change once set"),
+        "{err}"
+    );
+}
