@@ -179,55 +179,161 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<StdUdpSocket> {
     Ok(s.into())
 }
 
-/// Runs one UDP worker on `sock` until `stop` is set: receive, answer,
-/// send; forwarded questions go to the tokio runtime and are answered from
-/// there.
+/// Datagrams taken from the socket per system call.
+const BATCH: usize = 32;
+/// Largest query read over UDP; a longer datagram is not a DNS query we
+/// answer (dropped).
+const UDP_QUERY_MAX: usize = 4096;
+
+/// Runs one UDP worker on `sock` until `stop` is set: take up to 32
+/// datagrams with one `recvmmsg`, answer each from the index (or the
+/// forward cache), send the replies with one `sendmmsg`. Questions that
+/// must go upstream are handed to the tokio runtime and answered from there.
 pub fn udp_worker(
     shared: Arc<Shared>,
     sock: StdUdpSocket,
     rt: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
 ) {
+    use std::os::fd::AsRawFd;
     let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
     let sock = Arc::new(sock);
-    let mut buf = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(4096);
+    let fd = sock.as_raw_fd();
+    let mut bufs = vec![[0u8; UDP_QUERY_MAX]; BATCH];
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
+    // SAFETY (for the zeroed values): sockaddr_storage, iovec and mmsghdr
+    // are plain C structs for which all-zero is a valid value.
+    let mut addrs: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    let mut iovs: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    let mut send_iovs: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    let mut send_msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
     while !stop.load(Ordering::Relaxed) {
-        let (n, peer) = match sock.recv_from(&mut buf) {
-            Ok(v) => v,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "udp receive failed");
-                continue;
-            }
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                iov_base: bufs[i].as_mut_ptr().cast(),
+                iov_len: UDP_QUERY_MAX,
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&raw mut addrs[i]).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &raw mut iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            msgs[i].msg_len = 0;
+        }
+        // SAFETY: every header points into buffers owned by this frame
+        // (`bufs`, `addrs`, `iovs`) that outlive the call and are not moved.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
-        match answer(&shared, &buf[..n], false, &mut out) {
-            Action::Reply => {
-                let _ = sock.send_to(&out, peer);
+        if n <= 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) {
+                tracing::warn!(error = %e, "udp receive failed");
             }
-            Action::Drop => {}
-            Action::Forward => {
-                let packet = buf[..n].to_vec();
-                let shared = shared.clone();
-                let sock = sock.clone();
-                rt.spawn(async move {
-                    let mut out = Vec::new();
-                    forward(&shared, &packet, false, &mut out).await;
-                    if !out.is_empty() {
-                        let _ = sock.send_to(&out, peer);
-                    }
-                });
+            continue;
+        }
+        let mut replies = 0;
+        for i in 0..n as usize {
+            let len = msgs[i].msg_len as usize;
+            if msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                shared.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let packet = &bufs[i][..len];
+            match answer(&shared, packet, false, &mut outs[i]) {
+                Action::Reply => {
+                    send_iovs[replies] = libc::iovec {
+                        iov_base: outs[i].as_mut_ptr().cast(),
+                        iov_len: outs[i].len(),
+                    };
+                    let h = &mut send_msgs[replies].msg_hdr;
+                    h.msg_name = (&raw mut addrs[i]).cast();
+                    h.msg_namelen = msgs[i].msg_hdr.msg_namelen;
+                    h.msg_iov = &raw mut send_iovs[replies];
+                    h.msg_iovlen = 1;
+                    h.msg_control = std::ptr::null_mut();
+                    h.msg_controllen = 0;
+                    h.msg_flags = 0;
+                    replies += 1;
+                }
+                Action::Drop => {}
+                Action::Forward => {
+                    let Some(peer) = to_socket_addr(&addrs[i]) else {
+                        continue;
+                    };
+                    let packet = packet.to_vec();
+                    let shared = shared.clone();
+                    let sock = sock.clone();
+                    rt.spawn(async move {
+                        let mut out = Vec::new();
+                        forward(&shared, &packet, false, &mut out).await;
+                        if !out.is_empty() {
+                            let _ = sock.send_to(&out, peer);
+                        }
+                    });
+                }
             }
         }
+        let mut sent = 0;
+        while sent < replies {
+            // SAFETY: the first `replies` headers point at `outs` and
+            // `addrs` entries that are alive and unchanged until we return.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    send_msgs[sent..].as_mut_ptr(),
+                    (replies - sent) as libc::c_uint,
+                    0,
+                )
+            };
+            if r <= 0 {
+                // A reply that cannot be sent (e.g. a vanished peer) is
+                // skipped; the client retries.
+                sent += 1;
+            } else {
+                sent += r as usize;
+            }
+        }
+    }
+}
+
+/// The peer address the kernel wrote into `ss` (IPv4 or IPv6).
+fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says `ss` holds a sockaddr_in, which is
+            // smaller than sockaddr_storage and alignment-compatible.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
     }
 }
 

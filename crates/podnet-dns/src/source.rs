@@ -142,6 +142,19 @@ pub fn publish(shared: &Shared, config: &Config, serial: &AtomicU32, objects: &O
         "index rebuilt"
     );
     shared.swap(index);
+    release_freed_memory();
+}
+
+/// Hands memory freed by the previous index and the objects' parse back to
+/// the kernel (glibc keeps freed heap otherwise, and a DNS pod's resident
+/// size is what its memory limit is measured against).
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own arenas; it has no
+    // preconditions and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Serves from a static file; reloads it on SIGHUP (a bad file is logged and
@@ -149,16 +162,22 @@ pub fn publish(shared: &Shared, config: &Config, serial: &AtomicU32, objects: &O
 pub async fn run_file(shared: Arc<Shared>, config: Config, path: PathBuf) -> Result<()> {
     let serial = AtomicU32::new(unix_serial());
     let objects = load_objects(&path).with_context(|| format!("loading {}", path.display()))?;
+    let services = objects.services.len();
     publish(&shared, &config, &serial, &objects);
+    drop(objects);
+    release_freed_memory();
     shared.mark_ready();
-    tracing::info!(path = %path.display(), services = objects.services.len(), "zone loaded from file");
+    tracing::info!(path = %path.display(), services, "zone loaded from file");
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     while hup.recv().await.is_some() {
         match load_objects(&path) {
             Ok(objects) => {
+                let services = objects.services.len();
                 publish(&shared, &config, &serial, &objects);
-                tracing::info!(services = objects.services.len(), "zone reloaded");
+                drop(objects);
+                release_freed_memory();
+                tracing::info!(services, "zone reloaded");
             }
             Err(e) => tracing::error!(error = %e, "reload failed; keeping the index in force"),
         }
@@ -173,11 +192,76 @@ fn unix_serial() -> u32 {
         .unwrap_or(1)
 }
 
+/// Drops the parts of an object the index never reads, so the reflectors'
+/// caches stay small (a Pod's containers are most of its size).
+pub trait Slim {
+    /// Clears unused fields in place.
+    fn slim(&mut self);
+}
+
+impl Slim for Pod {
+    fn slim(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            *spec = k8s_openapi::api::core::v1::PodSpec {
+                hostname: spec.hostname.take(),
+                subdomain: spec.subdomain.take(),
+                ..Default::default()
+            };
+        }
+        if let Some(st) = self.status.as_mut() {
+            *st = k8s_openapi::api::core::v1::PodStatus {
+                phase: st.phase.take(),
+                pod_ip: st.pod_ip.take(),
+                pod_ips: st.pod_ips.take(),
+                conditions: st
+                    .conditions
+                    .take()
+                    .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+                ..Default::default()
+            };
+        }
+        self.metadata.annotations = None;
+        self.metadata.owner_references = None;
+    }
+}
+
+impl Slim for Service {
+    fn slim(&mut self) {
+        if let Some(a) = self.metadata.annotations.as_mut() {
+            // Only the legacy not-ready annotation matters.
+            a.retain(|k, _| k == "service.alpha.kubernetes.io/tolerate-unready-endpoints");
+        }
+        self.status = None;
+    }
+}
+
+impl Slim for EndpointSlice {
+    fn slim(&mut self) {
+        self.metadata.annotations = None;
+        self.metadata.owner_references = None;
+        for ep in &mut self.endpoints {
+            ep.target_ref = None;
+            ep.hints = None;
+            ep.deprecated_topology = None;
+        }
+    }
+}
+
+impl Slim for Namespace {
+    fn slim(&mut self) {
+        self.metadata.annotations = None;
+        self.metadata.labels = None;
+        self.spec = None;
+        self.status = None;
+    }
+}
+
 /// Starts a reflector for `K`, waking `notify` on every change; returns its
 /// store.
 fn reflect<K>(client: kube::Client, notify: Arc<Notify>) -> Store<K>
 where
-    K: Resource<DynamicType = ()>
+    K: Slim
+        + Resource<DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -192,6 +276,7 @@ where
         .modify(|o: &mut K| {
             // Managed fields are most of an object's size and never used.
             o.meta_mut().managed_fields = None;
+            o.slim();
         });
     let stream = reflector::reflector(writer, stream);
     tokio::spawn(async move {

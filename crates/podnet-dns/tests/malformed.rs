@@ -192,3 +192,71 @@ fn malformed_tcp_streams_do_not_hang_the_server() {
         ["10.96.0.1"]
     );
 }
+
+/// A deterministic mutation run over valid queries (the fuzz target's
+/// invariants, in the normal test suite): no panic; whatever the parser
+/// accepts hickory-proto decodes too; every response we build decodes and
+/// fits the UDP limit.
+#[test]
+fn mutated_queries_keep_the_invariants() {
+    use podnet_dns::server::{Action, Shared, answer};
+    let shared = Shared::new(
+        podnet_core::dns::Index::build(config("cluster.local"), &fixture()),
+        None,
+    );
+    let seeds = [
+        query(1, "kubernetes.default.svc.cluster.local", 1),
+        query(2, "_http._tcp.web.default.svc.cluster.local", 33),
+        query(3, "1.0.96.10.in-addr.arpa", 12),
+        {
+            let mut q = query(4, "web.default.svc.cluster.local", 255);
+            q[11] = 1;
+            q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+            q
+        },
+    ];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = Vec::new();
+    let mut accepted = 0;
+    for i in 0..50_000 {
+        let mut p = seeds[i % seeds.len()].clone();
+        for _ in 0..(next() % 4 + 1) {
+            let r = next();
+            match r % 4 {
+                0 if !p.is_empty() => {
+                    let at = (r >> 8) as usize % p.len();
+                    p[at] = (r >> 32) as u8;
+                }
+                1 if !p.is_empty() => p.truncate((r >> 8) as usize % p.len()),
+                2 => p.push((r >> 8) as u8),
+                _ => {
+                    let at = (r >> 8) as usize % (p.len() + 1);
+                    p.insert(at, (r >> 32) as u8);
+                }
+            }
+        }
+        if podnet_dns::wire::parse_query(&p).is_ok() {
+            accepted += 1;
+            assert!(
+                hickory_proto::op::Message::from_vec(&p).is_ok(),
+                "accepted what hickory-proto rejects: {p:?}"
+            );
+        }
+        if answer(&shared, &p, false, &mut out) == Action::Reply {
+            assert!(out.len() <= 1232, "UDP answer too large");
+            if let Err(e) = hickory_proto::op::Message::from_vec(&out) {
+                panic!("response does not decode ({e}) for query {p:?}: {out:?}");
+            }
+        }
+    }
+    assert!(
+        accepted > 1000,
+        "the mutations keep some queries valid ({accepted})"
+    );
+}
