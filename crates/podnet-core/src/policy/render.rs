@@ -246,20 +246,48 @@ impl StateDiff {
 
 /// The adds and deletes that turn `old` into `new`.
 pub fn diff(old: &PolicyState, new: &PolicyState) -> StateDiff {
-    let (a, b) = (elements(old), elements(new));
-    let mut d = StateDiff::default();
-    for (set, old_els) in &a {
-        let new_els = &b[set];
-        let del: Vec<String> = old_els.difference(new_els).cloned().collect();
-        let add: Vec<String> = new_els.difference(old_els).cloned().collect();
-        if !del.is_empty() {
-            d.deletes.insert(set, del);
+    // Subtract the typed states first, so only what changed is rendered.
+    let minus = |a: &PolicyState, b: &PolicyState| -> PolicyState {
+        fn sub<T: Ord + Clone>(x: &BTreeSet<T>, y: &BTreeSet<T>) -> BTreeSet<T> {
+            x.difference(y).cloned().collect()
         }
-        if !add.is_empty() {
-            d.adds.insert(set, add);
+        let ranges: BTreeSet<_> = b.peer_ranges.iter().collect();
+        PolicyState {
+            local_cidrs: sub(&a.local_cidrs, &b.local_cidrs),
+            known: sub(&a.known, &b.known),
+            isolated: a
+                .isolated
+                .iter()
+                .filter(|(k, _)| !b.isolated.contains_key(k))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
+            peer_ranges: a
+                .peer_ranges
+                .iter()
+                .filter(|r| !ranges.contains(r))
+                .copied()
+                .collect(),
+            peer_pods: a
+                .peer_pods
+                .iter()
+                .filter(|(k, v)| b.peer_pods.get(k) != Some(v))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            peer_any_port: sub(&a.peer_any_port, &b.peer_any_port),
+            peer_ports: sub(&a.peer_ports, &b.peer_ports),
+            any_peer_ports: sub(&a.any_peer_ports, &b.any_peer_ports),
         }
+    };
+    let as_lists = |m: BTreeMap<&'static str, BTreeSet<String>>| {
+        m.into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k, v.into_iter().collect::<Vec<_>>()))
+            .collect()
+    };
+    StateDiff {
+        deletes: as_lists(elements(&minus(old, new))),
+        adds: as_lists(elements(&minus(new, old))),
     }
-    d
 }
 
 /// Packets the kernel refused for one local pod in one direction.
