@@ -466,6 +466,19 @@ async fn dispatch(State(sh): State<Arc<Shared>>, req: Request) -> Response {
         )
         .into_response();
     }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > api::MAX_BODY) {
+        return ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {}", api::MAX_BODY),
+        )
+        .into_response();
+    }
     let body = match axum::body::to_bytes(req.into_body(), api::MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {

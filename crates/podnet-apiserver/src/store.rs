@@ -373,9 +373,15 @@ impl Store {
                     })
                     .cloned()
                     .collect();
-                let rv = from.max(log.events.back().map(|e| e.rv).unwrap_or(0));
                 drop(st);
-                Ok((Vec::new(), WatchStart { replay, rx, rv }))
+                Ok((
+                    Vec::new(),
+                    WatchStart {
+                        replay,
+                        rx,
+                        rv: from,
+                    },
+                ))
             }
         }
     }

@@ -79,6 +79,11 @@ impl Lab {
     /// starts it again on the same port and state directory.
     pub fn restart(&mut self) {
         self.kill();
+        self.start_again();
+    }
+
+    /// Starts a killed server again on the same port and state directory.
+    pub fn start_again(&mut self) {
         let (rt, server) = start_in(self.dir.path(), self.addr, self.event_log_len);
         self.rt = Some(rt);
         self.server = Some(server);
@@ -172,15 +177,23 @@ impl Lab {
         let ca = self.dir.path().join("ca.crt");
         let url = format!("{}{}", self.server().url, path);
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
-            .arg(&ca)
-            .args([
-                "-X",
-                method,
-                &url,
-                "-H",
-                &format!("Content-Type: {content_type}"),
-            ]);
+        cmd.args([
+            "-sS",
+            "--http1.1",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(&ca)
+        .args([
+            "-X",
+            method,
+            &url,
+            "-H",
+            &format!("Content-Type: {content_type}"),
+        ]);
         if token {
             cmd.args([
                 "-H",
