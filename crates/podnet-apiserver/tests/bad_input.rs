@@ -8,6 +8,9 @@ mod common;
 use common::Lab;
 use serde_json::Value;
 
+/// (method, path, content type, body, with token, wanted code, message part)
+type Case<'a> = (&'a str, String, &'a str, Vec<u8>, bool, u16, &'a str);
+
 fn status(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not a Status ({e}): {body}"))
 }
@@ -20,7 +23,7 @@ fn bad_requests_are_refused_and_change_nothing() {
     let (code, _) = lab.curl("POST", pods, "application/json", Some(good), true);
     assert_eq!(code, 201);
     let before = lab.rv();
-    let cases: Vec<(&str, String, &str, Vec<u8>, bool, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", pods.into(), "application/json", b"{\"kind\":".to_vec(), true, 400, "json parse error"),
         ("POST", pods.into(), "application/yaml", b"kind: Pod\n  bad: [".to_vec(), true, 400, "yaml"),
         ("POST", pods.into(), "application/json", br#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"x"}}"#.to_vec(), true, 400, "does not match the expected kind (Pod)"),
