@@ -171,7 +171,14 @@ fn ax_to_t(m: AxMsg) -> Option<TMsg> {
         AxMsg::Text(t) => TMsg::Text(t.as_str().into()),
         AxMsg::Ping(p) => TMsg::Ping(p),
         AxMsg::Pong(p) => TMsg::Pong(p),
-        AxMsg::Close(_) => TMsg::Close(None),
+        AxMsg::Close(f) => {
+            TMsg::Close(
+                f.map(|f| tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code: f.code.into(),
+                    reason: f.reason.as_str().into(),
+                }),
+            )
+        }
     })
 }
 
@@ -181,7 +188,10 @@ fn t_to_ax(m: TMsg) -> Option<AxMsg> {
         TMsg::Text(t) => AxMsg::Text(t.as_str().into()),
         TMsg::Ping(p) => AxMsg::Ping(p),
         TMsg::Pong(p) => AxMsg::Pong(p),
-        TMsg::Close(_) => AxMsg::Close(None),
+        TMsg::Close(f) => AxMsg::Close(f.map(|f| axum::extract::ws::CloseFrame {
+            code: f.code.into(),
+            reason: f.reason.as_str().into(),
+        })),
         TMsg::Frame(_) => return None,
     })
 }
@@ -297,6 +307,14 @@ pub async fn exec_or_attach(
             };
             tokio::select! { _ = down => {}, _ = up => {} }
         }))
+}
+
+/// A normal (1000) close, which clients read as the end of the stream.
+fn normal_close() -> AxMsg {
+    AxMsg::Close(Some(axum::extract::ws::CloseFrame {
+        code: 1000,
+        reason: "".into(),
+    }))
 }
 
 /// What a node is asked to show: one container's log.
@@ -573,7 +591,7 @@ async fn node_exec(
             Err(e) => json!({"metadata": {}, "status": "Failure", "message": e.0, "reason": "InternalError"}),
         };
         let _ = wtx.send(frame(3, &serde_json::to_vec(&status).expect("json"))).await;
-        let _ = wtx.send(AxMsg::Close(None)).await;
+        let _ = wtx.send(normal_close()).await;
         reader.abort();
     })
 }
