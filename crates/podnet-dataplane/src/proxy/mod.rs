@@ -9,6 +9,7 @@
 
 mod conntrack;
 mod iptables;
+mod libnft;
 mod nft;
 
 pub use iptables::IptablesProxy;

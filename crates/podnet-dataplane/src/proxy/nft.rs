@@ -8,6 +8,7 @@ use podnet_core::proxy::nft::{
 };
 use podnet_core::proxy::{Family, ProxyState};
 
+use super::libnft::Session;
 use super::{ProxyError, SyncReport, Target, flush_udp};
 use crate::nft;
 
@@ -19,6 +20,9 @@ pub struct NftProxy {
     target: Target,
     applied: BTreeMap<Family, NftTable>,
     state: Option<ProxyState>,
+    /// An in-process libnftables context (no process per change), opened
+    /// on first use; `None` after a failed open means "use `nft -f`".
+    session: Option<Option<Session>>,
 }
 
 impl NftProxy {
@@ -28,6 +32,7 @@ impl NftProxy {
             target,
             applied: BTreeMap::new(),
             state: None,
+            session: None,
         }
     }
 
@@ -55,7 +60,7 @@ impl NftProxy {
             diffs.push((family, d));
         }
         if !script.is_empty()
-            && let Err(e) = nft::apply(self.target.nft(), &script)
+            && let Err(e) = self.apply(&script)
         {
             tracing::warn!(error = %e, "incremental proxy sync refused; loading the whole table");
             return self.full_sync(state);
@@ -89,7 +94,7 @@ impl NftProxy {
                 script.push_str(&format!("table {q} {{}}\ndelete table {q}\n"));
             }
         }
-        nft::apply(self.target.nft(), &script)?;
+        self.apply(&script)?;
         self.applied = tables;
         let old = self.state.replace(state.clone()).unwrap_or_default();
         let flushed = self.after_change(&old, state)?;
@@ -98,6 +103,28 @@ impl NftProxy {
             element_changes: 0,
             flushed,
         })
+    }
+
+    /// Loads `script` as one transaction, in process when libnftables is
+    /// there, else through `nft -f`.
+    fn apply(&mut self, script: &str) -> Result<(), ProxyError> {
+        let target = &self.target;
+        let session = self.session.get_or_insert_with(|| {
+            let s = Session::open(target);
+            if s.is_none() {
+                tracing::info!("libnftables.so.1 not usable; applying through `nft -f`");
+            }
+            s
+        });
+        match session {
+            Some(s) => s.run(script).map_err(|stderr| {
+                ProxyError::Nft(nft::NftError::Rejected {
+                    what: "transaction".into(),
+                    stderr,
+                })
+            }),
+            None => Ok(nft::apply(self.target.nft(), script)?),
+        }
     }
 
     /// Deletes podnet's proxy tables (when the proxy is switched off).
