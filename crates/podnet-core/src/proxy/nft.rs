@@ -156,6 +156,7 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
     // bucket maps by (entry, N); chains by (entry, N, local)
     let mut buckets: BTreeMap<String, NftSet> = BTreeMap::new();
     let mut bucket_chains: BTreeSet<(bool, usize, bool)> = BTreeSet::new();
+    let mut bucket_seen: BTreeSet<(bool, usize)> = BTreeSet::new();
     let mut affinity: BTreeMap<u32, NftSet> = BTreeMap::new();
 
     let bucket_name = |entry: Entry, n: usize| match entry {
@@ -176,8 +177,10 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
             return;
         }
         let n = eps.len();
-        let name = bucket_name(entry, n);
-        if !buckets.contains_key(&format!("{name}-tcp")) {
+        let nodeports = entry == Entry::NodePorts;
+        bucket_chains.insert((nodeports, n, local));
+        if bucket_seen.insert((nodeports, n)) {
+            let name = bucket_name(entry, n);
             let key = match entry {
                 Entry::Ips => format!("{fam} daddr . meta l4proto . th dport"),
                 Entry::NodePorts => "meta l4proto . th dport".to_string(),
@@ -193,15 +196,16 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
                 );
             }
         }
-        let chain = if local {
-            format!("{name}-local")
-        } else {
-            name.clone()
-        };
         if with_elements {
+            let name = bucket_name(entry, n);
+            let chain = if local {
+                format!("{name}-local")
+            } else {
+                name.clone()
+            };
             let map = buckets
                 .get_mut(&format!("{name}-{proto}"))
-                .expect("just made");
+                .expect("made above");
             for (i, ep) in eps.iter().enumerate() {
                 map.elements.insert(
                     format!("{key_prefix} . {i}"),
@@ -211,7 +215,6 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
             vmap.elements
                 .insert(key_prefix.to_string(), Some(format!("goto {chain}")));
         }
-        bucket_chains.insert((entry == Entry::NodePorts, n, local));
     };
 
     for sp in state.ports.values() {
@@ -227,7 +230,11 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
         }
         let mut ip_keys = Vec::new();
         if let Some(ip) = sp.cluster_ip(family) {
-            let key = format!("{ip} . {proto} . {}", sp.port);
+            let key = if with_elements {
+                format!("{ip} . {proto} . {}", sp.port)
+            } else {
+                String::new()
+            };
             add_bucket(
                 Entry::Ips,
                 proto,
@@ -243,7 +250,11 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
             if sp.cluster_ip(family) == Some(*ip) {
                 continue;
             }
-            let key = format!("{ip} . {proto} . {}", sp.port);
+            let key = if with_elements {
+                format!("{ip} . {proto} . {}", sp.port)
+            } else {
+                String::new()
+            };
             add_bucket(
                 Entry::Ips,
                 proto,
@@ -258,7 +269,11 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
         if let Some(np) = sp.node_port
             && sp.cluster_ip(family).is_some()
         {
-            let key = format!("{proto} . {np}");
+            let key = if with_elements {
+                format!("{proto} . {np}")
+            } else {
+                String::new()
+            };
             add_bucket(
                 Entry::NodePorts,
                 proto,

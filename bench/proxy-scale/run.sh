@@ -1,0 +1,13 @@
+#!/bin/sh
+# proxy-scale: podnet's service proxy (nft maps; kube-proxy-shaped iptables)
+# against one `nft -f` of a ruleset shaped like upstream kube-proxy's
+# nftables mode, in namespaces of its own (root; needs nft, ip,
+# iptables-restore). Env: SIZES (default "1000 10000"), ENDPOINTS (10),
+# SKIP_IPTABLES_AT (skip the iptables full sync above this many services),
+# CARGO_TARGET_DIR.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+# Same dependency versions as the workspace.
+[ -f "$here/Cargo.lock" ] || cp "$here/../../Cargo.lock" "$here/Cargo.lock"
+cargo build --release --manifest-path "$here/Cargo.toml"
+exec "${CARGO_TARGET_DIR:-$here/target}/release/proxy-scale" "$@"
