@@ -367,3 +367,19 @@ fn an_agent_restart_keeps_established_connections_and_the_ruleset() {
     conn.read_to_string(&mut reply).unwrap();
     assert!(reply.ends_with(" 10.244.1.100\n"), "{reply}");
 }
+
+#[test]
+fn the_kubernetes_service_reaches_an_endpoint_on_the_node_itself() {
+    let mut lab = three_pods();
+    lab.serve_http_on_node(6443);
+    let mut api = service("kubernetes", "10.96.0.1", 443, &[]);
+    api.endpoints.push(podnet_core::proxy::Endpoint {
+        addr: NODE_A_IP.parse().unwrap(),
+        port: 6443,
+        local: false,
+    });
+    let mut proxy = NftProxy::new(lab.target());
+    proxy.sync(&state(vec![api])).unwrap();
+    let out = curl(&lab.pods[3].ns, "http://10.96.0.1:443/", 3);
+    assert_eq!(answers(&out), vec!["node-a 10.244.1.100"; 3], "{out:?}");
+}

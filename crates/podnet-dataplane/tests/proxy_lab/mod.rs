@@ -189,8 +189,23 @@ impl Lab {
             .run(|| TcpListener::bind(("0.0.0.0", port)))
             .unwrap()
             .expect("bind http");
-        listener.set_nonblocking(true).unwrap();
         let name = pod.name.clone();
+        self.serve_on(listener, name);
+    }
+
+    /// Starts the same HTTP server in node a's own namespace (as the API
+    /// server listens on the control-plane node).
+    pub fn serve_http_on_node(&mut self, port: u16) {
+        let listener = self
+            .node_a
+            .run(|| TcpListener::bind(("0.0.0.0", port)))
+            .unwrap()
+            .expect("bind http");
+        self.serve_on(listener, "node-a".into());
+    }
+
+    fn serve_on(&mut self, listener: TcpListener, name: String) {
+        listener.set_nonblocking(true).unwrap();
         self.servers.push(Server::spawn(move |stop| {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
