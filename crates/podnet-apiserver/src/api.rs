@@ -424,13 +424,15 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8], what: &str) -> Result<Value
             serde_saphyr::from_str(s)
                 .map_err(|e| ApiError::bad_request(format!("{what}: yaml: {e}")))?
         }
-        "application/vnd.kubernetes.protobuf" => {
-            return Err(ApiError::new(
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(body).map_err(|e| {
+            ApiError::new(
                 415,
                 "UnsupportedMediaType",
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
-            ));
-        }
+                format!(
+                    "{what}: {e}; accepted media types include: application/json, application/yaml"
+                ),
+            )
+        })?,
         other => {
             return Err(ApiError::new(
                 415,
@@ -666,7 +668,7 @@ fn allocate_service(
     let old_ports: Vec<Value> = old
         .and_then(|o| o["spec"]["ports"].as_array().cloned())
         .unwrap_or_default();
-    if let Some(ports) = svc["spec"]["ports"].as_array_mut() {
+    if let Some(ports) = svc["spec"].get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut() {
             if !node_port {
                 if let Some(m) = p.as_object_mut() {

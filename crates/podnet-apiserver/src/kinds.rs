@@ -446,7 +446,7 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> 
             let mut n = new["spec"].clone();
             for spec in [&mut o, &mut n] {
                 for list in ["containers", "initContainers"] {
-                    if let Some(cs) = spec[list].as_array_mut() {
+                    if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
                         for c in cs {
                             c["image"] = Value::Null;
                         }
@@ -504,7 +504,7 @@ fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     set_default(spec, "priority", json!(0));
     for list in ["containers", "initContainers"] {
-        if let Some(cs) = spec[list].as_array_mut() {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs {
                 set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
                 set_default(c, "terminationMessagePolicy", json!("File"));
@@ -518,7 +518,7 @@ fn default_pod_spec(spec: &mut Value) {
                     "IfNotPresent"
                 };
                 set_default(c, "imagePullPolicy", json!(policy));
-                if let Some(ps) = c["ports"].as_array_mut() {
+                if let Some(ps) = c.get_mut("ports").and_then(Value::as_array_mut) {
                     for p in ps {
                         set_default(p, "protocol", json!("TCP"));
                     }
@@ -529,7 +529,13 @@ fn default_pod_spec(spec: &mut Value) {
 }
 
 fn default_template(obj: &mut Value) {
-    default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+    if let Some(spec) = obj
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("template"))
+        .and_then(|t| t.get_mut("spec"))
+    {
+        default_pod_spec(spec);
+    }
     if obj["spec"]["template"]["metadata"].is_object() {
         set_default(
             &mut obj["spec"]["template"]["metadata"],
@@ -576,7 +582,7 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
             if ty == "NodePort" || ty == "LoadBalancer" {
                 set_default(spec, "externalTrafficPolicy", json!("Cluster"));
             }
-            if let Some(ps) = spec["ports"].as_array_mut() {
+            if let Some(ps) = spec.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ps {
                     set_default(p, "protocol", json!("TCP"));
                     let port = p["port"].clone();
@@ -593,11 +599,14 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
                 set_default(spec, "replicas", json!(1));
                 set_default(spec, "revisionHistoryLimit", json!(10));
                 set_default(spec, "progressDeadlineSeconds", json!(600));
-                set_default(
-                    spec,
-                    "strategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-                );
+                if spec["strategy"]["type"].is_null() {
+                    spec["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}});
+                } else if spec["strategy"]["type"] == "RollingUpdate"
+                    && spec["strategy"]["rollingUpdate"].is_null()
+                {
+                    spec["strategy"]["rollingUpdate"] =
+                        json!({"maxUnavailable": "25%", "maxSurge": "25%"});
+                }
             }
             default_template(obj);
             if obj["status"].is_null() {
@@ -651,9 +660,9 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
                 spec["policyTypes"] = Value::Array(types);
             }
             for dir in ["ingress", "egress"] {
-                if let Some(rules) = spec[dir].as_array_mut() {
+                if let Some(rules) = spec.get_mut(dir).and_then(Value::as_array_mut) {
                     for rule in rules {
-                        if let Some(ps) = rule["ports"].as_array_mut() {
+                        if let Some(ps) = rule.get_mut("ports").and_then(Value::as_array_mut) {
                             for p in ps {
                                 set_default(p, "protocol", json!("TCP"));
                             }
@@ -663,9 +672,9 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
             }
         }
         "Endpoints" => {
-            if let Some(subsets) = obj["subsets"].as_array_mut() {
+            if let Some(subsets) = obj.get_mut("subsets").and_then(Value::as_array_mut) {
                 for s in subsets {
-                    if let Some(ps) = s["ports"].as_array_mut() {
+                    if let Some(ps) = s.get_mut("ports").and_then(Value::as_array_mut) {
                         for p in ps {
                             set_default(p, "protocol", json!("TCP"));
                         }
@@ -674,7 +683,7 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
             }
         }
         "EndpointSlice" => {
-            if let Some(ps) = obj["ports"].as_array_mut() {
+            if let Some(ps) = obj.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ps {
                     set_default(p, "protocol", json!("TCP"));
                 }

@@ -1,4 +1,4 @@
-//! podnet-apiserver: the lab's Kubernetes API server. A small, honest
+//! podnet-apiserver (see README.md and docs/apiserver.md): the lab's Kubernetes API server. A small, honest
 //! implementation of the API a pod network needs (core namespaces, nodes,
 //! pods, services, endpoints, events, configmaps, serviceaccounts;
 //! EndpointSlices; NetworkPolicies; Deployments, ReplicaSets, DaemonSets;
@@ -12,6 +12,7 @@ pub mod api;
 pub mod discovery;
 pub mod kinds;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod security;
 pub mod selector;

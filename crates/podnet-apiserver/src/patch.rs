@@ -142,7 +142,7 @@ fn strategic(orig: &mut Value, patch: &Value, path: &mut Vec<String>) -> Result<
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
             let del = v.as_array().cloned().unwrap_or_default();
-            if let Some(a) = orig[field].as_array_mut() {
+            if let Some(a) = orig.get_mut(field).and_then(Value::as_array_mut) {
                 a.retain(|x| !del.contains(x));
             }
             continue;
@@ -179,7 +179,7 @@ fn strategic(orig: &mut Value, patch: &Value, path: &mut Vec<String>) -> Result<
     }
     for (field, order) in orders {
         let key = merge_key(path, &field);
-        if let Some(list) = orig[&field].as_array_mut() {
+        if let Some(list) = orig.get_mut(&field).and_then(Value::as_array_mut) {
             let pos = |item: &Value| -> usize {
                 let id = match key {
                     Some(k) => &item[k],

@@ -439,3 +439,70 @@ fn invalid_objects_are_refused_with_the_field_named() {
         "{err}"
     );
 }
+
+#[test]
+fn generator_commands_send_json_or_protobuf_and_work() {
+    // kubectl 1.33 sends protobuf for these; 1.30 sends JSON.
+    let lab = Lab::start();
+    for v in KUBECTLS {
+        let ns = format!("g{}", v.replace('.', ""));
+        lab.ok(v, &["create", "namespace", &ns]);
+        lab.ok(
+            v,
+            &[
+                "create",
+                "deployment",
+                "web",
+                "-n",
+                &ns,
+                "--image=nginx:1.25",
+                "--replicas=2",
+                "--port=80",
+            ],
+        );
+        lab.ok(
+            v,
+            &[
+                "create",
+                "configmap",
+                "cfg",
+                "-n",
+                &ns,
+                "--from-literal=a=b",
+            ],
+        );
+        lab.ok(v, &["create", "serviceaccount", "robot", "-n", &ns]);
+        lab.ok(
+            v,
+            &[
+                "create",
+                "service",
+                "nodeport",
+                "np",
+                "-n",
+                &ns,
+                "--tcp=80:8080",
+            ],
+        );
+        let d = lab.ok(v, &["get", "deploy", "web", "-n", &ns, "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.strategy.type} {.spec.selector.matchLabels.app}"]);
+        assert_eq!(d, "2 nginx:1.25 80 RollingUpdate web");
+        assert_eq!(
+            lab.ok(
+                v,
+                &["get", "cm", "cfg", "-n", &ns, "-o", "jsonpath={.data.a}"]
+            ),
+            "b"
+        );
+        let s = lab.ok(v, &["get", "svc", "np", "-n", &ns, "-o", "jsonpath={.spec.type} {.spec.ports[0].port} {.spec.ports[0].targetPort} {.spec.selector.app}"]);
+        assert_eq!(s, "NodePort 80 8080 np");
+        assert_eq!(
+            names(&lab.ok(v, &["get", "sa", "-n", &ns])),
+            ["default", "robot"]
+        );
+        let labels = lab.ok(v, &["get", "ns", &ns, "-o", "jsonpath={.metadata.labels}"]);
+        assert!(
+            labels.contains(&format!("\"kubernetes.io/metadata.name\":\"{ns}\"")),
+            "{labels}"
+        );
+    }
+}
