@@ -28,6 +28,7 @@ def main():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(0.05)
     took = []
+    qid = 0
     for i in range(count):
         name = f"new{i}"
         doc["items"].append({
@@ -42,15 +43,18 @@ def main():
         fq = f"{name}.ns0.svc.cluster.local"
         t0 = time.monotonic()
         os.kill(pid, signal.SIGHUP)
-        qid = 0
         while True:
             qid = (qid + 1) & 0xFFFF
             s.sendto(query(fq, qid), (ip, port))
+            reply = None
             try:
-                r = s.recv(2048)
+                while reply is None:  # skip late replies to earlier polls
+                    r = s.recv(2048)
+                    if r[:2] == struct.pack(">H", qid):
+                        reply = r
             except socket.timeout:
-                continue
-            if r[:2] == struct.pack(">H", qid) and r[3] & 0xF == 0 and struct.unpack(">H", r[6:8])[0] > 0:
+                pass
+            if reply and reply[3] & 0xF == 0 and struct.unpack(">H", reply[6:8])[0] > 0:
                 break
             if time.monotonic() - t0 > 10:
                 sys.exit(f"{fq} never answered")

@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 
 use crate::wire::{self, Query, rcode, skip_name};
-use podnet_core::dns::rtype;
+use podnet_core::dns::{RData, Record, rtype};
 
 /// Why the upstream list could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,56 @@ impl Cached {
     /// Seconds this answer may still be served.
     pub fn remaining(&self, now: Instant) -> Duration {
         self.expires.saturating_duration_since(now)
+    }
+
+    /// The A, AAAA and CNAME records of the answer section, TTLs counted
+    /// down to `now` (to append to a CNAME chased out of the zone).
+    pub fn answer_records(&self, now: Instant) -> Vec<Record> {
+        let b = &self.msg;
+        let elapsed = now.saturating_duration_since(self.stored).as_secs() as u32;
+        let mut out = Vec::new();
+        let an = u16::from_be_bytes([b[6], b[7]]);
+        let Some(mut at) = skip_name(b, wire::HEADER_LEN).map(|a| a + 4) else {
+            return out;
+        };
+        for _ in 0..an {
+            let Some((owner, after)) = wire::read_name(b, at) else {
+                return out;
+            };
+            let Some(hdr) = b.get(after..after + 10) else {
+                return out;
+            };
+            let t = u16::from_be_bytes([hdr[0], hdr[1]]);
+            let ttl = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]).saturating_sub(elapsed);
+            let rdlen = usize::from(u16::from_be_bytes([hdr[8], hdr[9]]));
+            let rdata_at = after + 10;
+            let Some(rdata) = b.get(rdata_at..rdata_at + rdlen) else {
+                return out;
+            };
+            let data = match (t, rdlen) {
+                (rtype::A, 4) => Some(RData::A(std::net::Ipv4Addr::new(
+                    rdata[0], rdata[1], rdata[2], rdata[3],
+                ))),
+                (rtype::AAAA, 16) => {
+                    let mut o = [0u8; 16];
+                    o.copy_from_slice(rdata);
+                    Some(RData::Aaaa(o.into()))
+                }
+                (rtype::CNAME, _) => {
+                    wire::read_name(b, rdata_at).map(|(n, _)| RData::Cname(n.into()))
+                }
+                _ => None,
+            };
+            if let Some(data) = data {
+                out.push(Record {
+                    name: owner.into(),
+                    ttl,
+                    data,
+                });
+            }
+            at = rdata_at + rdlen;
+        }
+        out
     }
 
     /// The upstream rcode.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use podnet_core::dns::Index;
+use podnet_core::dns::{Answer, Index, RData, Record, rtype};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -119,6 +119,9 @@ pub fn answer(shared: &Shared, packet: &[u8], tcp: bool, out: &mut Vec<u8>) -> A
     }
     let index = shared.index.load();
     if let Some(ans) = index.lookup(&q.qname, q.qtype) {
+        if shared.forwarder.is_some() && chase_target(&index, &ans, q.qtype).is_some() {
+            return Action::Forward; // an ExternalName: resolve its target
+        }
         wire::encode_answer(&q, &ans, limit, out);
         let rc = u16::from(out[3] & 0xf);
         shared.metrics.record(q.qtype, rc, start.elapsed());
@@ -143,6 +146,24 @@ pub fn answer(shared: &Shared, packet: &[u8], tcp: bool, out: &mut Vec<u8>) -> A
     }
 }
 
+/// The out-of-zone name an in-zone answer aliases to, when the client asked
+/// for another type and the server must resolve it (an ExternalName
+/// Service: clients' stub resolvers do not chase CNAMEs themselves).
+fn chase_target<'a>(index: &Index, ans: &'a Answer, qtype: u16) -> Option<&'a str> {
+    if qtype == rtype::CNAME || qtype == rtype::ANY {
+        return None;
+    }
+    match ans.answers.as_slice() {
+        [
+            Record {
+                data: RData::Cname(target),
+                ..
+            },
+        ] if !index.is_authoritative_for(target) => Some(target),
+        _ => None,
+    }
+}
+
 /// Resolves a forwarded query and writes the answer (or SERVFAIL) into `out`.
 pub async fn forward(shared: &Shared, packet: &[u8], tcp: bool, out: &mut Vec<u8>) {
     let start = Instant::now();
@@ -151,6 +172,24 @@ pub async fn forward(shared: &Shared, packet: &[u8], tcp: bool, out: &mut Vec<u8
     };
     let limit = if tcp { 65535 } else { q.udp_limit() };
     let Some(f) = &shared.forwarder else { return };
+    let index = shared.index();
+    if let Some(mut ans) = index.lookup(&q.qname, q.qtype) {
+        // An in-zone alias to an outside name: answer the CNAME followed by
+        // what the upstream says about its target.
+        if let Some(target) = chase_target(&index, &ans, q.qtype).map(str::to_string) {
+            let tq_packet = wire::build_query(&target, q.qtype);
+            if let Ok(tq) = wire::parse_query(&tq_packet)
+                && let Some(c) = f.resolve(&tq).await
+            {
+                ans.answers.extend(c.answer_records(Instant::now()));
+            }
+        }
+        wire::encode_answer(&q, &ans, limit, out);
+        shared
+            .metrics
+            .record(q.qtype, u16::from(out[3] & 0xf), start.elapsed());
+        return;
+    }
     match f.resolve(&q).await {
         Some(c) => {
             c.render(&q, limit, Instant::now(), out);

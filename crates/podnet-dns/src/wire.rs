@@ -446,6 +446,61 @@ pub fn encode_status(q: &Query<'_>, rc: u16, out: &mut Vec<u8>) {
     }
 }
 
+/// Reads a (possibly compressed) name at `at`: the lowercase dotted name
+/// and the offset after it; `None` when it runs off the end, loops or holds
+/// bytes that are not plain host-name characters.
+pub fn read_name(b: &[u8], mut at: usize) -> Option<(String, usize)> {
+    let mut name = String::new();
+    let mut hops = 0;
+    let mut end = None;
+    loop {
+        let len = *b.get(at)?;
+        match len {
+            0 => return Some((name, end.unwrap_or(at + 1))),
+            l if l & 0xC0 == 0xC0 => {
+                end.get_or_insert(at + 2);
+                hops += 1;
+                if hops > 64 {
+                    return None;
+                }
+                at = usize::from(be16(b, at)? & 0x3FFF);
+            }
+            l if l > 63 => return None,
+            l => {
+                let label = b.get(at + 1..at + 1 + usize::from(l))?;
+                if !label
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+                {
+                    return None;
+                }
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                name.extend(label.iter().map(|c| char::from(c.to_ascii_lowercase())));
+                if name.len() > 253 {
+                    return None;
+                }
+                at += 1 + usize::from(l);
+            }
+        }
+    }
+}
+
+/// A query packet for `name`/`qtype` (RD set), for questions the server
+/// asks itself (chasing a CNAME out of the zone).
+pub fn build_query(name: &str, qtype: u16) -> Vec<u8> {
+    let mut b = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.').filter(|l| !l.is_empty()) {
+        b.push(l.len().min(63) as u8);
+        b.extend_from_slice(&l.as_bytes()[..l.len().min(63)]);
+    }
+    b.push(0);
+    push16(&mut b, qtype);
+    push16(&mut b, 1);
+    b
+}
+
 /// Skips a (possibly compressed) name in a message, returning the offset
 /// after it; `None` when it runs off the end or loops.
 pub fn skip_name(b: &[u8], mut at: usize) -> Option<usize> {

@@ -104,3 +104,42 @@ fn identical_concurrent_queries_collapse() {
     );
     assert_eq!(collapsed + hits + upstream_exchanges, 20);
 }
+
+/// An ExternalName Service answers its CNAME followed by the target's
+/// addresses from the upstream (stub resolvers do not chase CNAMEs).
+#[test]
+fn external_name_is_chased_through_the_upstream() {
+    let upstream = start("127.0.0.5", "example.test", &fixture(), None);
+    let mut objs = fixture();
+    objs.services.push(std::sync::Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "extk", "namespace": "default"},
+            "spec": {"type": "ExternalName", "externalName": "kubernetes.default.svc.example.test"}
+        }))
+        .unwrap(),
+    ));
+    let s = start("127.0.0.1", "cluster.local", &objs, Some(upstream.addr));
+    let out = dig(s.addr, &["ExtK.default.svc.cluster.local"]);
+    let norm = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(
+        norm.contains(
+            "ExtK.default.svc.cluster.local. 30 IN CNAME kubernetes.default.svc.example.test."
+        ),
+        "{out}"
+    );
+    assert!(
+        norm.contains("kubernetes.default.svc.example.test. 30 IN A 10.96.0.1"),
+        "{out}"
+    );
+    // Asking for the CNAME itself does not go upstream.
+    assert_eq!(
+        short(s.addr, &["extk.default.svc.cluster.local", "CNAME"]),
+        ["kubernetes.default.svc.example.test."]
+    );
+    // A target the upstream does not know: the CNAME alone.
+    assert_eq!(
+        short(s.addr, &["ext.default.svc.cluster.local"]),
+        ["www.example.test."]
+    );
+}

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::name::{dashed_ip, join, reverse_name};
-use super::{Config, Index, PodMode, RData, SCHEMA_VERSION};
+use super::{Config, Index, NameMap, PodMode, RData, SCHEMA_VERSION};
 
 /// The label an EndpointSlice carries naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -34,17 +34,19 @@ pub struct Objects {
 struct Builder {
     zone: String,
     dot_zone: String,
-    names: HashMap<Box<str>, Vec<RData>>,
+    names: NameMap<Vec<RData>>,
 }
 
 impl Builder {
     /// Adds `data` at `owner`, creating the in-zone ancestors as empty
     /// non-terminals so they answer NODATA rather than NXDOMAIN.
     fn add(&mut self, owner: &str, data: RData) {
-        self.ensure(owner);
         if let Some(v) = self.names.get_mut(owner) {
             v.push(data);
+            return;
         }
+        self.names.insert(owner.into(), vec![data]);
+        self.ensure_ancestors(owner);
     }
 
     fn ensure(&mut self, owner: &str) {
@@ -52,11 +54,19 @@ impl Builder {
             return;
         }
         self.names.insert(owner.into(), Vec::new());
-        if owner.ends_with(&self.dot_zone)
-            && let Some((_, parent)) = owner.split_once('.')
-        {
-            let parent = parent.to_string();
-            self.ensure(&parent);
+        self.ensure_ancestors(owner);
+    }
+
+    /// Inserts the in-zone ancestors of `owner` up to the first one present.
+    fn ensure_ancestors(&mut self, owner: &str) {
+        let mut name = owner;
+        while name.ends_with(&self.dot_zone) {
+            let Some((_, parent)) = name.split_once('.') else { return };
+            if self.names.contains_key(parent) {
+                return;
+            }
+            self.names.insert(parent.into(), Vec::new());
+            name = parent;
         }
     }
 }
@@ -121,7 +131,10 @@ pub(super) fn build(config: Config, objects: &Objects) -> Index {
     let mut b = Builder {
         dot_zone: format!(".{zone}"),
         zone: zone.clone(),
-        names: HashMap::new(),
+        names: NameMap::with_capacity_and_hasher(
+            objects.services.len() * 4 + objects.namespaces.len() * 2 + 16,
+            Default::default(),
+        ),
     };
     let z = b.zone.clone();
 
