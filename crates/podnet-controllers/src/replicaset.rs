@@ -1,0 +1,443 @@
+//! ReplicaSet → Pods: keeps `spec.replicas` active pods owned by each
+//! ReplicaSet (creating `<rs>-<5 random chars>` pods from the template,
+//! deleting the least useful ones first), replaces deleted and failed pods,
+//! and writes the status fields kubectl and the Deployment controller read.
+//!
+//! Like kube-controller-manager it keeps "expectations": after creating or
+//! deleting pods it waits until the watch shows them before acting on that
+//! ReplicaSet again, so a lagging cache never causes extra pods.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::util::{
+    controlled_by, is_active, is_available, is_ready, labels_of, map_selector_matches, owner_ref,
+};
+use crate::{Caches, Error, Next, RETRY};
+
+/// How many pod writes of one owner are in flight at once.
+const PARALLEL_WRITES: usize = 16;
+/// How long unmet expectations hold an owner back (a lost watch event must
+/// not block it forever).
+const EXPECTATION_TTL: Duration = Duration::from_secs(10);
+
+/// Pods an owner created or deleted that the cache does not reflect yet.
+#[derive(Debug, Default)]
+pub(crate) struct Expectations {
+    by_owner: HashMap<String, (HashSet<String>, HashSet<String>, Instant)>,
+}
+
+impl Expectations {
+    /// Records pods created (by name) and deleted (by name) for `owner`.
+    pub(crate) fn expect(
+        &mut self,
+        owner: &str,
+        created: impl IntoIterator<Item = String>,
+        deleted: impl IntoIterator<Item = String>,
+    ) {
+        let e = self
+            .by_owner
+            .entry(owner.to_string())
+            .or_insert_with(|| (HashSet::new(), HashSet::new(), Instant::now()));
+        e.0.extend(created);
+        e.1.extend(deleted);
+        e.2 = Instant::now();
+    }
+
+    /// Whether the cache shows everything `owner` did; forgets met ones.
+    pub(crate) fn satisfied(&mut self, owner: &str, owned: &[&Arc<Pod>]) -> bool {
+        let Some((adds, dels, at)) = self.by_owner.get_mut(owner) else {
+            return true;
+        };
+        let seen: HashMap<&str, &Arc<Pod>> = owned
+            .iter()
+            .filter_map(|p| Some((p.metadata.name.as_deref()?, *p)))
+            .collect();
+        adds.retain(|n| !seen.contains_key(n.as_str()));
+        dels.retain(|n| seen.get(n.as_str()).is_some_and(|p| is_active(p)));
+        if (adds.is_empty() && dels.is_empty()) || at.elapsed() > EXPECTATION_TTL {
+            self.by_owner.remove(owner);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forgets owners that no longer exist.
+    pub(crate) fn retain(&mut self, live: &HashSet<&str>) {
+        self.by_owner.retain(|k, _| live.contains(k.as_str()));
+    }
+}
+
+/// The order in which surplus pods go (kube's `ActivePods` ranking): not
+/// yet on a node, then Pending, then not Ready, then Ready for the shortest
+/// time, then the newest.
+pub fn deletion_order(pods: &mut [&Arc<Pod>]) {
+    fn key(
+        p: &Pod,
+    ) -> (
+        bool,
+        u8,
+        bool,
+        std::cmp::Reverse<Option<Time>>,
+        std::cmp::Reverse<Option<Time>>,
+    ) {
+        let assigned = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
+        let phase = match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+            Some("Pending") => 0,
+            Some("Running") => 2,
+            _ => 1,
+        };
+        let ready_since = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+            .and_then(|c| c.last_transition_time.clone());
+        (
+            assigned,
+            phase,
+            is_ready(p),
+            std::cmp::Reverse(ready_since),
+            std::cmp::Reverse(p.metadata.creation_timestamp.clone()),
+        )
+    }
+    pods.sort_by_cached_key(|p| key(p));
+}
+
+/// A pod for `owner` from `template` (labels, annotations, spec), named
+/// `<prefix><5 random chars>` by the API server.
+pub(crate) fn pod_from_template<K: kube::Resource<DynamicType = ()>>(
+    owner: &K,
+    template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+    prefix: &str,
+) -> Pod {
+    let tmeta = template
+        .and_then(|t| t.metadata.clone())
+        .unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(prefix.to_string()),
+            namespace: owner.meta().namespace.clone(),
+            labels: tmeta.labels,
+            annotations: tmeta.annotations,
+            finalizers: tmeta.finalizers,
+            owner_references: Some(vec![owner_ref(owner)]),
+            ..Default::default()
+        },
+        spec: template.and_then(|t| t.spec.clone()),
+        status: None,
+    }
+}
+
+/// Creates `n` pods concurrently; returns the names created and whether
+/// any create failed.
+pub(crate) async fn create_pods(
+    api: &kube::Api<Pod>,
+    pod: &Pod,
+    n: usize,
+    who: &'static str,
+) -> (Vec<String>, bool) {
+    let results: Vec<Result<Pod, kube::Error>> = futures::stream::iter(0..n)
+        .map(|_| async move { api.create(&PostParams::default(), pod).await })
+        .buffer_unordered(PARALLEL_WRITES)
+        .collect()
+        .await;
+    let mut names = Vec::new();
+    let mut failed = false;
+    for r in results {
+        match r {
+            Ok(p) => names.extend(p.metadata.name),
+            Err(e) => {
+                crate::log_write_error(who, "create pod", &e);
+                failed = true;
+            }
+        }
+    }
+    (names, failed)
+}
+
+/// Deletes pods (each guarded by its uid) concurrently; returns the names
+/// whose delete went through and whether any failed.
+pub(crate) async fn delete_pods(
+    api: &kube::Api<Pod>,
+    pods: &[&Arc<Pod>],
+    who: &'static str,
+) -> (Vec<String>, bool) {
+    let targets: Vec<(String, Option<String>)> = pods
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                p.metadata.uid.clone(),
+            )
+        })
+        .collect();
+    let results: Vec<(String, Result<(), kube::Error>)> = futures::stream::iter(targets)
+        .map(|(name, uid)| async move {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid,
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            let r = api.delete(&name, &dp).await.map(|_| ());
+            (name, r)
+        })
+        .buffer_unordered(PARALLEL_WRITES)
+        .collect()
+        .await;
+    let mut names = Vec::new();
+    let mut failed = false;
+    for (name, r) in results {
+        match r {
+            Ok(()) => names.push(name),
+            Err(e) if crate::benign(&e) => names.push(name),
+            Err(e) => {
+                crate::log_write_error(who, "delete pod", &e);
+                failed = true;
+            }
+        }
+    }
+    (names, failed)
+}
+
+/// The status a ReplicaSet should show for its owned pods.
+pub fn status_for(rs: &ReplicaSet, owned: &[&Arc<Pod>], now: Time) -> ReplicaSetStatus {
+    let active: Vec<&&Arc<Pod>> = owned.iter().filter(|p| is_active(p)).collect();
+    let tlabels = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let min_ready = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
+    let count = |f: &dyn Fn(&Pod) -> bool| -> i32 { active.iter().filter(|p| f(p)).count() as i32 };
+    ReplicaSetStatus {
+        replicas: active.len() as i32,
+        fully_labeled_replicas: Some(count(&|p| map_selector_matches(&tlabels, labels_of(p)))),
+        ready_replicas: Some(count(&|p| is_ready(p))),
+        available_replicas: Some(count(&|p| is_available(p, min_ready, now.clone()))),
+        terminating_replicas: None,
+        observed_generation: rs.metadata.generation,
+        conditions: rs.status.as_ref().and_then(|s| s.conditions.clone()),
+    }
+}
+
+/// Runs the ReplicaSet controller with caches of its own until cancelled.
+pub async fn run(client: kube::Client, resync: Duration) -> Result<(), Error> {
+    run_with(Caches::new(client), resync).await
+}
+
+/// Runs the ReplicaSet controller over shared caches until cancelled.
+pub async fn run_with(caches: Arc<Caches>, resync: Duration) -> Result<(), Error> {
+    let wake = Arc::new(Notify::new());
+    caches.replica_sets().wake_on_change(&wake);
+    caches.pods().wake_on_change(&wake);
+    caches.replica_sets().ready().await;
+    caches.pods().ready().await;
+    let mut c = RsController {
+        caches,
+        expectations: Expectations::default(),
+    };
+    crate::drive!("replicaset", wake, resync, c.pass().await)
+}
+
+struct RsController {
+    caches: Arc<Caches>,
+    expectations: Expectations,
+}
+
+impl RsController {
+    async fn pass(&mut self) -> Next {
+        let sets = self.caches.replica_sets().all();
+        let pods = self.caches.pods().all();
+        let live: HashSet<&str> = sets
+            .iter()
+            .filter_map(|r| r.metadata.uid.as_deref())
+            .collect();
+        self.expectations.retain(&live);
+        let mut owned_by: HashMap<&str, Vec<&Arc<Pod>>> = HashMap::new();
+        for p in &pods {
+            if let Some(r) = crate::util::controller_of(p.as_ref())
+                && live.contains(r.uid.as_str())
+            {
+                owned_by.entry(r.uid.as_str()).or_default().push(p);
+            }
+        }
+        let mut next = Next::Idle;
+        for rs in &sets {
+            if rs.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let uid = rs.metadata.uid.clone().unwrap_or_default();
+            let owned: Vec<&Arc<Pod>> = owned_by.get(uid.as_str()).cloned().unwrap_or_default();
+            debug_assert!(owned.iter().all(|p| controlled_by(p.as_ref(), &uid)));
+            next = next.min(self.sync(rs, &uid, &owned).await);
+        }
+        next
+    }
+
+    async fn sync(&mut self, rs: &ReplicaSet, uid: &str, owned: &[&Arc<Pod>]) -> Next {
+        let ns = rs.metadata.namespace.clone().unwrap_or_default();
+        let name = rs.metadata.name.clone().unwrap_or_default();
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.caches.client().clone(), &ns);
+        let mut next = Next::Idle;
+        if self.expectations.satisfied(uid, owned) {
+            let want = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1)
+                .max(0) as usize;
+            let mut active: Vec<&Arc<Pod>> =
+                owned.iter().copied().filter(|p| is_active(p)).collect();
+            if active.len() < want {
+                let pod = pod_from_template(
+                    rs,
+                    rs.spec.as_ref().and_then(|s| s.template.as_ref()),
+                    &format!("{name}-"),
+                );
+                let (made, failed) =
+                    create_pods(&api, &pod, want - active.len(), "replicaset").await;
+                tracing::debug!(rs = %format!("{ns}/{name}"), created = made.len(), "scaled up");
+                self.expectations.expect(uid, made, []);
+                if failed {
+                    next = Next::After(RETRY);
+                }
+            } else if active.len() > want {
+                deletion_order(&mut active);
+                let surplus = &active[..active.len() - want];
+                let (gone, failed) = delete_pods(&api, surplus, "replicaset").await;
+                tracing::debug!(rs = %format!("{ns}/{name}"), deleted = gone.len(), "scaled down");
+                self.expectations.expect(uid, [], gone);
+                if failed {
+                    next = Next::After(RETRY);
+                }
+            }
+        }
+        // Status from what the cache shows (the next pass corrects it once
+        // our own writes come back).
+        let status = status_for(rs, owned, crate::util::now());
+        let min_ready = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0);
+        if min_ready > 0 && status.ready_replicas != status.available_replicas {
+            next = next.min(Next::After(Duration::from_secs(1)));
+        }
+        if rs.status.as_ref() != Some(&status) {
+            let rs_api: kube::Api<ReplicaSet> =
+                kube::Api::namespaced(self.caches.client().clone(), &ns);
+            if let Err(e) = rs_api
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"status": status})),
+                )
+                .await
+            {
+                crate::log_write_error("replicaset", "status", &e);
+                next = next.min(Next::After(RETRY));
+            }
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+
+    fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool) -> Arc<Pod> {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.spec = Some(PodSpec {
+            node_name: node.map(Into::into),
+            ..Default::default()
+        });
+        p.status = Some(PodStatus {
+            phase: Some(phase.into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        Arc::new(p)
+    }
+
+    #[test]
+    fn surplus_goes_unscheduled_then_pending_then_unready_first() {
+        let a = pod("ready", Some("n"), "Running", true);
+        let b = pod("unready", Some("n"), "Running", false);
+        let c = pod("pending", Some("n"), "Pending", false);
+        let d = pod("unscheduled", None, "Pending", false);
+        let mut v = vec![&a, &b, &c, &d];
+        deletion_order(&mut v);
+        let names: Vec<&str> = v
+            .iter()
+            .map(|p| p.metadata.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(names, ["unscheduled", "pending", "unready", "ready"]);
+    }
+
+    #[test]
+    fn status_counts_active_ready_available() {
+        let mut rs = ReplicaSet::default();
+        rs.metadata.generation = Some(3);
+        let a = pod("a", Some("n"), "Running", true);
+        let b = pod("b", Some("n"), "Running", false);
+        let c = pod("c", Some("n"), "Failed", false);
+        let mut d = (*pod("d", Some("n"), "Running", true)).clone();
+        d.metadata.deletion_timestamp = Some(crate::util::now());
+        let d = Arc::new(d);
+        let s = status_for(&rs, &[&a, &b, &c, &d], crate::util::now());
+        assert_eq!(
+            (
+                s.replicas,
+                s.ready_replicas,
+                s.available_replicas,
+                s.observed_generation
+            ),
+            (2, Some(1), Some(1), Some(3))
+        );
+    }
+
+    #[test]
+    fn expectations_hold_until_seen() {
+        let mut e = Expectations::default();
+        let a = pod("a", None, "Pending", false);
+        e.expect("rs", ["a".to_string(), "b".to_string()], []);
+        assert!(!e.satisfied("rs", &[&a]));
+        let b = pod("b", None, "Pending", false);
+        assert!(e.satisfied("rs", &[&a, &b]));
+        e.expect("rs", [], ["a".to_string()]);
+        assert!(!e.satisfied("rs", &[&a, &b]));
+        let mut gone = (*a).clone();
+        gone.metadata.deletion_timestamp = Some(crate::util::now());
+        assert!(e.satisfied("rs", &[&Arc::new(gone), &b]));
+    }
+}
