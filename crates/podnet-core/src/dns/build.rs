@@ -61,7 +61,9 @@ impl Builder {
     fn ensure_ancestors(&mut self, owner: &str) {
         let mut name = owner;
         while name.ends_with(&self.dot_zone) {
-            let Some((_, parent)) = name.split_once('.') else { return };
+            let Some((_, parent)) = name.split_once('.') else {
+                return;
+            };
             if self.names.contains_key(parent) {
                 return;
             }
