@@ -1005,6 +1005,20 @@ impl Api {
                 line.push(b'\n');
                 Bytes::from(line)
             };
+            // Plain events reuse the object's stored bytes: no re-serialisation per watcher.
+            let encode_obj =
+                |ty: &str, o: &Obj, encode: &mut dyn FnMut(&str, &Value) -> Bytes| -> Bytes {
+                    if table_shape {
+                        return encode(ty, &o.value);
+                    }
+                    let mut line = Vec::with_capacity(o.json.len() + 32);
+                    line.extend_from_slice(b"{\"type\":\"");
+                    line.extend_from_slice(ty.as_bytes());
+                    line.extend_from_slice(b"\",\"object\":");
+                    line.extend_from_slice(&o.json);
+                    line.extend_from_slice(b"}\n");
+                    Bytes::from(line)
+                };
             let (initial, start) = match started {
                 Ok(s) => s,
                 Err(crate::store::TooOld) => {
@@ -1024,7 +1038,10 @@ impl Api {
             let mut last = start.rv;
             for o in &initial {
                 if me.matches(res.kind, &o.value, &ls, &fs)
-                    && tx.send(Ok(encode("ADDED", &o.value))).await.is_err()
+                    && tx
+                        .send(Ok(encode_obj("ADDED", o, &mut encode)))
+                        .await
+                        .is_err()
                 {
                     return;
                 }
@@ -1085,7 +1102,11 @@ impl Api {
                     (EventType::Modified, Some(true), false) => "DELETED",
                     _ => continue,
                 };
-                if tx.send(Ok(encode(ty, &ev.obj.value))).await.is_err() {
+                if tx
+                    .send(Ok(encode_obj(ty, &ev.obj, &mut encode)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
