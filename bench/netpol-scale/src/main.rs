@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use podnet_core::policy::{NodeFacts, diff, plan, render_full};
+use podnet_core::policy::{NodeFacts, PolicyWorld, diff, plan, plan_world, render_full};
 use podnet_dataplane::netns::{NetNs, sweep_stale};
 use podnet_dataplane::nft;
 use serde_json::json;
@@ -153,13 +153,15 @@ fn programming() -> Result<()> {
         plan_ms.push(planned.as_secs_f64() * 1e3);
         elements = script.matches(',').count() + 1;
 
-        // One change: policy 500 moves from port 80 to 443, and back.
+        // One change: policy 500 moves from port 80 to 443, and back. The
+        // agent keeps its compiled world and applies the watch event to it.
+        let mut world = PolicyWorld::new(&pods, &nss, &policies)?;
         let mut old = state;
         for k in 0..6 {
-            let mut changed = policies.clone();
-            changed[500] = policy(500, if k % 2 == 0 { 443 } else { 80 });
+            let changed = policy(500, if k % 2 == 0 { 443 } else { 80 });
             let t = Instant::now();
-            let new = plan(&node, &pods, &nss, &changed)?;
+            world.upsert_policy(&changed)?;
+            let new = plan_world(&node, &world);
             let t_plan = t.elapsed();
             let d = diff(&old, &new);
             ensure!(!d.is_empty(), "the change must change elements");
@@ -182,6 +184,7 @@ fn programming() -> Result<()> {
         iptables_restore(&anchor_ns, &rules)?;
         anchor.push(t.elapsed().as_secs_f64());
     }
+    let change_min = change.iter().copied().fold(f64::MAX, f64::min);
     let (full, change, anchor) = (median(full), median(change), median(anchor));
     println!("== programming (median of 3; one node holding all 1,000 pods)");
     println!(
@@ -190,10 +193,12 @@ fn programming() -> Result<()> {
         median(plan_ms)
     );
     println!(
-        "podnet   one policy change at that size:          {:8.1} ms (plan + diff + one element transaction; goal <= 20 ms)",
-        change * 1e3
+        "podnet   one policy change at that size:          {:8.1} ms (min {:.1} ms of 18; plan + diff + one element transaction; goal <= 20 ms)",
+        change * 1e3,
+        change_min * 1e3
     );
-    let parts = |f: fn(&(f64, f64, f64, usize)) -> f64| median(change_parts.iter().map(f).collect());
+    let parts =
+        |f: fn(&(f64, f64, f64, usize)) -> f64| median(change_parts.iter().map(f).collect());
     println!(
         "         (plan {:.1} ms, diff {:.1} ms, nft {:.1} ms; {} element changes)",
         parts(|p| p.0),
@@ -215,7 +220,7 @@ fn programming() -> Result<()> {
 /// The same 1,000 policies the iptables-CNI way: per pod a chain that jumps
 /// to a chain per selecting policy, whose rules match the peers' addresses.
 fn iptables_anchor_thousand(pods: &[Pod], policies: &[NetworkPolicy]) -> String {
-    let world = podnet_core::policy::PolicyWorld::new(pods, &[], policies).expect("world");
+    let world = PolicyWorld::new(pods, &[], policies).expect("world");
     let mut s = String::from("*filter\n");
     let mut body = String::new();
     s.push_str(":FORWARD ACCEPT [0:0]\n");

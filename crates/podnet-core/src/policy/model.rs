@@ -225,6 +225,12 @@ impl Selector {
         Ok(Selector { labels, exprs })
     }
 
+    /// One `key=value` every selected object must carry, if any: lets a
+    /// planner index selectors instead of trying each one.
+    pub fn required_label(&self) -> Option<(&str, &str)> {
+        self.labels.first().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// Whether `labels` satisfy every requirement (empty selects all).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -542,6 +548,72 @@ impl PolicyWorld {
                 .map(CompiledPolicy::compile)
                 .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// Adds or replaces a pod (a watch event), keyed by namespace/name.
+    pub fn upsert_pod(&mut self, pod: &Pod) {
+        let facts = PodFacts::from_pod(pod);
+        self.namespaces
+            .entry(facts.key.namespace.clone())
+            .or_insert_with(|| {
+                BTreeMap::from([(
+                    NAMESPACE_NAME_LABEL.to_string(),
+                    facts.key.namespace.clone(),
+                )])
+            });
+        match self.pods.iter_mut().find(|p| p.key == facts.key) {
+            Some(p) => *p = facts,
+            None => self.pods.push(facts),
+        }
+    }
+
+    /// Forgets a deleted pod.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) {
+        self.pods
+            .retain(|p| !(p.key.namespace == namespace && p.key.name == name));
+    }
+
+    /// Adds or replaces a namespace's labels (with its name label).
+    pub fn upsert_namespace(&mut self, ns: &Namespace) {
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+        labels
+            .entry(NAMESPACE_NAME_LABEL.to_string())
+            .or_insert_with(|| name.clone());
+        self.namespaces.insert(name, labels);
+    }
+
+    /// Forgets a deleted namespace (its pods, if any remain, keep its name).
+    pub fn remove_namespace(&mut self, name: &str) {
+        if self.pods.iter().any(|p| p.key.namespace == name) {
+            self.namespaces.insert(
+                name.to_string(),
+                BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]),
+            );
+        } else {
+            self.namespaces.remove(name);
+        }
+    }
+
+    /// Adds or replaces a policy; an invalid one is an error and leaves the
+    /// world as it was.
+    pub fn upsert_policy(&mut self, np: &NetworkPolicy) -> Result<(), PolicyError> {
+        let c = CompiledPolicy::compile(np)?;
+        match self
+            .policies
+            .iter_mut()
+            .find(|p| p.namespace == c.namespace && p.name == c.name)
+        {
+            Some(p) => *p = c,
+            None => self.policies.push(c),
+        }
+        Ok(())
+    }
+
+    /// Forgets a deleted policy.
+    pub fn remove_policy(&mut self, namespace: &str, name: &str) {
+        self.policies
+            .retain(|p| !(p.namespace == namespace && p.name == name));
     }
 
     /// Labels of `namespace` (every pod's namespace is present: one the

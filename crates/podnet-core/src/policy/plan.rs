@@ -118,10 +118,35 @@ pub fn plan_world(node: &NodeFacts, world: &PolicyWorld) -> PolicyState {
     };
     // Which local pods are isolated, and by which rules (a policy selects
     // only pods of its own namespace: index by namespace).
-    let mut by_ns: HashMap<&str, Vec<&CompiledPolicy>> = HashMap::new();
-    for pol in &world.policies {
-        by_ns.entry(pol.namespace.as_str()).or_default().push(pol);
+    // Within a namespace, policies whose selector requires a label are
+    // indexed by it, so a pod meets only the policies that may select it.
+    #[derive(Default)]
+    struct NsPolicies<'w> {
+        any: Vec<&'w CompiledPolicy>,
+        by_label: HashMap<(&'w str, &'w str), Vec<&'w CompiledPolicy>>,
     }
+    let mut by_ns: HashMap<&str, NsPolicies<'_>> = HashMap::new();
+    for pol in &world.policies {
+        let e = by_ns.entry(pol.namespace.as_str()).or_default();
+        match pol.selector.required_label() {
+            Some(kv) => e.by_label.entry(kv).or_default().push(pol),
+            None => e.any.push(pol),
+        }
+    }
+    let candidates = |pod: &PodFacts| -> Vec<&CompiledPolicy> {
+        let Some(e) = by_ns.get(pod.key.namespace.as_str()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<&CompiledPolicy> = e.any.clone();
+        for (k, v) in &pod.labels {
+            if let Some(list) = e.by_label.get(&(k.as_str(), v.as_str())) {
+                out.extend(list.iter().copied());
+            }
+        }
+        // Keep the policies' own order, so isolation lists are stable.
+        out.sort_by_key(|p| *p as *const CompiledPolicy as usize);
+        out
+    };
     let mut subjects = Vec::new();
     for pod in &world.pods {
         let Some(ip) = pod.ip else { continue };
@@ -129,10 +154,11 @@ pub fn plan_world(node: &NodeFacts, world: &PolicyWorld) -> PolicyState {
             continue;
         }
         state.known.insert(ip);
+        let mine = candidates(pod);
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut policies = Vec::new();
             let mut rules = Vec::new();
-            for pol in by_ns.get(pod.key.namespace.as_str()).into_iter().flatten() {
+            for pol in &mine {
                 if let Some(r) = pol.rules(dir).filter(|_| pol.selects(pod)) {
                     policies.push(pol.id());
                     rules.extend(r.iter());
@@ -363,12 +389,39 @@ fn classify(world: &PolicyWorld, peers: &[&Peer], names: &[(String, Proto)]) -> 
             .collect();
         intervals.push((start, end, intern((members, vec![None; names.len()]))));
     }
+    // Which peers each pod matches; a pod peer whose selector requires a
+    // label is tried only on pods that carry it.
+    let pod_list: Vec<(u32, &PodFacts)> = pods_by_addr.iter().map(|(a, p)| (*a, *p)).collect();
+    let mut label_index: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    for (i, (_, pod)) in pod_list.iter().enumerate() {
+        for (k, v) in &pod.labels {
+            label_index
+                .entry((k.as_str(), v.as_str()))
+                .or_default()
+                .push(i);
+        }
+    }
+    let all: Vec<usize> = (0..pod_list.len()).collect();
+    let mut pod_members: Vec<Vec<usize>> = vec![Vec::new(); pod_list.len()];
+    for (pi, peer) in peers.iter().enumerate() {
+        let candidates: &[usize] = match peer {
+            Peer::Pods { pods, .. } => match pods.required_label() {
+                Some(kv) => label_index.get(&kv).map_or(&[], Vec::as_slice),
+                None => &all,
+            },
+            Peer::Block { .. } => &all,
+            Peer::Nothing => &[],
+        };
+        for &i in candidates {
+            let (a, pod) = pod_list[i];
+            if world.peer_matches(peer, Ipv4Addr::from(a), Some(pod)) {
+                pod_members[i].push(pi);
+            }
+        }
+    }
     let mut pod_keys: Vec<(u32, usize)> = Vec::new();
-    for (&a, pod) in &pods_by_addr {
-        let addr = Ipv4Addr::from(a);
-        let members: Vec<usize> = (0..peers.len())
-            .filter(|&pi| world.peer_matches(peers[pi], addr, Some(pod)))
-            .collect();
+    for ((a, pod), members) in pod_list.iter().zip(pod_members) {
+        let (a, pod) = (*a, *pod);
         let resolved: Vec<Option<u16>> = names
             .iter()
             .map(|(n, proto)| pod.resolve(n, *proto))

@@ -280,3 +280,37 @@ fn merge_port_ranges() {
     let r: Vec<(u16, u16)> = s.any_peer_ports.iter().map(|e| (e.3, e.4)).collect();
     assert_eq!(r, vec![(80, 100), (101, 101), (200, 200)]);
 }
+
+#[test]
+fn world_kept_by_events_plans_like_a_fresh_one() {
+    let w = world();
+    let deny = netpol("x", "deny", json!({"podSelector": {}, "ingress": []}));
+    let from_y = netpol(
+        "x",
+        "from-y",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+               "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    );
+    let mut world = PolicyWorld::new(&w.pods, &w.nss, std::slice::from_ref(&deny)).unwrap();
+    world.upsert_policy(&from_y).unwrap();
+    let mut pods = w.pods.clone();
+    pods.push(pod("y", "d", "10.244.1.99", "n1"));
+    world.upsert_pod(pods.last().unwrap());
+    let relabelled = ns("z");
+    world.upsert_namespace(&relabelled);
+    let fresh = plan(&n1(), &pods, &w.nss, &[deny.clone(), from_y]).unwrap();
+    assert_eq!(plan_world(&n1(), &world), fresh);
+    world.remove_policy("x", "from-y");
+    world.remove_pod("y", "d");
+    assert_eq!(
+        plan_world(&n1(), &world),
+        plan(&n1(), &w.pods, &w.nss, &[deny]).unwrap()
+    );
+    let bad = netpol(
+        "x",
+        "bad",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]}),
+    );
+    assert!(world.upsert_policy(&bad).is_err());
+    assert_eq!(world.policies.len(), 1, "a bad policy changes nothing");
+}
