@@ -175,6 +175,35 @@ fn get_prints_kube_apiserver_tables() {
             assert!(d.contains(want), "{want} missing in describe: {d}");
         }
     }
+    let uid = lab.ok(
+        "1.30",
+        &["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"],
+    );
+    let ev = format!(
+        "apiVersion: v1\nkind: Event\nmetadata: {{name: web.1}}\ninvolvedObject: {{kind: Pod, name: web, namespace: default, uid: {uid}, apiVersion: v1}}\nreason: Scheduled\nmessage: Successfully assigned default/web to n1\ntype: Normal\nsource: {{component: default-scheduler}}\nfirstTimestamp: '2020-01-01T00:00:00Z'\nlastTimestamp: '2020-01-01T00:00:00Z'\ncount: 1\n"
+    );
+    lab.ok("1.30", &["create", "-f", &lab.file("ev.yaml", &ev)]);
+    for v in KUBECTLS {
+        let d = lab.ok(v, &["describe", "pod", "web"]);
+        assert!(
+            d.contains("Scheduled")
+                && d.contains("Successfully assigned default/web to n1")
+                && d.contains("default-scheduler"),
+            "{d}"
+        );
+        let evs = lab.ok(v, &["get", "events"]);
+        assert_eq!(
+            header(&evs),
+            ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+        );
+        assert!(
+            evs.lines()
+                .nth(1)
+                .unwrap()
+                .contains("Normal   Scheduled   pod/web   Successfully assigned"),
+            "{evs}"
+        );
+    }
     let err = lab.fails("1.30", &["create", "-f", &f]);
     assert!(
         err.contains("AlreadyExists") && err.contains("pods \"web\" already exists"),
