@@ -314,3 +314,43 @@ fn world_kept_by_events_plans_like_a_fresh_one() {
     assert!(world.upsert_policy(&bad).is_err());
     assert_eq!(world.policies.len(), 1, "a bad policy changes nothing");
 }
+
+#[test]
+fn sctp_and_protocol_only_rules_render_as_text() {
+    let w = world();
+    let p = netpol(
+        "x",
+        "sctp",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+               "ingress": [{"ports": [{"port": 80, "protocol": "SCTP"}]},
+                           {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}],
+                            "ports": [{"protocol": "SCTP"}, {"port": "serve-81-udp", "protocol": "UDP"}]}]}),
+    );
+    let s = plan(&n1(), &w.pods, &w.nss, &[p]).unwrap();
+    let text = render_full(&s);
+    assert!(
+        text.contains("set in_port { type ipv4_addr . inet_proto . inet_service; elements = { 10.244.1.10 . sctp . 80 } }"),
+        "{text}"
+    );
+    let class = s.peer_pods[&"10.244.1.11".parse::<Ipv4Addr>().unwrap()];
+    assert!(
+        text.contains(&format!(
+            "elements = {{ 10.244.1.10 . 0x{class:08x} . sctp . 0-65535 }}"
+        )),
+        "protocol-only SCTP is a full port range: {text}"
+    );
+    assert!(
+        text.contains(&format!("10.244.1.10 . 0x{class:08x} . udp . 81")),
+        "named UDP port resolved on x/a: {text}"
+    );
+    // The chains are the same whatever the policies: golden lines.
+    for line in [
+        "type filter hook forward priority filter; policy accept;",
+        "ct state established,related accept",
+        "ip daddr . ct mark . meta l4proto . th dport @in_peer_port accept",
+        "update @in_drops { ip daddr } reject with icmpx admin-prohibited",
+        "ip saddr . meta l4proto . th dport @eg_range return",
+    ] {
+        assert_eq!(text.matches(line).count(), 1, "{line}");
+    }
+}
