@@ -1,3 +1,121 @@
-//! podnet-agent: see README.md.
+//! `podnet-agent`: one per node. It registers the node, keeps the routes to
+//! other nodes' pods (host-gw or VXLAN), and in the lab it is the kubelet:
+//! it runs the pods bound to its node and serves their logs and exec.
+//!
+//! The same binary carries two helpers it execs: `sandbox` (the process
+//! that holds a pod's namespaces) and `image` (the lab's built-in images).
 
-fn main() {}
+mod images;
+mod kubelet;
+mod node;
+mod routes;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "podnet-agent", version, about = "podnet's node agent")]
+struct Cli {
+    #[command(subcommand)]
+    helper: Option<Helper>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// The agent's configuration.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AgentArgs {
+    /// This node's name.
+    #[arg(long, default_value = "")]
+    pub node: String,
+    /// This node's address (InternalIP).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub node_ip: Ipv4Addr,
+    /// Kubeconfig to reach the API server (in-cluster config when absent).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where the agent keeps pods, logs, CNI configuration and IPAM.
+    #[arg(long, default_value = "/var/lib/podnet-agent")]
+    pub state_dir: PathBuf,
+    /// `vxlan` or `host-gw`.
+    #[arg(long, default_value = "vxlan")]
+    pub encap: String,
+    /// The lab's name (prefix of pod namespaces); empty on a real cluster.
+    #[arg(long, default_value = "")]
+    pub lab: String,
+    /// CNI plugin search path.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub cni_path: String,
+    /// The token the API server presents to this node's endpoint.
+    #[arg(long)]
+    pub kubelet_token_file: Option<PathBuf>,
+    /// Port of the node endpoint (logs, exec, attach).
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+}
+
+#[derive(Subcommand)]
+enum Helper {
+    /// (internal) Hold a pod's namespaces: UTS and mount of its own, the
+    /// given network namespace; then wait.
+    #[command(hide = true)]
+    Sandbox(kubelet::sandbox::SandboxArgs),
+    /// (internal) Run one of the lab's built-in images.
+    #[command(hide = true)]
+    Image {
+        /// Image name (nginx, agnhost, pause).
+        name: String,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.helper {
+        Some(Helper::Sandbox(a)) => kubelet::sandbox::hold(a),
+        Some(Helper::Image { name, args }) => images::run(&name, &args),
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(run(cli.agent))
+        }
+    }
+}
+
+async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.node.is_empty(), "--node is required");
+    let client = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+            kube::Client::try_from(cfg)?
+        }
+        None => kube::Client::try_default().await?,
+    };
+    std::fs::create_dir_all(&args.state_dir)?;
+    tracing::info!(node = %args.node, ip = %args.node_ip, encap = %args.encap, "podnet agent starting");
+    let pod_cidr = node::register(&client, &args).await?;
+    tracing::info!(%pod_cidr, "node registered");
+    kubelet::write_cni_config(&args, &pod_cidr)?;
+    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), args.clone()));
+    let routes = tokio::spawn(routes::run(client.clone(), args.clone(), pod_cidr));
+    let kubelet = tokio::spawn(kubelet::run(client.clone(), args.clone()));
+    tokio::select! {
+        r = heartbeat => r??,
+        r = routes => r??,
+        r = kubelet => r??,
+    }
+    Ok(())
+}

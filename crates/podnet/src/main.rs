@@ -1,3 +1,42 @@
-//! podnet: see README.md.
+//! `podnet`: the operator's command-line tool and the lab supervisor.
+//! One file per verb under `commands/`; the lab's machinery under `lab/`.
 
-fn main() {}
+mod commands;
+mod lab;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "podnet",
+    version,
+    about = "The Kubernetes pod network, and a lab cluster to see it work"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring a lab cluster up (idempotent): namespaces, API server, agents.
+    Up(commands::up::Args),
+    /// Tear a lab down, leaving nothing behind.
+    Down(commands::down::Args),
+    /// Show the labs on this machine and their nodes.
+    Status(commands::status::Args),
+    /// (internal) The lab's control-plane process: API server, controllers
+    /// and the host's loopback port to the API server.
+    #[command(hide = true)]
+    LabDaemon(lab::daemon::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up(a) => commands::up::run(a),
+        Command::Down(a) => commands::down::run(a),
+        Command::Status(a) => commands::status::run(a),
+        Command::LabDaemon(a) => lab::daemon::run(a),
+    }
+}

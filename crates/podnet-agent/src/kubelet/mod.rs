@@ -1,0 +1,114 @@
+//! The lab's kubelet: runs the pods bound to this node. It makes each pod's
+//! sandbox, calls CNI through the exec protocol with the node's conflist
+//! (so the reference plugins could be swapped in), runs every container as
+//! a process in the sandbox, reports status, follows `restartPolicy`, keeps
+//! logs, serves exec/attach/logs to the API server, and tears pods down
+//! gracefully on deletion.
+
+pub mod images;
+mod pod;
+pub mod sandbox;
+mod streams;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::AgentArgs;
+
+pub use pod::PodHandle;
+
+/// When the agent started (its mirror pod's start time).
+pub static AGENT_STARTED: OnceLock<String> = OnceLock::new();
+
+/// The node's CNI configuration list (`<state>/cni/10-podnet.conflist`).
+pub fn conflist_path(args: &AgentArgs) -> PathBuf {
+    args.state_dir.join("cni").join("10-podnet.conflist")
+}
+
+/// Writes the node's conflist: podnet with the node's pod CIDR, chained
+/// with the reference `portmap` for `hostPort`s.
+pub fn write_cni_config(args: &AgentArgs, cidr: &Ipv4Net) -> anyhow::Result<()> {
+    let mtu = if args.encap == "vxlan" { 1450 } else { 1500 };
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "podnet",
+        "plugins": [
+            {"type": "podnet", "bridge": "podnet0", "mtu": mtu, "isGateway": true, "hairpinMode": true,
+             "ipam": {"type": "podnet", "ranges": [[{"subnet": cidr.to_string()}]],
+                      "dataDir": args.state_dir.join("ipam").display().to_string()}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    let path = conflist_path(args);
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&conf)?)?;
+    std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
+/// Everything the kubelet shares between its tasks.
+pub struct Kubelet {
+    /// API client.
+    pub client: kube::Client,
+    /// Agent configuration.
+    pub args: AgentArgs,
+    /// Pods this node runs, by UID.
+    pub pods: Mutex<HashMap<String, Arc<PodHandle>>>,
+    /// This binary (for the sandbox and built-in images).
+    pub exe: String,
+}
+
+impl Kubelet {
+    /// The pod `namespace/name` this node runs, if any.
+    pub fn find(&self, namespace: &str, name: &str) -> Option<Arc<PodHandle>> {
+        self.pods
+            .lock()
+            .unwrap()
+            .values()
+            .find(|p| p.namespace == namespace && p.name == name)
+            .cloned()
+    }
+}
+
+/// Watches this node's pods and runs them until the watch ends.
+pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
+    AGENT_STARTED.get_or_init(|| {
+        jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    });
+    let kubelet = Arc::new(Kubelet {
+        client: client.clone(),
+        args: args.clone(),
+        pods: Mutex::new(HashMap::new()),
+        exe: std::env::current_exe()?.display().to_string(),
+    });
+    tokio::spawn(streams::serve(kubelet.clone()));
+    let pods: Api<Pod> = Api::all(client);
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", args.node));
+    let stream = watcher(pods, cfg).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        let pods = match ev {
+            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => vec![(p, false)],
+            Ok(watcher::Event::Delete(p)) => vec![(p, true)],
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "pod watch");
+                continue;
+            }
+        };
+        for (p, gone) in pods {
+            pod::observe(&kubelet, p, gone);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,815 @@
+//! One pod's life on this node: sandbox, network (CNI ADD), containers
+//! under supervision, status, and the graceful end (SIGTERM, grace period,
+//! SIGKILL, CNI DEL, sandbox removed, deletion confirmed to the API).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use podnet_cni::runtime::{Attachment, ConfList, Invoker};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+use super::Kubelet;
+use super::images::{Resolved, resolve};
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// The state of one container, as the status reports it.
+#[derive(Clone, Debug)]
+pub enum CState {
+    /// Not running: reason and message.
+    Waiting(String, String),
+    /// Running since.
+    Running(String),
+    /// Exited: code, reason, started, finished.
+    Terminated(i32, String, String, String),
+}
+
+/// A running container's I/O, for attach.
+pub struct ContainerIo {
+    /// The pty master (tty) or the stdin pipe, for attach's input.
+    pub input: Option<File>,
+    /// Its output, broadcast to attached clients.
+    pub output: broadcast::Sender<bytes::Bytes>,
+    /// Whether it has a tty.
+    pub tty: bool,
+}
+
+/// What the kubelet keeps of a container.
+pub struct ContainerRt {
+    /// Spec.
+    pub spec: Container,
+    /// State.
+    pub state: CState,
+    /// The state before the last restart (for `lastState`).
+    pub last: Option<CState>,
+    /// Restarts so far.
+    pub restarts: i32,
+    /// Pid while running.
+    pub pid: Option<i32>,
+    /// Attach plumbing while running.
+    pub io: Option<Arc<ContainerIo>>,
+}
+
+/// A pod this node runs.
+pub struct PodHandle {
+    /// UID.
+    pub uid: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The pod as last seen.
+    pub pod: Mutex<Pod>,
+    /// Its directory (hosts, resolv.conf, logs).
+    pub dir: PathBuf,
+    /// Its network namespace's name (none with hostNetwork).
+    pub netns: Option<String>,
+    /// The sandbox process.
+    pub sandbox_pid: Mutex<Option<i32>>,
+    /// The pod's address.
+    pub ip: Mutex<Option<String>>,
+    /// CNI result, for DEL.
+    pub cni_result: Mutex<Option<Value>>,
+    /// Containers by name.
+    pub containers: Mutex<HashMap<String, ContainerRt>>,
+    /// Set once the pod is to stop.
+    pub stop: watch::Sender<bool>,
+    /// When the pod started.
+    pub started: String,
+}
+
+impl PodHandle {
+    /// Path of a container's log.
+    pub fn log_path(&self, container: &str) -> PathBuf {
+        self.dir.join(format!("{container}.log"))
+    }
+
+    /// The sandbox's namespace files, opened (net, uts, mnt).
+    pub fn ns_fds(&self) -> std::io::Result<[OwnedFd; 3]> {
+        let pid = self
+            .sandbox_pid
+            .lock()
+            .unwrap()
+            .ok_or_else(|| std::io::Error::other("the pod's sandbox is not running"))?;
+        let open = |k: &str| File::open(format!("/proc/{pid}/ns/{k}")).map(OwnedFd::from);
+        Ok([open("net")?, open("uts")?, open("mnt")?])
+    }
+}
+
+/// Reacts to one observation of a pod bound to this node.
+pub fn observe(k: &Arc<Kubelet>, pod: Pod, gone: bool) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    if ns == "kube-system" && name == crate::node::agent_pod_name(&k.args.node) {
+        return; // the agent's own mirror pod
+    }
+    let deleting = gone || pod.metadata.deletion_timestamp.is_some();
+    let known = k.pods.lock().unwrap().get(&uid).cloned();
+    match known {
+        Some(h) => {
+            *h.pod.lock().unwrap() = pod.clone();
+            if deleting && !*h.stop.borrow() {
+                let grace = if gone {
+                    0
+                } else {
+                    pod.metadata.deletion_grace_period_seconds.unwrap_or(30)
+                };
+                let _ = h.stop.send(true);
+                tokio::spawn(terminate(k.clone(), h, grace));
+            }
+        }
+        None if deleting => {
+            if !gone {
+                tokio::spawn(confirm_deleted(k.clone(), ns, name, uid));
+            }
+        }
+        None => {
+            let phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            if phase == "Succeeded" || phase == "Failed" {
+                return;
+            }
+            let host_network = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false);
+            let prefix = if k.args.lab.is_empty() {
+                "podnet".to_string()
+            } else {
+                k.args.lab.clone()
+            };
+            let (tx, _) = watch::channel(false);
+            let h = Arc::new(PodHandle {
+                uid: uid.clone(),
+                namespace: ns,
+                name,
+                pod: Mutex::new(pod),
+                dir: k.args.state_dir.join("pods").join(&uid),
+                netns: (!host_network)
+                    .then(|| format!("{prefix}-pod-{}", &uid[..uid.len().min(13)])),
+                sandbox_pid: Mutex::new(None),
+                ip: Mutex::new(None),
+                cni_result: Mutex::new(None),
+                containers: Mutex::new(HashMap::new()),
+                stop: tx,
+                started: now(),
+            });
+            k.pods.lock().unwrap().insert(uid, h.clone());
+            tokio::spawn(start(k.clone(), h));
+        }
+    }
+}
+
+async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
+    let k2 = k.clone();
+    let h2 = h.clone();
+    let made = tokio::task::spawn_blocking(move || make_sandbox(&k2, &h2)).await;
+    match made {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(pod = %h.name, error = %e, "sandbox");
+            let msg = format!("{e:#}");
+            for c in h.containers.lock().unwrap().values_mut() {
+                c.state = CState::Waiting("CreatePodSandboxError".into(), msg.clone());
+            }
+            report(&k, &h).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(pod = %h.name, error = %e, "sandbox task");
+            return;
+        }
+    }
+    let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
+    for c in &spec.containers {
+        tokio::spawn(supervise(k.clone(), h.clone(), c.name.clone()));
+    }
+    report(&k, &h).await;
+}
+
+fn pod_files(h: &PodHandle, ip: Option<&str>) -> anyhow::Result<()> {
+    let pod = h.pod.lock().unwrap().clone();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let hostname = spec.hostname.clone().unwrap_or_else(|| h.name.clone());
+    let mut hosts = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::1\tip6-mcastprefix\n",
+    );
+    if let Some(ip) = ip {
+        let fqdn = spec
+            .subdomain
+            .as_ref()
+            .map(|sd| format!("{hostname}.{sd}.{}.svc.cluster.local\t", h.namespace))
+            .unwrap_or_default();
+        hosts.push_str(&format!("{ip}\t{fqdn}{hostname}\n"));
+    }
+    // Written in place: the files are bind-mounted into the sandbox, and a
+    // rename would leave the mount on the old inode.
+    std::fs::write(h.dir.join("hosts"), hosts)?;
+    std::fs::write(h.dir.join("hostname"), format!("{hostname}\n"))?;
+    std::fs::write(h.dir.join("resolv.conf"), resolv_conf(&pod))?;
+    Ok(())
+}
+
+/// `/etc/resolv.conf` from the pod's `dnsPolicy` and `dnsConfig`, as
+/// kubelet writes it.
+pub fn resolv_conf(pod: &Pod) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let policy = spec
+        .dns_policy
+        .clone()
+        .unwrap_or_else(|| "ClusterFirst".into());
+    let host_network = spec.host_network.unwrap_or(false);
+    let cluster = || {
+        (
+            vec!["10.96.0.10".to_string()],
+            vec![
+                format!("{ns}.svc.cluster.local"),
+                "svc.cluster.local".into(),
+                "cluster.local".into(),
+            ],
+            vec!["ndots:5".to_string()],
+        )
+    };
+    let node = || {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let (mut ns, mut search, mut opts) = (Vec::new(), Vec::new(), Vec::new());
+        for l in text.lines() {
+            let mut w = l.split_whitespace();
+            match w.next() {
+                Some("nameserver") => ns.extend(w.map(String::from)),
+                Some("search") => search.extend(w.map(String::from)),
+                Some("options") => opts.extend(w.map(String::from)),
+                _ => {}
+            }
+        }
+        (ns, search, opts)
+    };
+    let (mut servers, mut search, mut opts) = match policy.as_str() {
+        "None" => (vec![], vec![], vec![]),
+        "Default" => node(),
+        "ClusterFirst" if host_network => node(),
+        _ => cluster(),
+    };
+    if let Some(cfg) = spec.dns_config {
+        servers.extend(cfg.nameservers.unwrap_or_default());
+        search.extend(cfg.searches.unwrap_or_default());
+        for o in cfg.options.unwrap_or_default() {
+            let name = o.name.clone().unwrap_or_default();
+            opts.retain(|x| x.split(':').next() != Some(name.as_str()));
+            opts.push(match o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name,
+            });
+        }
+    }
+    let mut out = String::new();
+    for s in servers.iter().take(3) {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !opts.is_empty() {
+        out.push_str(&format!("options {}\n", opts.join(" ")));
+    }
+    out
+}
+
+fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&h.dir)?;
+    let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
+    {
+        let mut cs = h.containers.lock().unwrap();
+        for c in &spec.containers {
+            cs.insert(
+                c.name.clone(),
+                ContainerRt {
+                    spec: c.clone(),
+                    state: CState::Waiting("ContainerCreating".into(), String::new()),
+                    last: None,
+                    restarts: 0,
+                    pid: None,
+                    io: None,
+                },
+            );
+        }
+    }
+    pod_files(h, None)?;
+    if let Some(ns) = &h.netns {
+        let out = Command::new("ip").args(["netns", "add", ns]).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ip netns add {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let hostname = spec.hostname.clone().unwrap_or_else(|| h.name.clone());
+    let mut cmd = Command::new(&k.exe);
+    cmd.args(["sandbox", "--hostname", &hostname, "--dir"])
+        .arg(&h.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(ns) = &h.netns {
+        cmd.arg("--netns").arg(Path::new("/run/netns").join(ns));
+    }
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
+    let mut child = cmd.spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    anyhow::ensure!(line.trim() == "ready", "the sandbox did not start");
+    *h.sandbox_pid.lock().unwrap() = Some(child.id() as i32);
+    std::thread::spawn(move || child.wait());
+
+    let ip = match &h.netns {
+        None => Some(k.args.node_ip.to_string()),
+        Some(ns) => {
+            let list =
+                ConfList::load(&super::conflist_path(&k.args)).map_err(anyhow::Error::msg)?;
+            let result = invoker(k).add(&list, &attachment(h, ns))?;
+            let ip = result["ips"][0]["address"]
+                .as_str()
+                .and_then(|a| a.split('/').next())
+                .map(String::from);
+            *h.cni_result.lock().unwrap() = Some(result);
+            ip
+        }
+    };
+    *h.ip.lock().unwrap() = ip.clone();
+    pod_files(h, ip.as_deref())?;
+    Ok(())
+}
+
+fn invoker(k: &Kubelet) -> Invoker {
+    Invoker {
+        paths: k.args.cni_path.split(':').map(PathBuf::from).collect(),
+        netns: None,
+    }
+}
+
+fn attachment(h: &PodHandle, ns: &str) -> Attachment {
+    let pod = h.pod.lock().unwrap().clone();
+    let mut att = Attachment {
+        container_id: h.uid.replace('-', ""),
+        netns: format!("/run/netns/{ns}"),
+        ifname: "eth0".into(),
+        args: vec![
+            ("IgnoreUnknown".into(), "1".into()),
+            ("K8S_POD_NAMESPACE".into(), h.namespace.clone()),
+            ("K8S_POD_NAME".into(), h.name.clone()),
+            ("K8S_POD_UID".into(), h.uid.clone()),
+        ],
+        ..Default::default()
+    };
+    let mut mappings = Vec::new();
+    for c in pod.spec.map(|s| s.containers).unwrap_or_default() {
+        for p in c.ports.unwrap_or_default() {
+            if let Some(hp) = p.host_port.filter(|p| *p > 0) {
+                mappings.push(json!({
+                    "hostPort": hp, "containerPort": p.container_port,
+                    "protocol": p.protocol.unwrap_or_else(|| "TCP".into()).to_lowercase(),
+                }));
+            }
+        }
+    }
+    if !mappings.is_empty() {
+        att.capability_args
+            .insert("portMappings".into(), Value::Array(mappings));
+    }
+    att
+}
+
+/// Runs one container, restarting it per `restartPolicy` with back-off
+/// (1 s doubling to 5 min; kubelet starts at 10 s, the lab is impatient).
+async fn supervise(k: Arc<Kubelet>, h: Arc<PodHandle>, name: String) {
+    let policy = h
+        .pod
+        .lock()
+        .unwrap()
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into());
+    let mut backoff = Duration::from_secs(1);
+    let mut stop = h.stop.subscribe();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let spec = h.containers.lock().unwrap()[&name].spec.clone();
+        let started = now();
+        let spawned = match resolve(&spec, &k.exe) {
+            Resolved::Unrunnable(reason, msg) => {
+                set_state(&h, &name, CState::Waiting(reason, msg));
+                report(&k, &h).await;
+                return;
+            }
+            Resolved::Run(argv) => spawn_container(&h, &spec, &argv),
+        };
+        let (mut child, io) = match spawned {
+            Ok(x) => x,
+            Err(e) => {
+                set_state(
+                    &h,
+                    &name,
+                    CState::Waiting("RunContainerError".into(), format!("{e:#}")),
+                );
+                report(&k, &h).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+                continue;
+            }
+        };
+        {
+            let mut cs = h.containers.lock().unwrap();
+            let c = cs.get_mut(&name).unwrap();
+            c.pid = child.id().map(|p| p as i32);
+            c.io = Some(io);
+            c.state = CState::Running(started.clone());
+        }
+        report(&k, &h).await;
+        let status = child.wait().await;
+        let code = match status {
+            Ok(s) => s.code().unwrap_or_else(|| {
+                128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)
+            }),
+            Err(_) => 255,
+        };
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        let term = CState::Terminated(code, reason.into(), started, now());
+        let stopping = *stop.borrow();
+        let restart = !stopping
+            && match policy.as_str() {
+                "Never" => false,
+                "OnFailure" => code != 0,
+                _ => true,
+            };
+        {
+            let mut cs = h.containers.lock().unwrap();
+            let c = cs.get_mut(&name).unwrap();
+            c.pid = None;
+            c.io = None;
+            if restart {
+                c.last = Some(term);
+                c.restarts += 1;
+                c.state = CState::Waiting(
+                    "CrashLoopBackOff".into(),
+                    format!(
+                        "back-off {}s restarting failed container={name} pod={}",
+                        backoff.as_secs(),
+                        h.name
+                    ),
+                );
+            } else {
+                c.state = term;
+            }
+        }
+        if stopping {
+            return;
+        }
+        report(&k, &h).await;
+        if !restart {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(300));
+    }
+}
+
+fn set_state(h: &PodHandle, name: &str, s: CState) {
+    if let Some(c) = h.containers.lock().unwrap().get_mut(name) {
+        c.state = s;
+    }
+}
+
+/// A command that runs inside the pod's sandbox (net, UTS, mount), in a
+/// session of its own; with `tty`, the given fd becomes its terminal.
+pub fn command_in_pod(
+    h: &PodHandle,
+    argv: &[String],
+    tty: bool,
+    workdir: Option<&str>,
+) -> anyhow::Result<(Command, [OwnedFd; 3])> {
+    anyhow::ensure!(!argv.is_empty(), "empty command");
+    let fds = h.ns_fds()?;
+    let raw = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
+    let workdir = workdir
+        .map(|d| std::ffi::CString::new(d).map_err(|_| anyhow::anyhow!("bad workingDir {d:?}")))
+        .transpose()?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd.env_clear();
+    cmd.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    cmd.env("HOME", "/root");
+    if tty {
+        cmd.env("TERM", "xterm");
+    }
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            super::sandbox::enter_pre_exec(&raw)?;
+            if let Some(dir) = &workdir
+                && libc::chdir(dir.as_ptr()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::setsid();
+            if tty {
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+            }
+            Ok(())
+        });
+    }
+    Ok((cmd, fds))
+}
+
+/// Starts a container's process in the sandbox; its output goes to the
+/// log (and to attached clients).
+fn spawn_container(
+    h: &PodHandle,
+    spec: &Container,
+    argv: &[String],
+) -> anyhow::Result<(tokio::process::Child, Arc<ContainerIo>)> {
+    let tty = spec.tty.unwrap_or(false);
+    let wants_stdin = spec.stdin.unwrap_or(false);
+    let (mut cmd, fds) = command_in_pod(h, argv, tty, spec.working_dir.as_deref())?;
+    cmd.env("HOSTNAME", spec_hostname(h));
+    for e in spec.env.clone().unwrap_or_default() {
+        if let Some(v) = e.value {
+            cmd.env(e.name, v);
+        }
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(h.log_path(&spec.name))?;
+    let (output, _) = broadcast::channel(256);
+    let mut input = None;
+    let mut pty_master: Option<OwnedFd> = None;
+    if tty {
+        let pty = nix::pty::openpty(None, None)?;
+        let slave = pty.slave;
+        cmd.stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave));
+        pty_master = Some(pty.master);
+    } else {
+        cmd.stdin(if wants_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    }
+    let mut child = tokio::process::Command::from(cmd).spawn()?;
+    drop(fds);
+    if let Some(master) = pty_master {
+        let reader = File::from(master.try_clone()?);
+        input = Some(File::from(master));
+        pump(reader, log.try_clone()?, output.clone());
+    } else {
+        if let Some(stdin) = child.stdin.take() {
+            input = Some(File::from(stdin.into_owned_fd()?));
+        }
+        if let Some(out) = child.stdout.take() {
+            pump(
+                File::from(out.into_owned_fd()?),
+                log.try_clone()?,
+                output.clone(),
+            );
+        }
+        if let Some(err) = child.stderr.take() {
+            pump(File::from(err.into_owned_fd()?), log, output.clone());
+        }
+    }
+    Ok((child, Arc::new(ContainerIo { input, output, tty })))
+}
+
+fn spec_hostname(h: &PodHandle) -> String {
+    h.pod
+        .lock()
+        .unwrap()
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .unwrap_or_else(|| h.name.clone())
+}
+
+/// Copies a container's output to its log and to attached clients.
+fn pump(mut from: File, mut log: File, out: broadcast::Sender<bytes::Bytes>) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let _ = log.write_all(&buf[..n]);
+                    let _ = out.send(bytes::Bytes::copy_from_slice(&buf[..n]));
+                }
+            }
+        }
+    });
+}
+
+fn state_json(uid: &str, s: &CState) -> Value {
+    match s {
+        CState::Waiting(r, m) => {
+            let mut w = json!({"reason": r});
+            if !m.is_empty() {
+                w["message"] = json!(m);
+            }
+            json!({"waiting": w})
+        }
+        CState::Running(t) => json!({"running": {"startedAt": t}}),
+        CState::Terminated(code, r, s, f) => json!({"terminated": {
+            "exitCode": code, "reason": r, "startedAt": s, "finishedAt": f,
+            "containerID": format!("podnet://{uid}")}}),
+    }
+}
+
+/// The pod's status as kubelet would report it.
+fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
+    let cs = h.containers.lock().unwrap();
+    let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
+    let mut statuses = Vec::new();
+    let (mut running, mut ready_all, mut all_done, mut any_failed) = (0, true, true, false);
+    for c in &spec.containers {
+        let Some(rt) = cs.get(&c.name) else {
+            continue;
+        };
+        let is_running = matches!(rt.state, CState::Running(_));
+        if is_running {
+            running += 1;
+        } else {
+            ready_all = false;
+        }
+        match &rt.state {
+            CState::Terminated(code, ..) if *code != 0 => any_failed = true,
+            CState::Terminated(..) => {}
+            _ => all_done = false,
+        }
+        let image = c.image.clone().unwrap_or_default();
+        let mut s = json!({
+            "name": c.name, "image": image, "imageID": format!("podnet-lab://{image}"),
+            "ready": is_running, "started": is_running, "restartCount": rt.restarts,
+            "state": state_json(&h.uid, &rt.state),
+            "lastState": rt.last.as_ref().map(|l| state_json(&h.uid, l)).unwrap_or(json!({})),
+        });
+        if !matches!(rt.state, CState::Waiting(..)) {
+            s["containerID"] = json!(format!("podnet://{}/{}", h.uid, c.name));
+        }
+        statuses.push(s);
+    }
+    let restarted = cs.values().any(|c| c.restarts > 0);
+    let phase = if spec.containers.is_empty() || cs.is_empty() {
+        "Pending"
+    } else if all_done && !any_failed {
+        "Succeeded"
+    } else if all_done {
+        "Failed"
+    } else if running > 0 || restarted {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let t = &h.started;
+    let ready = if ready_all && !cs.is_empty() {
+        "True"
+    } else {
+        "False"
+    };
+    let ip = h.ip.lock().unwrap().clone();
+    let mut st = json!({
+        "phase": phase,
+        "hostIP": k.args.node_ip.to_string(),
+        "hostIPs": [{"ip": k.args.node_ip.to_string()}],
+        "startTime": t,
+        "qosClass": "BestEffort",
+        "conditions": [
+            {"type": "PodReadyToStartContainers", "status": if ip.is_some() { "True" } else { "False" }, "lastTransitionTime": t},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": t},
+            {"type": "Ready", "status": ready, "lastTransitionTime": now()},
+            {"type": "ContainersReady", "status": ready, "lastTransitionTime": now()},
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
+        ],
+        "containerStatuses": statuses,
+    });
+    if let Some(ip) = ip {
+        st["podIP"] = json!(ip);
+        st["podIPs"] = json!([{ "ip": ip }]);
+    }
+    st
+}
+
+/// Sends the pod's status to the API.
+async fn report(k: &Kubelet, h: &PodHandle) {
+    let st = status_of(k, h);
+    let pods: Api<Pod> = Api::namespaced(k.client.clone(), &h.namespace);
+    if let Err(e) = pods
+        .patch_status(
+            &h.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": st })),
+        )
+        .await
+    {
+        tracing::debug!(pod = %h.name, error = %e, "status update");
+    }
+}
+
+/// Ends a pod: SIGTERM, the grace period, SIGKILL, CNI DEL, sandbox gone,
+/// then the deletion confirmed to the API.
+async fn terminate(k: Arc<Kubelet>, h: Arc<PodHandle>, grace: i64) {
+    let signal_all = |sig| {
+        for c in h.containers.lock().unwrap().values() {
+            if let Some(p) = c.pid {
+                // Containers lead sessions of their own: signal the group.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-p), sig);
+            }
+        }
+    };
+    signal_all(nix::sys::signal::Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(grace.max(0) as u64);
+    while tokio::time::Instant::now() < deadline
+        && h.containers
+            .lock()
+            .unwrap()
+            .values()
+            .any(|c| c.pid.is_some())
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal_all(nix::sys::signal::Signal::SIGKILL);
+    let k2 = k.clone();
+    let h2 = h.clone();
+    let _ = tokio::task::spawn_blocking(move || teardown_sandbox(&k2, &h2)).await;
+    k.pods.lock().unwrap().remove(&h.uid);
+    confirm_deleted(k, h.namespace.clone(), h.name.clone(), h.uid.clone()).await;
+}
+
+fn teardown_sandbox(k: &Kubelet, h: &PodHandle) {
+    if let Some(ns) = &h.netns
+        && let Ok(list) = ConfList::load(&super::conflist_path(&k.args))
+    {
+        let result = h.cni_result.lock().unwrap().clone();
+        if let Err(e) = invoker(k).del(&list, &attachment(h, ns), result.as_ref()) {
+            tracing::warn!(pod = %h.name, error = %e, "CNI DEL");
+        }
+    }
+    if let Some(pid) = *h.sandbox_pid.lock().unwrap() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if let Some(ns) = &h.netns {
+        let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+    }
+    let _ = std::fs::remove_dir_all(&h.dir);
+}
+
+/// Tells the API the pod is gone from this node (grace period 0, guarded
+/// by UID so a new pod of the same name is never deleted).
+async fn confirm_deleted(k: Arc<Kubelet>, ns: String, name: String, uid: String) {
+    let pods: Api<Pod> = Api::namespaced(k.client.clone(), &ns);
+    let mut dp = DeleteParams::default().grace_period(0);
+    dp.preconditions = Some(kube::api::Preconditions {
+        uid: Some(uid),
+        resource_version: None,
+    });
+    let _ = pods.delete(&name, &dp).await;
+}

@@ -1,0 +1,86 @@
+//! A pod's sandbox: a network namespace made by the kubelet (named after
+//! the lab and the pod), and a small process that holds a UTS and a mount
+//! namespace of the pod's own, with the pod's hostname and its
+//! `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` bind-mounted. Every
+//! container of the pod joins that process's namespaces: one `eth0`, one
+//! IP, one `localhost`, one hostname.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, setns, unshare};
+
+/// Arguments of `podnet-agent sandbox`.
+#[derive(clap::Args, Debug)]
+pub struct SandboxArgs {
+    /// The pod's hostname.
+    #[arg(long)]
+    pub hostname: String,
+    /// Directory holding the pod's hosts, resolv.conf and hostname files.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The pod's network namespace (absent for hostNetwork pods).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+}
+
+/// Sets the namespaces up, says `ready` on stdout, then waits for a signal.
+pub fn hold(args: SandboxArgs) -> anyhow::Result<()> {
+    if let Some(ns) = &args.netns {
+        let f = std::fs::File::open(ns).with_context(|| format!("open {}", ns.display()))?;
+        setns(&f, CloneFlags::CLONE_NEWNET).context("enter the pod's network namespace")?;
+    }
+    unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS).context("unshare UTS and mount")?;
+    // Nothing mounted here may propagate back to the node.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("make / private")?;
+    nix::unistd::sethostname(&args.hostname).context("sethostname")?;
+    for f in ["hosts", "resolv.conf", "hostname"] {
+        let src = args.dir.join(f);
+        let dst = PathBuf::from("/etc").join(f);
+        if src.exists() && dst.exists() {
+            mount(
+                Some(&src),
+                &dst,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind {} on {}", src.display(), dst.display()))?;
+        }
+    }
+    let mut out = std::io::stdout();
+    out.write_all(b"ready\n")?;
+    out.flush()?;
+    loop {
+        nix::unistd::pause();
+    }
+}
+
+/// Enters the namespaces of process `pid` (net, UTS, mount), in a child
+/// between fork and exec: setns of a mount namespace needs a
+/// single-threaded caller.
+pub fn enter_pre_exec(fds: &[std::os::fd::RawFd; 3]) -> std::io::Result<()> {
+    for (fd, flag) in fds
+        .iter()
+        .zip([libc::CLONE_NEWNET, libc::CLONE_NEWUTS, libc::CLONE_NEWNS])
+    {
+        // SAFETY: setns on fds we opened before forking.
+        if unsafe { libc::setns(*fd, flag) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: chdir to a static path.
+    if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! `podnet up`: bring a lab cluster up, or report the one already up.
+
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::lab::{self, Encap, LabRecord, NodeRecord, topology};
+
+/// Arguments of `podnet up`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The lab's name (several labs can run side by side).
+    #[arg(long, default_value = "lab")]
+    pub name: String,
+    /// Worker nodes besides the control plane.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// How pod traffic crosses nodes.
+    #[arg(long, value_enum, default_value = "vxlan")]
+    pub encap: Encap,
+    /// Write the kubeconfig here instead of merging it into ~/.kube/config.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+fn step(msg: &str) {
+    println!(" • {msg}");
+}
+
+/// Runs `podnet up`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("podnet up makes network namespaces: run it as root");
+    }
+    if args.name.is_empty()
+        || args.name.len() > 20
+        || !args
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        bail!("--name must be 1-20 characters of a-z, 0-9 and '-'");
+    }
+    if let Some(rec) = LabRecord::load(&args.name) {
+        if lab::alive(rec.daemon_pid) && rec.nodes.iter().all(|n| lab::alive(n.agent_pid)) {
+            println!("Lab {:?} is already up.", args.name);
+            print_usage(&rec);
+            return Ok(());
+        }
+        step("a previous run of this lab died; cleaning it up");
+        super::down::teardown(&args.name, Some(&rec));
+    } else {
+        super::down::teardown(&args.name, None);
+    }
+    let started = Instant::now();
+    let state = lab::state_dir(&args.name);
+    std::fs::create_dir_all(state.join("logs"))?;
+    let names = lab::node_names(&args.name, args.workers);
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .context("no directory for the podnet binary")?
+        .to_path_buf();
+    let result = bring_up(&args, &state, &names, &exe_dir);
+    match result {
+        Ok(rec) => {
+            println!(
+                "Lab {:?} is up: {} nodes, {} encapsulation, in {:.1}s.",
+                args.name,
+                names.len(),
+                args.encap.as_str(),
+                started.elapsed().as_secs_f64()
+            );
+            print_usage(&rec);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("podnet up failed: {e:#}\ncleaning up what was made");
+            super::down::teardown(&args.name, LabRecord::load(&args.name).as_ref());
+            Err(e)
+        }
+    }
+}
+
+fn bring_up(
+    args: &Args,
+    state: &Path,
+    names: &[String],
+    exe_dir: &Path,
+) -> anyhow::Result<LabRecord> {
+    step("making the underlay and the nodes' namespaces");
+    topology::create_underlay(&args.name)?;
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        topology::create_node(&args.name, i, name)?;
+        nodes.push(NodeRecord {
+            name: name.clone(),
+            ip: lab::node_ip(i),
+            agent_pid: None,
+        });
+    }
+    let api_port = free_port()?;
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| state.join("kubeconfig"));
+    let mut rec = LabRecord {
+        name: args.name.clone(),
+        encap: args.encap,
+        api_port,
+        daemon_pid: None,
+        nodes,
+        kubeconfig: kubeconfig.clone(),
+    };
+    rec.save()?;
+
+    step("starting the API server and controllers in the control-plane node");
+    let mut daemon = Command::new(exe_dir.join("podnet"));
+    daemon
+        .arg("lab-daemon")
+        .args(["--name", &args.name, "--api-port", &api_port.to_string()])
+        .args([
+            "--netns",
+            &names[0],
+            "--advertise",
+            &lab::node_ip(0).to_string(),
+        ]);
+    for n in names {
+        daemon.args(["--node", n]);
+    }
+    rec.daemon_pid = Some(spawn_detached(
+        daemon,
+        &state.join("logs/control-plane.log"),
+    )?);
+    rec.save()?;
+    wait_for(|| state.join("ready").exists(), Duration::from_secs(30))
+        .context("the API server did not come up (see logs/control-plane.log)")?;
+
+    step("starting a podnet agent (kubelet, routes, proxy) in every node");
+    let cni_bin = state.join("cni-bin");
+    std::fs::create_dir_all(&cni_bin)?;
+    let plugin = cni_bin.join("podnet");
+    let _ = std::fs::remove_file(&plugin);
+    std::os::unix::fs::symlink(exe_dir.join("podnet-cni"), &plugin)?;
+    for node in rec.nodes.iter_mut() {
+        let dir = state.join("nodes").join(&node.name);
+        let ns = std::fs::File::open(Path::new("/run/netns").join(&node.name))?;
+        let mut agent = podnet_kernel::netns::command_in(ns.as_fd(), exe_dir.join("podnet-agent"));
+        agent
+            .args(["--node", &node.name, "--node-ip", &node.ip.to_string()])
+            .args([
+                "--kubeconfig",
+                &dir.join("kubeconfig").display().to_string(),
+            ])
+            .args(["--state-dir", &dir.display().to_string()])
+            .args(["--encap", args.encap.as_str()])
+            .args(["--lab", &args.name])
+            .args(["--cni-path", &format!("{}:/usr/lib/cni", cni_bin.display())])
+            .args([
+                "--kubelet-token-file",
+                &state.join("kubelet-client.token").display().to_string(),
+            ]);
+        node.agent_pid = Some(spawn_detached(agent, &dir.join("agent.log"))?);
+    }
+    rec.save()?;
+
+    step("writing the kubeconfig");
+    let lab_config = state.join("kubeconfig");
+    if args.kubeconfig.is_some() {
+        std::fs::copy(&lab_config, &kubeconfig)?;
+    } else {
+        merge_kubeconfig(&lab_config, &format!("podnet-{}", args.name))?;
+    }
+
+    step("waiting for the nodes to be Ready");
+    let kc = lab_config.display().to_string();
+    wait_for(
+        || {
+            let out = Command::new(kubectl())
+                .args(["--kubeconfig", &kc, "get", "nodes", "--no-headers"])
+                .output();
+            out.map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                text.lines()
+                    .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
+                    .count()
+                    == names.len()
+            })
+            .unwrap_or(false)
+        },
+        Duration::from_secs(60),
+    )
+    .context("nodes did not become Ready (see the agents' logs under nodes/*/agent.log)")?;
+    Ok(rec)
+}
+
+/// The kubectl to use for merging kubeconfigs and waiting.
+pub fn kubectl() -> String {
+    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into())
+}
+
+fn merge_kubeconfig(lab_config: &Path, context: &str) -> anyhow::Result<()> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let target = PathBuf::from(home).join(".kube/config");
+    std::fs::create_dir_all(target.parent().unwrap())?;
+    let merged = Command::new(kubectl())
+        .env(
+            "KUBECONFIG",
+            format!("{}:{}", lab_config.display(), target.display()),
+        )
+        .args(["config", "view", "--flatten"])
+        .output()
+        .context("running kubectl to merge the kubeconfig")?;
+    if !merged.status.success() {
+        bail!(
+            "kubectl config view: {}",
+            String::from_utf8_lossy(&merged.stderr)
+        );
+    }
+    let tmp = target.with_extension("podnet-tmp");
+    std::fs::write(&tmp, &merged.stdout)?;
+    std::fs::rename(&tmp, &target)?;
+    let _ = Command::new(kubectl())
+        .args(["config", "use-context", context])
+        .stdout(Stdio::null())
+        .status();
+    Ok(())
+}
+
+fn print_usage(rec: &LabRecord) {
+    let ctx = format!("podnet-{}", rec.name);
+    println!();
+    println!("  kubectl --context {ctx} get nodes -o wide");
+    println!("  kubectl --context {ctx} get pods -A");
+    println!("  kubectl --context {ctx} run netshoot --image=nicolaka/netshoot -it -- bash");
+    println!(
+        "  (kubeconfig: {}; API on https://127.0.0.1:{})",
+        rec.kubeconfig.display(),
+        rec.api_port
+    );
+    println!(
+        "  podnet down --name {}   # removes everything the lab made",
+        rec.name
+    );
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Starts a process in a session of its own, output to `log`, and returns
+/// its pid: it outlives `podnet up`.
+fn spawn_detached(mut cmd: Command, log: &Path) -> anyhow::Result<i32> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
+    Ok(child.id() as i32)
+}
+
+fn wait_for(mut f: impl FnMut() -> bool, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out after {}s", timeout.as_secs())
+}

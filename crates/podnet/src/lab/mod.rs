@@ -1,0 +1,110 @@
+//! The lab: a cluster of network namespaces on one machine. Everything it
+//! makes is named after the lab (`<lab>-control-plane`, `<lab>-worker`,
+//! `<lab>-underlay`, `<lab>-pod-*`) and recorded under its state directory,
+//! so `down` (or the next `up`) can remove all of it, even after `kill -9`.
+
+pub mod daemon;
+pub mod topology;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where labs keep their state.
+pub const STATE_ROOT: &str = "/var/lib/podnet";
+
+/// How pods' traffic crosses nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encap {
+    /// VXLAN overlay (VNI 1, UDP 4789), MTU lowered by 50.
+    Vxlan,
+    /// Plain routes to each node's pod CIDR via its address.
+    HostGw,
+}
+
+impl Encap {
+    /// The name the agent takes on its command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encap::Vxlan => "vxlan",
+            Encap::HostGw => "host-gw",
+        }
+    }
+}
+
+/// One node of the lab.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node name, also its namespace's name.
+    pub name: String,
+    /// Its address on the underlay.
+    pub ip: Ipv4Addr,
+    /// The agent's pid, once started.
+    pub agent_pid: Option<i32>,
+}
+
+/// What `up` made, kept in `<state>/lab.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabRecord {
+    /// The lab's name.
+    pub name: String,
+    /// Encapsulation.
+    pub encap: Encap,
+    /// The host loopback port forwarded to the API server.
+    pub api_port: u16,
+    /// The control-plane daemon's pid.
+    pub daemon_pid: Option<i32>,
+    /// Nodes, control plane first.
+    pub nodes: Vec<NodeRecord>,
+    /// The kubeconfig written for the user.
+    pub kubeconfig: PathBuf,
+}
+
+/// The lab's state directory.
+pub fn state_dir(name: &str) -> PathBuf {
+    PathBuf::from(STATE_ROOT).join(name)
+}
+
+/// Node names, kind-style: `<lab>-control-plane`, `<lab>-worker`,
+/// `<lab>-worker2`, ...
+pub fn node_names(name: &str, workers: usize) -> Vec<String> {
+    let mut v = vec![format!("{name}-control-plane")];
+    for i in 0..workers {
+        v.push(if i == 0 {
+            format!("{name}-worker")
+        } else {
+            format!("{name}-worker{}", i + 1)
+        });
+    }
+    v
+}
+
+/// The underlay address of node `i` (0 is the control plane).
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(172, 18, 0, 2 + i as u8)
+}
+
+impl LabRecord {
+    /// Reads a lab's record; `None` when it has none.
+    pub fn load(name: &str) -> Option<Self> {
+        let bytes = std::fs::read(state_dir(name).join("lab.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Writes the record atomically.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let dir = state_dir(&self.name);
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join("lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(tmp, dir.join("lab.json"))?;
+        Ok(())
+    }
+}
+
+/// Whether a pid is alive.
+pub fn alive(pid: Option<i32>) -> bool {
+    pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+}

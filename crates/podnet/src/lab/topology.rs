@@ -1,0 +1,132 @@
+//! The lab's network: an underlay namespace holding a bridge, and one
+//! namespace per node joined to it by a veth. Nothing is made in the host's
+//! namespace; every link is created inside a lab namespace.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Runs `ip` with `args`, failing with its message.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The underlay namespace's name.
+pub fn underlay(lab: &str) -> String {
+    format!("{lab}-underlay")
+}
+
+/// Creates the underlay namespace and its bridge.
+pub fn create_underlay(lab: &str) -> anyhow::Result<()> {
+    let ul = underlay(lab);
+    ip(&["netns", "add", &ul])?;
+    ip(&["-n", &ul, "link", "set", "lo", "up"])?;
+    ip(&["-n", &ul, "link", "add", "underlay0", "type", "bridge"])?;
+    ip(&["-n", &ul, "link", "set", "underlay0", "up"])?;
+    Ok(())
+}
+
+/// Creates node `i`'s namespace, wires `eth0` to the underlay with
+/// `172.18.0.<i+2>/16`, and turns on forwarding inside it.
+pub fn create_node(lab: &str, i: usize, name: &str) -> anyhow::Result<()> {
+    let ul = underlay(lab);
+    let addr = format!("{}/16", super::node_ip(i));
+    let port = format!("node{i}");
+    ip(&["netns", "add", name])?;
+    ip(&["-n", name, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", name,
+    ])?;
+    ip(&["-n", &ul, "link", "set", &port, "master", "underlay0", "up"])?;
+    ip(&["-n", name, "addr", "add", &addr, "dev", "eth0"])?;
+    ip(&["-n", name, "link", "set", "eth0", "up"])?;
+    sysctl_in(name, "net/ipv4/ip_forward", "1")?;
+    sysctl_in(name, "net/ipv6/conf/all/forwarding", "1")?;
+    Ok(())
+}
+
+/// Writes a sysctl inside a namespace (`/proc/sys/net` is per namespace,
+/// resolved when the file is opened, so the write runs on a thread that
+/// entered it).
+pub fn sysctl_in(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    let file = std::fs::File::open(Path::new("/run/netns").join(ns))?;
+    let path = format!("/proc/sys/{key}");
+    let value = value.to_string();
+    std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<()> {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            std::fs::write(&path, &value).with_context(|| format!("write {path} in {ns}"))
+        })
+        .join()
+        .expect("sysctl thread")
+    })
+}
+
+/// Every namespace that belongs to the lab (by name).
+pub fn lab_namespaces(lab: &str) -> Vec<String> {
+    let prefix = format!("{lab}-");
+    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix(&prefix).is_some_and(|rest| {
+                rest == "underlay"
+                    || rest == "control-plane"
+                    || rest.starts_with("worker")
+                    || rest.starts_with("pod-")
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn pids_in(ns: &str) -> Vec<i32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills every process inside the lab's namespaces, waits until they are
+/// gone, and deletes the namespaces.
+pub fn destroy(lab: &str) {
+    let namespaces = lab_namespaces(lab);
+    for _ in 0..50 {
+        let pids: Vec<i32> = namespaces.iter().flat_map(|ns| pids_in(ns)).collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Pods first, then nodes, then the underlay: their veths go with them.
+    for ns in namespaces.iter().rev() {
+        let _ = ip(&["netns", "delete", ns]);
+    }
+}
