@@ -5,9 +5,9 @@
 //! revision annotations, history cleanup, and the status fields and
 //! conditions `kubectl rollout status` and `kubectl get deploy` read.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
@@ -330,15 +330,15 @@ pub async fn run_with(caches: Arc<Caches>, resync: Duration) -> Result<(), Error
     caches.pods().ready().await;
     let mut c = DeployController {
         caches,
-        created: HashSet::new(),
+        created: HashMap::new(),
     };
     crate::drive!("deployment", wake, resync, c.pass().await)
 }
 
 struct DeployController {
     caches: Arc<Caches>,
-    /// ReplicaSets we created that the cache may not show yet.
-    created: HashSet<String>,
+    /// ReplicaSets we created that the cache may not show yet, and when.
+    created: HashMap<String, Instant>,
 }
 
 impl DeployController {
@@ -349,7 +349,8 @@ impl DeployController {
             .iter()
             .map(|r| crate::util::key_of(r.as_ref()))
             .collect();
-        self.created.retain(|k| !seen.contains(k));
+        self.created
+            .retain(|k, at| !seen.contains(k) && at.elapsed() < Duration::from_secs(10));
         let mut next = Next::Idle;
         for d in &deps {
             if d.metadata.deletion_timestamp.is_some() {
@@ -406,7 +407,7 @@ impl DeployController {
             let hash = template_hash(&spec.template, collision);
             let name = format!("{dname}-{hash}");
             let key = format!("{ns}/{name}");
-            if self.created.contains(&key) {
+            if self.created.contains_key(&key) {
                 return Next::After(RETRY);
             }
             let views: Vec<RsView> = olds.iter().map(|r| view(r)).collect();
@@ -427,7 +428,7 @@ impl DeployController {
             match rs_api.create(&PostParams::default(), &rs).await {
                 Ok(_) => {
                     tracing::info!(deployment = %format!("{ns}/{dname}"), rs = %name, replicas, "created ReplicaSet");
-                    self.created.insert(key);
+                    self.created.insert(key, Instant::now());
                     let _ = crate::scheduler::record_event_for(
                         self.caches.client(),
                         "deployment-controller",

@@ -792,7 +792,7 @@ async fn endpointslices_follow_ready_pods_and_scale() -> Result<()> {
 
     // Scale to 0: the slice stays and empties; back to 2: it refills.
     let slice_name = slices[0].metadata.name.clone();
-    scale(&lab, "web", 0).await?;
+    lab.kubectl(&["scale", "deployment", "web", "--replicas=0"])?;
     eventually("slice empty at scale 0", || async {
         let v = slice_view(&lab, "web").await?;
         let e = eps.get("web").await?;
@@ -805,7 +805,7 @@ async fn endpointslices_follow_ready_pods_and_scale() -> Result<()> {
         )
     })
     .await?;
-    scale(&lab, "web", 2).await?;
+    lab.kubectl(&["scale", "deployment", "web", "--replicas=2"])?;
     let pods = ready_pods(&lab, "web", 2).await?;
     let want: BTreeMap<String, bool> = ips(&pods).into_iter().map(|ip| (ip, true)).collect();
     let (slices, _, ports) = eventually("slice refilled", || async {
