@@ -1439,7 +1439,7 @@ impl Api {
     }
 
     async fn patch(
-        &self,
+        self: &Arc<Self>,
         t: &Target,
         name: &str,
         q: &Query,
@@ -1452,8 +1452,39 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let ty = PatchType::from_content_type(ct).ok_or_else(|| {
-            ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct})"))
+            ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct})"))
         })?;
+        if ty == PatchType::Apply
+            && t.sub.is_none()
+            && self
+                .store
+                .get(&res.id(), t.ns.as_deref().unwrap_or(""), name)
+                .is_none()
+        {
+            // Server-side apply of an object that does not exist creates it.
+            let obj = patch::parse_apply(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if obj["metadata"]["name"].as_str() != Some(name) {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    obj["metadata"]["name"].as_str().unwrap_or("")
+                )));
+            }
+            let mut h = headers.clone();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            let target = Target {
+                res,
+                ns: t.ns.clone(),
+                name: None,
+                sub: None,
+                watch_path: false,
+            };
+            return self
+                .create(&target, q, &h, &serde_json::to_vec(&obj).expect("json"))
+                .await;
+        }
         let body = body.to_vec();
         let q2 = q.clone();
         let warnings = std::sync::Mutex::new(Vec::new());

@@ -27,6 +27,10 @@ pub enum PatchType {
     Merge,
     /// application/strategic-merge-patch+json
     Strategic,
+    /// application/apply-patch+yaml (server-side apply, simplified: the
+    /// applied configuration is merged like a strategic merge patch; field
+    /// ownership is not tracked, so fields are never removed by omission).
+    Apply,
 }
 
 impl PatchType {
@@ -37,8 +41,20 @@ impl PatchType {
             "application/json-patch+json" => PatchType::Json,
             "application/merge-patch+json" => PatchType::Merge,
             "application/strategic-merge-patch+json" => PatchType::Strategic,
+            "application/apply-patch+yaml" | "application/apply-patch+json" => PatchType::Apply,
             _ => return None,
         })
+    }
+}
+
+/// Parses an apply configuration (YAML or JSON).
+pub fn parse_apply(body: &[u8]) -> Result<Value, PatchError> {
+    match serde_json::from_slice(body) {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            let s = std::str::from_utf8(body).map_err(|e| PatchError::Malformed(e.to_string()))?;
+            serde_saphyr::from_str(s).map_err(|e| PatchError::Malformed(format!("yaml: {e}")))
+        }
     }
 }
 
@@ -64,9 +80,12 @@ pub fn apply(ty: PatchType, kind: &str, orig: &Value, patch: &[u8]) -> Result<Va
             json_patch::merge(&mut v, &p);
             Ok(v)
         }
-        PatchType::Strategic => {
-            let p: Value =
-                serde_json::from_slice(patch).map_err(|e| PatchError::Malformed(e.to_string()))?;
+        PatchType::Strategic | PatchType::Apply => {
+            let p: Value = if ty == PatchType::Apply {
+                parse_apply(patch)?
+            } else {
+                serde_json::from_slice(patch).map_err(|e| PatchError::Malformed(e.to_string()))?
+            };
             if !p.is_object() {
                 return Err(PatchError::Malformed(
                     "a strategic merge patch must be a JSON object".into(),

@@ -236,3 +236,25 @@ fn too_old_resource_version_gets_an_in_stream_410() {
         .collect();
     assert_eq!(types, ["c8", "c9"]);
 }
+
+#[test]
+fn server_side_apply_creates_then_merges() {
+    let lab = Lab::start();
+    let crt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client(&crt, &lab), "default");
+    let pp = PatchParams::apply("podnet-test");
+    crt.block_on(async {
+        let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
+        let c = api.patch("ssa", &pp, &Patch::Apply(&applied)).await.unwrap();
+        assert_eq!(c.data.unwrap()["a"], "1");
+        let again = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa", "labels": {"x": "y"}}, "data": {"b": "2"}});
+        let c = api.patch("ssa", &pp, &Patch::Apply(&again)).await.unwrap();
+        let data = c.data.unwrap();
+        assert_eq!((data["a"].as_str(), data["b"].as_str()), ("1", "2"));
+        assert_eq!(c.metadata.labels.unwrap()["x"], "y");
+    });
+}
