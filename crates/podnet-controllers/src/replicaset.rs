@@ -20,7 +20,8 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::util::{
-    controlled_by, is_active, is_available, is_ready, labels_of, map_selector_matches, owner_ref,
+    controlled_by, is_active, is_available, is_ready, label_selector_matches, labels_of,
+    map_selector_matches, owner_ref,
 };
 use crate::{Caches, Error, Next, RETRY};
 
@@ -216,6 +217,22 @@ pub(crate) async fn delete_pods(
     (names, failed)
 }
 
+/// Sets a pod's owner references, failing if the pod changed since it was read.
+async fn set_owners(
+    api: &kube::Api<Pod>,
+    p: &Pod,
+    refs: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Result<(), kube::Error> {
+    let patch = json!({"metadata": {"resourceVersion": p.metadata.resource_version, "ownerReferences": refs}});
+    api.patch(
+        p.metadata.name.as_deref().unwrap_or(""),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
 /// The status a ReplicaSet should show for its owned pods.
 pub fn status_for(rs: &ReplicaSet, owned: &[&Arc<Pod>], now: Time) -> ReplicaSetStatus {
     let active: Vec<&&Arc<Pod>> = owned.iter().filter(|p| is_active(p)).collect();
@@ -284,6 +301,17 @@ impl RsController {
                 owned_by.entry(r.uid.as_str()).or_default().push(p);
             }
         }
+        // Pods no controller owns, per namespace: candidates for adoption.
+        let mut orphans: HashMap<&str, Vec<&Arc<Pod>>> = HashMap::new();
+        for p in &pods {
+            if crate::util::controller_of(p.as_ref()).is_none() && is_active(p) {
+                orphans
+                    .entry(p.metadata.namespace.as_deref().unwrap_or(""))
+                    .or_default()
+                    .push(p);
+            }
+        }
+        let mut claimed: HashSet<String> = HashSet::new();
         let mut next = Next::Idle;
         for rs in &sets {
             if rs.metadata.deletion_timestamp.is_some() {
@@ -292,9 +320,82 @@ impl RsController {
             let uid = rs.metadata.uid.clone().unwrap_or_default();
             let owned: Vec<&Arc<Pod>> = owned_by.get(uid.as_str()).cloned().unwrap_or_default();
             debug_assert!(owned.iter().all(|p| controlled_by(p.as_ref(), &uid)));
+            let ns = rs.metadata.namespace.as_deref().unwrap_or("");
+            let candidates = orphans.get(ns).map(Vec::as_slice).unwrap_or(&[]);
+            let (owned, claim_next) = self.claim(rs, &uid, owned, candidates, &mut claimed).await;
+            next = next.min(claim_next);
             next = next.min(self.sync(rs, &uid, &owned).await);
         }
         next
+    }
+
+    /// kube's pod "claiming": releases owned pods whose labels no longer
+    /// match the selector (the ReplicaSet then replaces them) and adopts
+    /// ownerless active pods that match. Returns the pods owned afterwards.
+    async fn claim<'a>(
+        &self,
+        rs: &ReplicaSet,
+        uid: &str,
+        owned: Vec<&'a Arc<Pod>>,
+        orphans: &[&'a Arc<Pod>],
+        claimed: &mut HashSet<String>,
+    ) -> (Vec<&'a Arc<Pod>>, Next) {
+        let Some(sel) = rs.spec.as_ref().map(|s| &s.selector) else {
+            return (owned, Next::Idle);
+        };
+        // An empty selector would claim the whole namespace.
+        if sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+        {
+            return (owned, Next::Idle);
+        }
+        let ns = rs.metadata.namespace.clone().unwrap_or_default();
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.caches.client().clone(), &ns);
+        let mut next = Next::Idle;
+        let mut keep = Vec::new();
+        for p in owned {
+            if label_selector_matches(sel, labels_of(p.as_ref()))
+                || p.metadata.deletion_timestamp.is_some()
+            {
+                keep.push(p);
+                continue;
+            }
+            let refs: Vec<_> = p
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|r| r.uid != uid)
+                .cloned()
+                .collect();
+            if let Err(e) = set_owners(&api, p, refs).await {
+                crate::log_write_error("replicaset", "release pod", &e);
+                keep.push(p);
+                next = Next::After(RETRY);
+            } else {
+                tracing::info!(rs = %crate::util::key_of(rs), pod = %crate::util::key_of(p.as_ref()), "released pod that no longer matches");
+            }
+        }
+        for p in orphans {
+            let puid = p.metadata.uid.clone().unwrap_or_default();
+            if claimed.contains(&puid) || !label_selector_matches(sel, labels_of(p.as_ref())) {
+                continue;
+            }
+            claimed.insert(puid);
+            let mut refs: Vec<_> = p.metadata.owner_references.clone().unwrap_or_default();
+            refs.push(owner_ref(rs));
+            match set_owners(&api, p, refs).await {
+                Ok(()) => {
+                    tracing::info!(rs = %crate::util::key_of(rs), pod = %crate::util::key_of(p.as_ref()), "adopted pod");
+                    keep.push(p);
+                }
+                Err(e) => {
+                    crate::log_write_error("replicaset", "adopt pod", &e);
+                    next = Next::After(RETRY);
+                }
+            }
+        }
+        (keep, next)
     }
 
     async fn sync(&mut self, rs: &ReplicaSet, uid: &str, owned: &[&Arc<Pod>]) -> Next {

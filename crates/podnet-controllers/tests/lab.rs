@@ -360,6 +360,48 @@ async fn deployment_replicaset_pods_scale_replace_roll_and_delete() -> Result<()
             hash
         );
     }
+    // A pod relabelled out of the selector is released and replaced;
+    // relabelled back, it is adopted again and the surplus removed.
+    let quarantined = three[0].metadata.name.clone().unwrap();
+    lab.kubectl(&["label", "pod", &quarantined, "app=debug", "--overwrite"])?;
+    ready_pods(&lab, "web", 3).await?;
+    let released = eventually("quarantined pod released", || async {
+        let p = pods.get(&quarantined).await?;
+        Ok(
+            if p.metadata
+                .owner_references
+                .as_ref()
+                .is_none_or(Vec::is_empty)
+            {
+                Ok(p)
+            } else {
+                Err(format!("{:?}", p.metadata.owner_references))
+            },
+        )
+    })
+    .await?;
+    assert!(
+        released.metadata.deletion_timestamp.is_none(),
+        "a released pod keeps running"
+    );
+    lab.kubectl(&["label", "pod", &quarantined, "app=web", "--overwrite"])?;
+    let back = eventually("pod adopted back and surplus removed", || async {
+        let ps = active(lab.pods("default", "app=web").await?);
+        let owned = ps.iter().all(|p| {
+            p.metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|r| r.iter().any(|o| o.name == rs_name))
+        });
+        Ok(if ps.len() == 3 && owned && ps.iter().all(pod_ready) {
+            Ok(ps)
+        } else {
+            Err(format!("{} active, all owned: {owned}", ps.len()))
+        })
+    })
+    .await?;
+    assert_eq!(back.len(), 3);
+
     // kubectl sees a finished rollout and the status columns.
     let out = lab.kubectl(&["rollout", "status", "deployment/web", "--timeout=30s"])?;
     assert!(out.contains("successfully rolled out"), "{out}");
