@@ -3,14 +3,16 @@
 //! Every worker reads the current index through an `ArcSwap`: a lookup
 //! takes no lock and sees either the old index or the new one, never a mix.
 
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use podnet_core::dns::{Answer, Index, RData, Record, rtype};
+use podnet_core::dns::{Answer, Index, NameHasher, RData, Record, rtype};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +30,9 @@ pub struct Shared {
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     ready: AtomicBool,
+    /// Bumped after every swap; the UDP workers' answer caches are valid
+    /// for one generation.
+    generation: AtomicU64,
 }
 
 impl Shared {
@@ -38,12 +43,16 @@ impl Shared {
             forwarder,
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         })
     }
 
     /// Publishes a new index; queries after this call see it.
     pub fn swap(&self, index: Index) {
         self.index.store(Arc::new(index));
+        // After the store: a worker that sees the new generation also
+        // sees the new index.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.metrics.swaps.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -218,6 +227,81 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<StdUdpSocket> {
     Ok(s.into())
 }
 
+/// Most answers one UDP worker keeps encoded.
+const ANSWER_CACHE_MAX: usize = 20_000;
+
+/// A UDP worker's encoded in-zone answers for the index generation in
+/// force, keyed by lowercase name and type: a repeated question costs a
+/// parse, one hash lookup and a copy patched with the query's id, flags and
+/// question bytes (the question's case; compression pointers into it keep
+/// their offsets whatever the case). Dropped whole when the index changes.
+#[derive(Default)]
+struct AnswerCache {
+    generation: u64,
+    /// Key: lowercase name bytes followed by the type (big-endian).
+    map: HashMap<Box<[u8]>, Vec<u8>, BuildHasherDefault<NameHasher>>,
+    key: Vec<u8>,
+}
+
+impl AnswerCache {
+    fn answer(&mut self, shared: &Shared, packet: &[u8], out: &mut Vec<u8>) -> Action {
+        let start = Instant::now();
+        let generation = shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.map.clear();
+            self.generation = generation;
+        }
+        let Ok(q) = wire::parse_query(packet) else {
+            return answer(shared, packet, false, out);
+        };
+        self.key.clear();
+        self.key.extend_from_slice(q.qname.as_bytes());
+        self.key.extend_from_slice(&q.qtype.to_be_bytes());
+        if let Some(hit) = self.map.get(self.key.as_slice()) {
+            out.clear();
+            out.extend_from_slice(hit);
+            out[0..2].copy_from_slice(&q.id.to_be_bytes());
+            let rc = u16::from(out[3] & 0xf);
+            let flags = wire::response_flags(q.flags, true, false, rc);
+            out[2..4].copy_from_slice(&flags.to_be_bytes());
+            out[wire::HEADER_LEN..wire::HEADER_LEN + q.question.len()].copy_from_slice(q.question);
+            if q.edns.is_some() {
+                let ar = u16::from_be_bytes([out[10], out[11]]) + 1;
+                out[10..12].copy_from_slice(&ar.to_be_bytes());
+                wire::push_opt(out, rc);
+            }
+            if out.len() > q.udp_limit() {
+                wire::truncate(&q, out, rc, true);
+            }
+            shared.metrics.record(q.qtype, rc, start.elapsed());
+            return Action::Reply;
+        }
+        let action = answer(shared, packet, false, out);
+        // Keep authoritative, untruncated answers (AA set, TC clear) of a
+        // generation that did not change meanwhile.
+        if action == Action::Reply
+            && out.len() >= wire::HEADER_LEN
+            && out[2] & 0x04 != 0
+            && out[2] & 0x02 == 0
+            && shared.generation.load(Ordering::Acquire) == generation
+            && q.qname.len() <= 253
+        {
+            let mut enc = out.clone();
+            if q.edns.is_some() {
+                // Stored without the OPT record (the last 11 bytes).
+                enc.truncate(enc.len() - 11);
+                let ar = u16::from_be_bytes([enc[10], enc[11]]) - 1;
+                enc[10..12].copy_from_slice(&ar.to_be_bytes());
+            }
+            if self.map.len() >= ANSWER_CACHE_MAX {
+                self.map.clear();
+            }
+            self.map.insert(self.key.as_slice().into(), enc);
+        }
+        action
+    }
+}
+
 /// Datagrams taken from the socket per system call.
 const BATCH: usize = 32;
 /// Largest query read over UDP; a longer datagram is not a DNS query we
@@ -247,6 +331,7 @@ pub fn udp_worker(
     let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let mut send_iovs: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let mut send_msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    let mut cache = AnswerCache::default();
     while !stop.load(Ordering::Relaxed) {
         for i in 0..BATCH {
             iovs[i] = libc::iovec {
@@ -292,7 +377,7 @@ pub fn udp_worker(
                 continue;
             }
             let packet = &bufs[i][..len];
-            match answer(&shared, packet, false, &mut outs[i]) {
+            match cache.answer(&shared, packet, &mut outs[i]) {
                 Action::Reply => {
                     send_iovs[replies] = libc::iovec {
                         iov_base: outs[i].as_mut_ptr().cast(),

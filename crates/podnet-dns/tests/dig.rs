@@ -213,6 +213,14 @@ fn truncation_and_tcp_retry() {
 #[test]
 fn case_is_preserved_and_matching_is_case_insensitive() {
     let s = start("127.0.0.1", "cluster.local", &fixture(), None);
+    // Asked in lowercase first, so the mixed-case question below is served
+    // from a UDP worker's encoded-answer cache and must still carry its case.
+    for _ in 0..4 {
+        assert_eq!(
+            short(s.addr, &["kubernetes.default.svc.cluster.local"]),
+            ["10.96.0.1"]
+        );
+    }
     let out = dig(s.addr, &["KuBeRnEtEs.DeFaUlT.SVC.Cluster.Local"]);
     assert_eq!(status(&out), "NOERROR", "{out}");
     let out = out.split_whitespace().collect::<Vec<_>>().join(" ");
