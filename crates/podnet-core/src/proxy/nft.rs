@@ -651,14 +651,32 @@ pub fn diff_states(
         ports: BTreeMap::new(),
         cluster_cidrs: new.cluster_cidrs.clone(),
     };
-    for (k, v) in &old.ports {
-        if new.ports.get(k) != Some(v) {
-            old_sub.ports.insert(k.clone(), v.clone());
-        }
-    }
-    for (k, v) in &new.ports {
-        if old.ports.get(k) != Some(v) {
-            new_sub.ports.insert(k.clone(), v.clone());
+    // One ordered walk over both maps (no per-port lookups).
+    let mut a = old.ports.iter().peekable();
+    let mut b = new.ports.iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((ka, va)), Some((kb, vb))) if ka == kb => {
+                if va != vb {
+                    old_sub.ports.insert((*ka).clone(), (*va).clone());
+                    new_sub.ports.insert((*kb).clone(), (*vb).clone());
+                }
+                a.next();
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, _))) if ka < kb => {
+                old_sub.ports.insert((*ka).clone(), (*va).clone());
+                a.next();
+            }
+            (Some((ka, va)), None) => {
+                old_sub.ports.insert((*ka).clone(), (*va).clone());
+                a.next();
+            }
+            (_, Some((kb, vb))) => {
+                new_sub.ports.insert((*kb).clone(), (*vb).clone());
+                b.next();
+            }
         }
     }
     // Structure (and the hairpin set) from the whole new state.

@@ -40,9 +40,16 @@ impl NftProxy {
     /// only what changed afterwards (falling back to a full load if the
     /// kernel refuses the patch, e.g. because someone edited the table).
     pub fn sync(&mut self, state: &ProxyState) -> Result<SyncReport, ProxyError> {
+        self.sync_owned(state.clone())
+    }
+
+    /// [`NftProxy::sync`] for a state the caller no longer needs (the
+    /// planner's fresh output), which saves copying it.
+    pub fn sync_owned(&mut self, owned: ProxyState) -> Result<SyncReport, ProxyError> {
         let Some(old) = self.state.take() else {
-            return self.full_sync(state);
+            return self.full_sync(&owned);
         };
+        let state = &owned;
         let families = state.families();
         if families.iter().ne(self.applied.keys()) {
             return self.full_sync(state);
@@ -70,8 +77,8 @@ impl NftProxy {
                 t.apply_diff(d);
             }
         }
-        self.state = Some(state.clone());
         let flushed = self.after_change(&old, state)?;
+        self.state = Some(owned);
         Ok(SyncReport {
             full: false,
             element_changes: changes,
