@@ -679,36 +679,44 @@ pub fn diff_states(
             }
         }
     }
-    // Structure (and the hairpin set) from the whole new state.
-    let skeleton = build(new, family, false);
+    // Structure (and the hairpin set) from the whole new state — unless
+    // the changed ports give the same shape before and after (the usual
+    // endpoint swap): then every chain, set and hairpin entry they needed
+    // is still needed and nothing else changed, so the walk is skipped.
+    let same_shape = build(&old_sub, family, false) == build(&new_sub, family, false);
+    let skeleton = (!same_shape).then(|| build(new, family, false));
     let mut d = NftDiff {
-        table: skeleton.qualified_name(),
+        table: applied.qualified_name(),
         ..Default::default()
     };
-    for (name, ns) in &skeleton.sets {
-        match applied.sets.get(name) {
-            None => d.add_sets.push((name.clone(), NftSet::new(&ns.decl))),
-            Some(os) if os.decl != ns.decl => d.needs_full = true,
-            Some(_) => {}
+    if let Some(skeleton) = &skeleton {
+        for (name, ns) in &skeleton.sets {
+            match applied.sets.get(name) {
+                None => d.add_sets.push((name.clone(), NftSet::new(&ns.decl))),
+                Some(os) if os.decl != ns.decl => d.needs_full = true,
+                Some(_) => {}
+            }
         }
-    }
-    for (name, os) in &applied.sets {
-        if !skeleton.sets.contains_key(name) {
-            d.del_sets
-                .push((name.clone(), if os.is_map() { "map" } else { "set" }));
+        for (name, os) in &applied.sets {
+            if !skeleton.sets.contains_key(name) {
+                d.del_sets
+                    .push((name.clone(), if os.is_map() { "map" } else { "set" }));
+            }
         }
-    }
-    for (name, nc) in &skeleton.chains {
-        match applied.chains.get(name) {
-            None => d.add_chains.push((name.clone(), nc.clone())),
-            Some(oc) if oc.hook != nc.hook => d.needs_full = true,
-            Some(oc) if oc.rules != nc.rules => d.rewrite_chains.push((name.clone(), nc.clone())),
-            Some(_) => {}
+        for (name, nc) in &skeleton.chains {
+            match applied.chains.get(name) {
+                None => d.add_chains.push((name.clone(), nc.clone())),
+                Some(oc) if oc.hook != nc.hook => d.needs_full = true,
+                Some(oc) if oc.rules != nc.rules => {
+                    d.rewrite_chains.push((name.clone(), nc.clone()))
+                }
+                Some(_) => {}
+            }
         }
-    }
-    for name in applied.chains.keys() {
-        if !skeleton.chains.contains_key(name) {
-            d.del_chains.push(name.clone());
+        for name in applied.chains.keys() {
+            if !skeleton.chains.contains_key(name) {
+                d.del_chains.push(name.clone());
+            }
         }
     }
     // Elements: the changed ports' own, plus the shared hairpin set.
@@ -745,11 +753,13 @@ pub fn diff_states(
         let ns = t_new.sets.get(name).unwrap_or(&empty);
         element_diff(name, os, ns);
     }
-    element_diff(
-        "hairpin",
-        applied.sets.get("hairpin").unwrap_or(&empty),
-        skeleton.sets.get("hairpin").unwrap_or(&empty),
-    );
+    if let Some(skeleton) = &skeleton {
+        element_diff(
+            "hairpin",
+            applied.sets.get("hairpin").unwrap_or(&empty),
+            skeleton.sets.get("hairpin").unwrap_or(&empty),
+        );
+    }
     d
 }
 

@@ -391,6 +391,14 @@ fn affinity_listing_is_parsed() {
 fn diff_of_states_matches_the_diff_of_whole_tables() {
     let base = many(50, 3);
     let mut transitions: Vec<ProxyState> = Vec::new();
+    // the same shape: one endpoint's address swapped
+    let mut s = base.clone();
+    s.ports.values_mut().nth(7).unwrap().endpoints[1].addr = "10.244.7.7".parse().unwrap();
+    transitions.push(s);
+    // a hairpin endpoint appears (shape changes only in the hairpin set)
+    let mut s = base.clone();
+    s.ports.values_mut().nth(7).unwrap().endpoints[1].local = true;
+    transitions.push(s);
     // an endpoint added to one service (3 -> 4), one removed from another
     let mut s = base.clone();
     let mut it = s.ports.values_mut();
