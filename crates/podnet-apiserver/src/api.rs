@@ -905,12 +905,20 @@ impl Api {
                     .get("includeObject")
                     .map(String::as_str)
                     .unwrap_or("Metadata");
-                let rows: Vec<Value> = out
-                    .iter()
-                    .map(|o| table::row(t.res.kind, &o.value, now, include))
-                    .collect();
-                let v = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": table::columns(t.res.kind), "rows": rows});
-                Ok(json_response(StatusCode::OK, &v))
+                // Written row by row into one buffer: no tree of the whole table.
+                let head = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": table::columns(t.res.kind)});
+                let head = serde_json::to_vec(&head).expect("json");
+                let mut buf = Vec::with_capacity(head.len() + out.len() * 512);
+                buf.extend_from_slice(&head[..head.len() - 1]);
+                buf.extend_from_slice(b",\"rows\":[");
+                for (i, o) in out.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    table::write_row(&mut buf, t.res.kind, o, now, include);
+                }
+                buf.extend_from_slice(b"]}");
+                Ok(bytes_response(StatusCode::OK, Bytes::from(buf)))
             }
             Shape::Metadata => {
                 let items: Vec<Value> = out

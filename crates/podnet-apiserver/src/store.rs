@@ -196,7 +196,10 @@ impl Store {
     /// Opens the store keeping `log_len` events for resuming watches.
     pub fn open_with(dir: &Path, log_len: usize) -> Result<Arc<Store>, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(e.to_string()))?;
-        let db = db!(Database::create(dir.join("store.redb")))?;
+        // A bounded page cache: objects are served from memory, redb is for durability.
+        let db = db!(redb::Builder::new()
+            .set_cache_size(16 << 20)
+            .create(dir.join("store.redb")))?;
         {
             let w = db!(db.begin_write())?;
             db!(w.open_table(OBJECTS))?;

@@ -1020,6 +1020,26 @@ pub fn partial_metadata(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
 }
 
+/// Writes one row as JSON into `buf` (the object as stored bytes or its
+/// metadata, without copying the object).
+pub fn write_row(buf: &mut Vec<u8>, kind: &str, o: &crate::store::Obj, now: i64, include: &str) {
+    buf.extend_from_slice(b"{\"cells\":");
+    serde_json::to_writer(&mut *buf, &cells(kind, &o.value, now)).expect("json");
+    match include {
+        "None" => {}
+        "Object" => {
+            buf.extend_from_slice(b",\"object\":");
+            buf.extend_from_slice(&o.json);
+        }
+        _ => {
+            buf.extend_from_slice(b",\"object\":{\"kind\":\"PartialObjectMetadata\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":");
+            serde_json::to_writer(&mut *buf, &o.value["metadata"]).expect("json");
+            buf.push(b'}');
+        }
+    }
+    buf.push(b'}');
+}
+
 /// One row: cells and the object (as `includeObject` asks: None, Metadata, Object).
 pub fn row(kind: &str, o: &Value, now: i64, include: &str) -> Value {
     let mut r = json!({"cells": cells(kind, o, now)});
