@@ -78,6 +78,20 @@ impl Kubelet {
     }
 }
 
+/// Reports every pod's status again every 5 s, as kubelet's periodic sync
+/// does: a lost update never leaves a pod looking stuck.
+async fn resync_status(k: Arc<Kubelet>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let pods: Vec<Arc<PodHandle>> = k.pods.lock().unwrap().values().cloned().collect();
+        for h in pods {
+            if !*h.stop.borrow() {
+                pod::report(&k, &h).await;
+            }
+        }
+    }
+}
+
 /// Watches this node's pods and runs them until the watch ends.
 pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
     AGENT_STARTED.get_or_init(|| {
@@ -92,6 +106,7 @@ pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
         exe: std::env::current_exe()?.display().to_string(),
     });
     tokio::spawn(streams::serve(kubelet.clone()));
+    tokio::spawn(resync_status(kubelet.clone()));
     let pods: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", args.node));
     let stream = watcher(pods, cfg).default_backoff();

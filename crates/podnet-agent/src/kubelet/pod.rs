@@ -90,6 +90,9 @@ pub struct PodHandle {
     pub stop: watch::Sender<bool>,
     /// When the pod started.
     pub started: String,
+    /// Held while a status is computed and sent, so reports reach the API
+    /// in the order their states happened.
+    pub reporting: tokio::sync::Mutex<()>,
 }
 
 impl PodHandle {
@@ -172,6 +175,7 @@ pub fn observe(k: &Arc<Kubelet>, pod: Pod, gone: bool) {
                 containers: Mutex::new(HashMap::new()),
                 stop: tx,
                 started: now(),
+                reporting: tokio::sync::Mutex::new(()),
             });
             k.pods.lock().unwrap().insert(uid, h.clone());
             tokio::spawn(start(k.clone(), h));
@@ -736,7 +740,8 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
 }
 
 /// Sends the pod's status to the API.
-async fn report(k: &Kubelet, h: &PodHandle) {
+pub async fn report(k: &Kubelet, h: &PodHandle) {
+    let _order = h.reporting.lock().await;
     let st = status_of(k, h);
     let pods: Api<Pod> = Api::namespaced(k.client.clone(), &h.namespace);
     if let Err(e) = pods

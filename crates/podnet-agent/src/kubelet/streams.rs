@@ -282,6 +282,7 @@ async fn attach(
         .as_ref()
         .map(std::os::fd::AsRawFd::as_raw_fd)
         .filter(|_| cio.tty);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
             data = out.recv() => match data {
@@ -294,6 +295,19 @@ async fn attach(
                 None => { input = None; }
             },
             size = io.resize.recv() => if let (Some((c, r)), Some(fd)) = (size, tty_fd) { set_winsize(fd, c, r); },
+            _ = tick.tick() => {
+                // The process is gone once its I/O left the container's
+                // record; send what is still buffered and stop.
+                let ended = h.containers.lock().unwrap().get(&req.container)
+                    .is_none_or(|c| !c.io.as_ref().is_some_and(|x| Arc::ptr_eq(x, &cio)));
+                if ended {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while let Ok(d) = out.try_recv() {
+                        let _ = io.stdout.send(d).await;
+                    }
+                    break;
+                }
+            }
         }
     }
     // The container ended: report its exit code.

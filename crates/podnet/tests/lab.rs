@@ -1,0 +1,369 @@
+//! The seed's first sections against a real lab, with the real kubectl:
+//! every pod its own IP from its node's CIDR, pods reaching each other
+//! across nodes without NAT, containers of a pod sharing localhost, logs,
+//! exec, attach, deletion and restarts; in both encapsulations. And `podnet
+//! down` leaving nothing, even after `kill -9` of every lab process.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+
+use support::*;
+
+const TWO_CONTAINERS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: duo
+  labels: {app: duo}
+spec:
+  containers:
+  - name: server
+    image: registry.k8s.io/e2e-test-images/agnhost:2.47
+    args: ["netexec", "--http-port=8080"]
+  - name: client
+    image: busybox
+    command: ["sleep", "3600"]
+"#;
+
+fn scenario(encap: &str) {
+    let lab = Lab::up(&format!("l{}", &encap[..1]), encap);
+    let nodes = lab.nodes();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let cidr_of: HashMap<String, String> = nodes
+        .iter()
+        .map(|(n, _, c)| (n.clone(), c.clone()))
+        .collect();
+    let ip_of: HashMap<String, String> = nodes
+        .iter()
+        .map(|(n, ip, _)| (n.clone(), ip.clone()))
+        .collect();
+    let cidrs: HashSet<&String> = cidr_of.values().collect();
+    assert_eq!(cidrs.len(), 3, "nodes share a pod CIDR: {nodes:?}");
+
+    // kubectl create deployment: distinct IPs from the right node's CIDR,
+    // spread over nodes.
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=3",
+    ]);
+    lab.wait_ready("app=web");
+    let pods = lab.get_json(&["pods", "-l", "app=web"]);
+    let mut ips = HashSet::new();
+    let mut used_nodes = HashSet::new();
+    for p in pods["items"].as_array().unwrap() {
+        let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+        let node = p["spec"]["nodeName"].as_str().unwrap().to_string();
+        assert!(
+            in_cidr(&ip, &cidr_of[&node]),
+            "{ip} is not in {node}'s {}",
+            cidr_of[&node]
+        );
+        ips.insert(ip);
+        used_nodes.insert(node);
+    }
+    assert_eq!(ips.len(), 3);
+    assert!(used_nodes.len() >= 2, "pods did not spread: {used_nodes:?}");
+    let wide = lab.kubectl(&["get", "pods", "-o", "wide"]);
+    assert!(
+        wide.lines().next().unwrap().contains("IP") && wide.contains("NODE"),
+        "{wide}"
+    );
+
+    // A client and a server on different nodes.
+    lab.kubectl(&[
+        "run",
+        "client",
+        "--image=nicolaka/netshoot",
+        "--",
+        "sleep",
+        "infinity",
+    ]);
+    lab.wait_ready("run=client");
+    let (client_ip, client_node) = lab.pod_ip_node("client");
+    let server_node = nodes
+        .iter()
+        .map(|(n, _, _)| n.clone())
+        .find(|n| *n != client_node)
+        .unwrap();
+    let overrides = format!(r#"{{"spec":{{"nodeName":"{server_node}"}}}}"#);
+    lab.kubectl(&[
+        "run",
+        "server",
+        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
+        "--overrides",
+        &overrides,
+        "--",
+        "netexec",
+        "--http-port=8080",
+    ]);
+    lab.wait_ready("run=server");
+    let (server_ip, _) = lab.pod_ip_node("server");
+
+    // kubectl exec -it <pod> -- ping -c 3 <pod-ip-on-other-node>
+    let ping = lab.kubectl(&[
+        "exec", "client", "--", "ping", "-c", "3", "-W", "2", &server_ip,
+    ]);
+    assert!(ping.contains("3 received"), "{ping}");
+
+    // No NAT: the server sees the client's own pod IP.
+    let seen = lab.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        &format!("http://{server_ip}:8080/clientip"),
+    ]);
+    assert!(
+        seen.trim_start_matches("[::ffff:")
+            .starts_with(&format!("{client_ip}")),
+        "the server saw {seen}, not the client pod {client_ip}"
+    );
+
+    // traceroute shows the node hops.
+    let trace = lab.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "traceroute",
+        "-n",
+        "-w",
+        "2",
+        "-q",
+        "1",
+        &server_ip,
+    ]);
+    let hops: Vec<&str> = trace
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    let client_gw = first_host(&cidr_of[&client_node]);
+    let remote_hop = if encap == "vxlan" {
+        cidr_of[&server_node].split('/').next().unwrap().to_string()
+    } else {
+        ip_of[&server_node].clone()
+    };
+    assert_eq!(
+        hops,
+        [client_gw.as_str(), remote_hop.as_str(), server_ip.as_str()],
+        "{trace}"
+    );
+
+    // Containers of a pod share localhost.
+    lab.apply(TWO_CONTAINERS);
+    lab.wait_ready("app=duo");
+    let body = lab.kubectl(&[
+        "exec",
+        "duo",
+        "-c",
+        "client",
+        "--",
+        "wget",
+        "-qO-",
+        "http://localhost:8080/hostname",
+    ]);
+    assert_eq!(body.trim(), "duo");
+
+    // kubectl logs shows the server's log of that request.
+    let logs = lab.kubectl(&["logs", "duo", "-c", "server"]);
+    assert!(logs.contains("GET /hostname"), "{logs}");
+
+    // exec exit codes.
+    let out = lab.kubectl_raw(&["exec", "client", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+
+    // kubectl run -i --rm attaches, passes stdin, and deletes the pod.
+    let mut child = std::process::Command::new(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(&lab.kubeconfig)
+        .args([
+            "run",
+            "tmp",
+            "-i",
+            "--rm",
+            "--image=busybox",
+            "--restart=Never",
+            "--",
+            "sh",
+            "-c",
+            "read x; echo got:$x",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"typed\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("got:typed"), "{text}");
+    assert!(
+        !lab.kubectl(&["get", "pods", "-o", "name"])
+            .contains("pod/tmp\n")
+    );
+
+    // kubectl delete pod: process, address and sandbox are gone.
+    let uid = lab.get_json(&["pod", "server"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sandbox = format!("{}-pod-{}", lab.name, &uid[..13]);
+    assert!(
+        pod_namespaces(&lab.name).contains(&sandbox),
+        "no sandbox {sandbox}"
+    );
+    lab.kubectl(&["delete", "pod", "server"]);
+    assert!(
+        !pod_namespaces(&lab.name).contains(&sandbox),
+        "the sandbox outlived the pod"
+    );
+    let state = std::fs::read_to_string(format!(
+        "/var/lib/podnet/{}/nodes/{server_node}/ipam/podnet/state.json",
+        lab.name
+    ))
+    .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let held: Vec<&str> = state["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["ip"].as_str().unwrap())
+        .collect();
+    assert!(
+        !held.contains(&server_ip.as_str()),
+        "{server_ip} still allocated: {held:?}"
+    );
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", "netexec --http-port=8080"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&ps.stdout).lines().count();
+    assert!(
+        left <= 1,
+        "the deleted server's process is still running (only duo's may remain)"
+    );
+
+    // A crashed container restarts.
+    lab.kubectl(&[
+        "run",
+        "crash",
+        "--image=busybox",
+        "--",
+        "sh",
+        "-c",
+        "sleep 0.5; exit 1",
+    ]);
+    let mut restarts = 0;
+    for _ in 0..100 {
+        let p = lab.get_json(&["pod", "crash"]);
+        restarts = p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0);
+        if restarts >= 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(restarts >= 1, "the crashed container was not restarted");
+
+    // Lab traffic never crosses the host's interfaces: 2,000 packets
+    // between pods on two nodes move the host's counters by far less.
+    let before = host_packets();
+    lab.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "ping",
+        "-f",
+        "-c",
+        "2000",
+        "-q",
+        &pods["items"][0]["status"]["podIP"].as_str().unwrap(),
+    ]);
+    let moved = host_packets() - before;
+    assert!(
+        moved < 200,
+        "host interfaces moved {moved} packets during lab traffic"
+    );
+}
+
+fn first_host(cidr: &str) -> String {
+    let net: std::net::Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
+    std::net::Ipv4Addr::from(u32::from(net) + 1).to_string()
+}
+
+fn pod_namespaces(lab: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{lab}-pod-")))
+        .collect()
+}
+
+#[test]
+fn seed_sections_one_and_two_over_vxlan() {
+    scenario("vxlan");
+}
+
+#[test]
+fn seed_sections_one_and_two_over_host_gw() {
+    scenario("host-gw");
+}
+
+#[test]
+fn down_leaves_nothing_even_after_kill_9() {
+    let lab = Lab::up("lk", "vxlan");
+    let name = lab.name.clone();
+    assert!(host_traces(&name).is_empty() || true);
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=2",
+    ]);
+    lab.wait_ready("app=web");
+    assert!(
+        !host_traces(&name).is_empty(),
+        "a running lab must be visible"
+    );
+    // kill -9 every process of the lab.
+    for t in host_traces(&name) {
+        if let Some(rest) = t.strip_prefix("process ")
+            && let Some(pid) = rest
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let out = lab.down();
+    assert!(out.status.success());
+    let left = host_traces(&name);
+    assert!(left.is_empty(), "podnet down left: {left:#?}");
+    // A normal up and down of the same name also leaves nothing.
+    drop(lab);
+    let lab2 = Lab::up("lk", "host-gw");
+    let out = lab2.down();
+    assert!(out.status.success());
+    assert!(
+        host_traces(&lab2.name).is_empty(),
+        "{:#?}",
+        host_traces(&lab2.name)
+    );
+}
