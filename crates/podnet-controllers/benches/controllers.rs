@@ -26,7 +26,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 const PODS: usize = 100;
-const FLIPS: usize = 50;
+const FLIPS: usize = 100;
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
@@ -184,7 +184,7 @@ where
 {
     let mut v = Vec::new();
     for i in 0..FLIPS {
-        let ready = i % 2 == 0;
+        let ready = i.is_multiple_of(2);
         let t = Instant::now();
         set_ready(api, name, ready).await?;
         tokio::time::timeout(Duration::from_secs(10), seen(ready))
@@ -291,6 +291,20 @@ async fn main() -> Result<()> {
         Duration::from_secs(5),
     ));
     let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(client.clone(), "default");
+    // Warm up: the controller has started and published the current state.
+    let last = (FLIPS - 1).is_multiple_of(2);
+    let warm = watch_until(
+        slices.clone(),
+        watcher::Config::default().labels("kubernetes.io/service-name=flip"),
+        move |s: &EndpointSlice| {
+            s.endpoints
+                .iter()
+                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(last))
+        },
+    );
+    tokio::time::timeout(Duration::from_secs(10), warm)
+        .await
+        .context("EndpointSlice controller did not start")?;
     let slice_lat = flips(&pods, "target", |ready| {
         let api = slices.clone();
         async move {

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     Binding, Event, EventSource, Node, ObjectReference, Pod, PodCondition, Taint,
 };
@@ -199,6 +198,9 @@ pub async fn run_with(caches: Arc<Caches>, resync: Duration) -> Result<(), Error
     let mut s = Scheduler {
         caches,
         assumed: HashMap::new(),
+        binding: tokio::task::JoinSet::new(),
+        permits: Arc::new(tokio::sync::Semaphore::new(PARALLEL_BINDS)),
+        wake: wake.clone(),
     };
     crate::drive!("scheduler", wake, resync, s.pass().await)
 }
@@ -207,6 +209,12 @@ struct Scheduler {
     caches: Arc<Caches>,
     /// Pods we bound that the cache does not show bound yet: uid -> (node, owner, when).
     assumed: HashMap<String, (String, Option<String>, Instant)>,
+    /// Bindings in flight (aborted if the scheduler is dropped).
+    binding: tokio::task::JoinSet<(String, Outcome)>,
+    /// Bounds the bindings in flight.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Wakes the loop when a binding fails.
+    wake: Arc<Notify>,
 }
 
 enum Outcome {
@@ -272,19 +280,26 @@ impl Scheduler {
             }
         }
         let client = self.caches.client().clone();
-        let results: Vec<(String, Outcome)> = futures::stream::iter(binds)
-            .map(|(p, node)| {
-                let client = client.clone();
-                async move {
-                    let uid = p.metadata.uid.clone().unwrap_or_default();
-                    (uid, bind(&client, p, node).await)
+        // Bindings run in the background (at most PARALLEL_BINDS at once),
+        // so a pod created while others are being bound is not held up by
+        // them; the assumptions keep the next pass from binding them twice.
+        for (p, node) in binds {
+            let client = client.clone();
+            let permits = self.permits.clone();
+            let wake = self.wake.clone();
+            self.binding.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                let out = bind(&client, p, node).await;
+                if !matches!(out, Outcome::Bound) {
+                    wake.notify_one();
                 }
-            })
-            .buffer_unordered(PARALLEL_BINDS)
-            .collect()
-            .await;
+                (uid, out)
+            });
+        }
         let mut next = Next::Idle;
-        for (uid, out) in results {
+        while let Some(done) = self.binding.try_join_next() {
+            let Ok((uid, out)) = done else { continue };
             match out {
                 Outcome::Bound => {}
                 Outcome::Raced => {
