@@ -63,7 +63,7 @@ struct Args {
     /// instead of watching the API (reloaded on SIGHUP).
     #[arg(long)]
     zone_from_file: Option<PathBuf>,
-    /// UDP worker threads (one SO_REUSEPORT socket each); default: CPUs.
+    /// UDP worker threads (all reading the same socket); default: CPUs.
     #[arg(long)]
     udp_workers: Option<usize>,
     /// Delay between a change and the rebuild it triggers, milliseconds.

@@ -1,4 +1,4 @@
-//! Serving: UDP workers (one SO_REUSEPORT socket and thread per core, no
+//! Serving: UDP workers (one thread per core sharing the socket, no
 //! async on the hot path), TCP on tokio, and the health/metrics responder.
 //! Every worker reads the current index through an `ArcSwap`: a lookup
 //! takes no lock and sees either the old index or the new one, never a mix.
@@ -631,8 +631,12 @@ pub async fn start(shared: Arc<Shared>, listen: &Listen) -> io::Result<Running> 
         running
             .tasks
             .push(tokio::spawn(serve_tcp(shared.clone(), tcp)));
+        // One socket shared by all workers: the kernel hands each datagram
+        // to one waiting worker, so a few busy clients keep every core busy
+        // (SO_REUSEPORT's per-flow hashing can leave a worker idle).
+        let udp = bind_udp(bound)?;
         for i in 0..listen.udp_workers.max(1) {
-            let sock = bind_udp(bound)?;
+            let sock = udp.try_clone()?;
             let (shared, rt, stop) = (shared.clone(), rt.clone(), stop.clone());
             let t = std::thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
