@@ -20,6 +20,9 @@ pub struct Cache<K: Resource<DynamicType = ()> + 'static> {
     /// The objects as last seen by the watch.
     pub store: Store<K>,
     listeners: Arc<Mutex<Vec<Arc<Notify>>>>,
+    /// True once the first full list has been applied. (kube's
+    /// `Store::wait_until_ready` wakes only one of several waiting tasks.)
+    synced: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,11 +48,15 @@ where
             });
         let stream = reflector::reflector(writer, stream);
         let l = listeners.clone();
+        let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {
-                    Ok(_) => {
+                    Ok(ev) => {
+                        if matches!(ev, watcher::Event::InitDone) {
+                            synced_tx.send_replace(true);
+                        }
                         for n in l.lock().expect("listeners").iter() {
                             n.notify_one();
                         }
@@ -63,6 +70,7 @@ where
         Cache {
             store,
             listeners,
+            synced,
             task,
         }
     }
@@ -74,8 +82,9 @@ where
 
     /// Waits until the first full list has been seen.
     pub async fn ready(&self) {
-        // The writer lives in the reflector task for as long as the cache.
-        let _ = self.store.wait_until_ready().await;
+        let mut rx = self.synced.clone();
+        // The sender lives in the reflector task for as long as the cache.
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Every cached object.

@@ -33,6 +33,9 @@ pub enum Error {
     /// its per-node mask).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A controller task panicked.
+    #[error("controller task failed: {0}")]
+    Task(String),
 }
 
 /// What the controllers need to know about the cluster.
@@ -67,15 +70,24 @@ pub async fn run(client: kube::Client, config: ControllersConfig) -> Result<(), 
     let caches = Caches::new(client);
     let ipam = node_ipam::NodeIpam::new(&config)?;
     tracing::info!(cidrs = ?config.cluster_cidrs, "controllers starting");
-    tokio::try_join!(
-        node_ipam::run_with(caches.clone(), ipam, config.resync),
-        scheduler::run_with(caches.clone(), config.resync),
-        deployment::run_with(caches.clone(), config.resync),
-        replicaset::run_with(caches.clone(), config.resync),
-        daemonset::run_with(caches.clone(), config.resync),
-        endpointslice::run_with(caches.clone(), config.resync),
-        gc::run_with(caches.clone(), config.resync),
-    )?;
+    // One task per controller, so they use every core; the set aborts them
+    // all when this future is dropped.
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(node_ipam::run_with(caches.clone(), ipam, config.resync));
+    set.spawn(scheduler::run_with(caches.clone(), config.resync));
+    set.spawn(deployment::run_with(caches.clone(), config.resync));
+    set.spawn(replicaset::run_with(caches.clone(), config.resync));
+    set.spawn(daemonset::run_with(caches.clone(), config.resync));
+    set.spawn(endpointslice::run_with(caches.clone(), config.resync));
+    set.spawn(gc::run_with(caches.clone(), config.resync));
+    drop(caches);
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(Error::Task(e.to_string())),
+        }
+    }
     Ok(())
 }
 

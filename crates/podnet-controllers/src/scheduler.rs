@@ -31,6 +31,9 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// counting it (the watch normally shows it within milliseconds).
 const ASSUME_TTL: Duration = Duration::from_secs(30);
 
+/// How long after a binding its `Scheduled` event is written.
+const EVENT_DELAY: Duration = Duration::from_millis(500);
+
 /// How many bindings are in flight at once.
 const PARALLEL_BINDS: usize = 32;
 
@@ -353,8 +356,10 @@ async fn bind(client: &kube::Client, p: Pod, node: String) -> Outcome {
             let msg = format!("Successfully assigned {ns}/{name} to {node}");
             let client = client.clone();
             // The event is for people reading `kubectl describe`; it must
-            // not delay the next binding.
+            // not delay the next binding nor compete with a burst of pod
+            // starts for the API server's writes, so it goes a moment later.
             tokio::spawn(async move {
+                tokio::time::sleep(EVENT_DELAY).await;
                 if let Err(e) = record_event(&client, &p, "Normal", "Scheduled", &msg).await {
                     tracing::debug!(error = %e, "scheduled event not recorded");
                 }
