@@ -64,6 +64,16 @@ impl NodeStreams for TestNode {
                     }
                     Ok(0)
                 }
+                Some("size") => {
+                    // Report the first terminal size the user sends.
+                    if let Some((w, h)) = io.resize.recv().await {
+                        let _ = io
+                            .stdout
+                            .send(Bytes::from(format!("{w}x{h} tty={}\n", req.tty)))
+                            .await;
+                    }
+                    Ok(0)
+                }
                 Some("fail") => {
                     let _ = io.stderr.send(Bytes::from_static(b"boom\n")).await;
                     Ok(3)
@@ -184,4 +194,67 @@ fn logs_exec_and_attach_reach_the_node() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A raw v5.channel.k8s.io client through the server's TLS: terminal resize
+/// (channel 4) reaches the node, and the exit Status arrives on channel 3.
+#[test]
+fn resize_reaches_the_node() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let lab = Lab::start();
+    let rt = lab.rt.as_ref().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router =
+        podnet_apiserver::stream::node_router(Arc::new(TestNode), &lab.server().node_client_token);
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(listener).unwrap();
+        axum::serve(l, router).await.unwrap();
+    });
+    let node = format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nstatus:\n  addresses: [{{type: InternalIP, address: 127.0.0.1}}]\n  daemonEndpoints: {{kubeletEndpoint: {{Port: {port}}}}}\n"
+    );
+    lab.ok("1.33", &["create", "-f", &lab.file("node.yaml", &node)]);
+    lab.ok("1.33", &["create", "-f", &lab.file("pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  nodeName: n1\n  containers: [{name: c, image: busybox}]\n")]);
+    let ca = lab.server().ca_pem.clone();
+    let token = lab.server().admin_token.clone();
+    let addr = lab.addr;
+    rt.block_on(async move {
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap();
+        let url = format!("wss://127.0.0.1:{}/api/v1/namespaces/default/pods/p/exec?command=size&stdin=true&stdout=true&tty=true", addr.port());
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io".parse().unwrap());
+        req.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+        assert_eq!(resp.headers()["sec-websocket-protocol"], "v5.channel.k8s.io");
+        let mut resize = vec![4u8];
+        resize.extend_from_slice(br#"{"Width":132,"Height":43}"#);
+        ws.send(Message::Binary(resize.into())).await.unwrap();
+        let (mut out, mut status) = (String::new(), String::new());
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m {
+                match b[0] {
+                    1 => out.push_str(&String::from_utf8_lossy(&b[1..])),
+                    3 => status.push_str(&String::from_utf8_lossy(&b[1..])),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(out, "132x43 tty=true\n");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&status).unwrap()["status"], "Success");
+    });
 }
