@@ -73,8 +73,20 @@ fn http(port: u16, page: Page) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The peer as Go's `RemoteAddr` shows it: IPv4 clients of a dual-stack
+/// listener without the `::ffff:` mapping.
+fn unmapped(peer: std::net::SocketAddr) -> std::net::SocketAddr {
+    match peer {
+        std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => std::net::SocketAddr::from((v4, v6.port())),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
 fn serve(mut conn: TcpStream, page: Page) -> std::io::Result<()> {
-    let peer = conn.peer_addr()?;
+    let peer = unmapped(conn.peer_addr()?);
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
