@@ -395,7 +395,14 @@ impl SliceController {
         let mut wanted: HashSet<String> = HashSet::new();
         let no_pods = Vec::new();
         for svc in &services {
-            if !has_selector(svc) || svc.metadata.deletion_timestamp.is_some() {
+            if !has_selector(svc) && svc.metadata.deletion_timestamp.is_none() {
+                // Services without a selector keep the slices someone else
+                // writes (the API server's `kubernetes`, a user's own), as
+                // the upstream controller leaves them alone.
+                wanted.insert(crate::util::key_of(svc.as_ref()));
+                continue;
+            }
+            if svc.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let key = crate::util::key_of(svc.as_ref());
@@ -410,7 +417,7 @@ impl SliceController {
                     .await,
             );
         }
-        // Slices of services that are gone or lost their selector.
+        // Slices of services that are gone.
         let client = self.caches.client().clone();
         for (key, ss) in &slices_by_svc {
             if wanted.contains(key) {

@@ -33,6 +33,9 @@ pub enum Error {
     /// its per-node mask).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The kubeconfig (or in-cluster configuration) could not be used.
+    #[error("client configuration: {0}")]
+    Client(String),
     /// A controller task panicked.
     #[error("controller task failed: {0}")]
     Task(String),
@@ -62,6 +65,24 @@ impl Default for ControllersConfig {
             resync: Duration::from_secs(5),
         }
     }
+}
+
+/// A client from a kubeconfig file (the lab's `podnet controllers
+/// --kubeconfig PATH`), or, without one, the in-cluster or default config.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Client(format!("reading {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::Client(format!("using {}: {e}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Client(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(Error::Kube)
 }
 
 /// Runs every controller over one shared set of caches until the future is

@@ -645,6 +645,48 @@ async fn daemonset_runs_one_pod_per_matching_ready_node() -> Result<()> {
         )
     })
     .await?;
+    // A new template rolls node by node: every pod ends on the new hash.
+    let old_hash = agents[0].metadata.labels.as_ref().unwrap()["controller-revision-hash"].clone();
+    dss.patch(
+        "agent",
+        &PatchParams::default(),
+        &Patch::Merge(
+            &json!({"spec": {"template": {"metadata": {"labels": {"app": "agent", "v": "2"}}}}}),
+        ),
+    )
+    .await?;
+    let rolled = eventually("DaemonSet rolled to the new template", || async {
+        let ps = active(lab.pods("default", "app=agent").await?);
+        let new: Vec<&Pod> = ps
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .unwrap()
+                    .get("v")
+                    .map(String::as_str)
+                    == Some("2")
+                    && pod_ready(p)
+            })
+            .collect();
+        Ok(if ps.len() == 4 && new.len() == 4 {
+            Ok(ps)
+        } else {
+            Err(format!("{} pods, {} new and ready", ps.len(), new.len()))
+        })
+    })
+    .await?;
+    let on: HashSet<String> = rolled.iter().map(node_of).collect();
+    assert_eq!(on.len(), 4, "still one pod per node");
+    assert!(
+        rolled
+            .iter()
+            .all(|p| p.metadata.labels.as_ref().unwrap()["controller-revision-hash"] != old_hash)
+    );
+    let out = lab.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=30s"])?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+
     // Label removed from n1: the edge pod leaves it.
     let nodes_api: kube::Api<Node> = kube::Api::all(lab.client.clone());
     nodes_api

@@ -71,11 +71,7 @@ impl Lab {
             .await
             .context("starting podnet-apiserver")?;
         let kubeconfig = server.kubeconfig.clone();
-        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?;
-        let client = kube::Client::try_from(config)?;
+        let client = podnet_controllers::client(Some(&kubeconfig)).await?;
         Ok(Lab {
             client,
             kubeconfig,
