@@ -8,6 +8,7 @@
 mod images;
 mod kubelet;
 mod node;
+mod proxy;
 mod routes;
 
 use std::net::Ipv4Addr;
@@ -54,6 +55,10 @@ pub struct AgentArgs {
     /// Port of the node endpoint (logs, exec, attach).
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
+    /// Service proxy backend: `nftables` (default) or `iptables`
+    /// (kube-proxy's chains, through iptables-restore).
+    #[arg(long, default_value = "nftables")]
+    pub proxy_mode: String,
 }
 
 #[derive(Subcommand)]
@@ -111,10 +116,12 @@ async fn run(args: AgentArgs) -> anyhow::Result<()> {
     kubelet::write_cni_config(&args, &pod_cidr)?;
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), args.clone()));
     let routes = tokio::spawn(routes::run(client.clone(), args.clone(), pod_cidr));
+    let proxy = tokio::spawn(proxy::run(client.clone(), args.clone()));
     let kubelet = tokio::spawn(kubelet::run(client.clone(), args.clone()));
     tokio::select! {
         r = heartbeat => r??,
         r = routes => r??,
+        r = proxy => r??,
         r = kubelet => r??,
     }
     Ok(())

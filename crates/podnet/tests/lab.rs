@@ -121,8 +121,7 @@ fn scenario(encap: &str) {
         &format!("http://{server_ip}:8080/clientip"),
     ]);
     assert!(
-        seen.trim_start_matches("[::ffff:")
-            .starts_with(&format!("{client_ip}")),
+        seen.trim_start_matches("[::ffff:").starts_with(&client_ip),
         "the server saw {seen}, not the client pod {client_ip}"
     );
 
@@ -288,7 +287,7 @@ fn scenario(encap: &str) {
         "-c",
         "2000",
         "-q",
-        &pods["items"][0]["status"]["podIP"].as_str().unwrap(),
+        pods["items"][0]["status"]["podIP"].as_str().unwrap(),
     ]);
     let moved = host_packets() - before;
     assert!(
@@ -323,9 +322,10 @@ fn seed_sections_one_and_two_over_host_gw() {
 
 #[test]
 fn down_leaves_nothing_even_after_kill_9() {
+    let before = host_traces(&format!("lk{}", std::process::id() % 10000));
+    assert!(before.is_empty(), "traces of an earlier run: {before:#?}");
     let lab = Lab::up("lk", "vxlan");
     let name = lab.name.clone();
-    assert!(host_traces(&name).is_empty() || true);
     lab.kubectl(&[
         "create",
         "deployment",
@@ -366,4 +366,90 @@ fn down_leaves_nothing_even_after_kill_9() {
         "{:#?}",
         host_traces(&lab2.name)
     );
+}
+
+#[test]
+fn kubectl_expose_gives_a_cluster_ip_that_reaches_the_pod_across_nodes() {
+    let lab = Lab::up("ls", "vxlan");
+    let nodes = lab.nodes();
+    let overrides = |n: &str| format!(r#"{{"spec":{{"nodeName":"{n}"}}}}"#);
+    lab.kubectl(&[
+        "run",
+        "mypod",
+        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
+        "--overrides",
+        &overrides(&nodes[1].0),
+        "--",
+        "netexec",
+        "--http-port=8080",
+    ]);
+    lab.kubectl(&[
+        "run",
+        "other",
+        "--image=nicolaka/netshoot",
+        "--overrides",
+        &overrides(&nodes[2].0),
+        "--",
+        "sleep",
+        "infinity",
+    ]);
+    lab.wait_ready("run in (mypod,other)");
+    // The seed: kubectl expose pod mypod --port=80 --target-port=8080 --name=mypod-svc
+    lab.kubectl(&[
+        "expose",
+        "pod",
+        "mypod",
+        "--port=80",
+        "--target-port=8080",
+        "--name=mypod-svc",
+    ]);
+    let table = lab.kubectl(&["get", "svc", "mypod-svc"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    let ip = lab.get_json(&["svc", "mypod-svc"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(table.contains(&ip) && table.contains("80/TCP"), "{table}");
+    let mut body = String::new();
+    for _ in 0..50 {
+        let out = lab.kubectl_raw(&[
+            "exec",
+            "other",
+            "--",
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            &format!("http://{ip}/hostname"),
+        ]);
+        body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if body == "mypod" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(body, "mypod", "the ClusterIP did not reach mypod");
+    // kubernetes.default (10.96.0.1:443) reaches the API server from a pod.
+    let version = lab.kubectl(&[
+        "exec",
+        "other",
+        "--",
+        "curl",
+        "-sk",
+        "--max-time",
+        "5",
+        "https://10.96.0.1:443/version",
+    ]);
+    assert!(version.contains("gitVersion"), "{version}");
 }

@@ -56,6 +56,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .block_on(serve(args, host_listener))
 }
 
+/// The `kubernetes` Service's EndpointSlice, as kube-apiserver keeps it
+/// (the Service has no selector, so no controller makes it): the proxy
+/// sends `10.96.0.1:443` to the API server's address.
+async fn ensure_kubernetes_slice(client: &kube::Client, advertise: Ipv4Addr) -> anyhow::Result<()> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let api: kube::Api<EndpointSlice> = kube::Api::namespaced(client.clone(), "default");
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {
+            "kubernetes.io/service-name": "kubernetes",
+            "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [advertise.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": API_PORT, "protocol": "TCP"}],
+    }))?;
+    match api.create(&Default::default(), &slice).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The user's kubeconfig: cluster, user and context all named
 /// `podnet-<lab>`, as kind names its `kind-<name>` entries, so merging it
 /// into `~/.kube/config` gives one obvious context.
@@ -119,6 +141,7 @@ async fn serve(args: Args, host_listener: std::net::TcpListener) -> anyhow::Resu
     let kc = kube::config::Kubeconfig::read_from(&server.kubeconfig)?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(cfg)?;
+    ensure_kubernetes_slice(&client, args.advertise).await?;
     tokio::spawn(async move {
         let config = podnet_controllers::ControllersConfig::default();
         if let Err(e) = podnet_controllers::run(client, config).await {
