@@ -440,6 +440,34 @@ fn kubectl_expose_gives_a_cluster_ip_that_reaches_the_pod_across_nodes() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(body, "mypod", "the ClusterIP did not reach mypod");
+    // Cluster DNS: the seed's nslookup, the service's names, a pod name.
+    let dns = lab.get_json(&["pods", "-n", "kube-system", "-l", "k8s-app=kube-dns"]);
+    assert_eq!(
+        dns["items"].as_array().unwrap().len(),
+        2,
+        "two DNS replicas"
+    );
+    lab.wait_ready_in("kube-system", "k8s-app=kube-dns");
+    let ns = lab.kubectl(&["exec", "other", "--", "nslookup", "kubernetes.default"]);
+    assert!(ns.contains("Address: 10.96.0.1"), "{ns}");
+    for name in ["mypod-svc.default.svc.cluster.local", "mypod-svc"] {
+        let body = lab.kubectl(&[
+            "exec",
+            "other",
+            "--",
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            &format!("http://{name}/hostname"),
+        ]);
+        assert_eq!(body, "mypod", "curl {name}");
+    }
+    let (mypod_ip, _) = lab.pod_ip_node("mypod");
+    let dashed = format!("{}.default.pod", mypod_ip.replace('.', "-"));
+    let ping = lab.kubectl(&["exec", "other", "--", "ping", "-c", "1", "-W", "2", &dashed]);
+    assert!(ping.contains("1 received"), "{ping}");
+
     // kubernetes.default (10.96.0.1:443) reaches the API server from a pod.
     let version = lab.kubectl(&[
         "exec",

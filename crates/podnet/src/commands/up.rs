@@ -131,6 +131,7 @@ fn bring_up(
     for n in names {
         daemon.args(["--node", n]);
     }
+    daemon.arg("--dns-binary").arg(exe_dir.join("podnet-dns"));
     rec.daemon_pid = Some(spawn_detached(
         daemon,
         &state.join("logs/control-plane.log"),

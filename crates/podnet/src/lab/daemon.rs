@@ -28,6 +28,9 @@ pub struct Args {
     /// Node names, for whom kubeconfigs are written.
     #[arg(long = "node")]
     nodes: Vec<String>,
+    /// The podnet-dns binary the cluster DNS pods run.
+    #[arg(long)]
+    dns_binary: PathBuf,
 }
 
 /// The API server's port inside the control-plane node.
@@ -76,6 +79,59 @@ async fn ensure_kubernetes_slice(client: &kube::Client, advertise: Ipv4Addr) -> 
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The cluster DNS, as a real cluster runs it: Deployment `coredns` (two
+/// replicas of podnet-dns, label `k8s-app=kube-dns`) behind Service
+/// `kube-dns` at 10.96.0.10. In the lab the pods run the host's podnet-dns
+/// binary with a kubeconfig file (the lab projects no service-account
+/// tokens), and forward nothing outside the cluster domain: the lab has no
+/// upstream unless a test gives it one.
+async fn ensure_cluster_dns(
+    client: &kube::Client,
+    binary: &std::path::Path,
+    kubeconfig: &std::path::Path,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Service;
+    let labels = serde_json::json!({"k8s-app": "kube-dns"});
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "podnet-dns"}},
+        "spec": {"clusterIP": "10.96.0.10", "selector": labels, "ports": [
+            {"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "targetPort": 53, "protocol": "TCP"},
+            {"name": "metrics", "port": 9153, "targetPort": 9153, "protocol": "TCP"}]},
+    }))?;
+    let deploy: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"dnsPolicy": "Default", "priorityClassName": "system-cluster-critical",
+                "containers": [{"name": "podnet-dns", "image": "podnet/podnet-dns:0.1.0",
+                    "command": [binary.display().to_string()],
+                    "args": ["--listen=0.0.0.0:53", "--metrics-listen=0.0.0.0:9153", "--zone=cluster.local",
+                             "--ns-addr=10.96.0.10", "--no-forward", "--udp-workers=1",
+                             format!("--kubeconfig={}", kubeconfig.display())],
+                    "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                              {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                              {"name": "metrics", "containerPort": 9153, "protocol": "TCP"}]}]}}},
+    }))?;
+    let svcs: kube::Api<Service> = kube::Api::namespaced(client.clone(), "kube-system");
+    let deps: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), "kube-system");
+    for r in [
+        svcs.create(&Default::default(), &svc).await.map(drop),
+        deps.create(&Default::default(), &deploy).await.map(drop),
+    ] {
+        match r {
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The user's kubeconfig: cluster, user and context all named
@@ -142,6 +198,20 @@ async fn serve(args: Args, host_listener: std::net::TcpListener) -> anyhow::Resu
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(cfg)?;
     ensure_kubernetes_slice(&client, args.advertise).await?;
+    let dns_token = server.tokens.issue(
+        "system:serviceaccount:kube-system:podnet-dns",
+        &["system:serviceaccounts"],
+    )?;
+    let dns_kubeconfig = state.join("dns.kubeconfig");
+    podnet_apiserver::security::write_kubeconfig(
+        &dns_kubeconfig,
+        &format!("podnet-{}", args.name),
+        &in_cluster_url,
+        &server.ca_pem,
+        "podnet-dns",
+        &dns_token,
+    )?;
+    ensure_cluster_dns(&client, &args.dns_binary, &dns_kubeconfig).await?;
     tokio::spawn(async move {
         let config = podnet_controllers::ControllersConfig::default();
         if let Err(e) = podnet_controllers::run(client, config).await {

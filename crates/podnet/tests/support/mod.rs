@@ -146,10 +146,17 @@ impl Lab {
 
     /// Waits for pods matching `selector` to be Ready.
     pub fn wait_ready(&self, selector: &str) {
+        self.wait_ready_in("default", selector)
+    }
+
+    /// Waits for pods matching `selector` in `namespace` to be Ready.
+    pub fn wait_ready_in(&self, namespace: &str, selector: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let out = self.kubectl_raw(&[
                 "wait",
+                "-n",
+                namespace,
                 "--for=condition=Ready",
                 "pod",
                 "-l",
