@@ -85,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         Some(Helper::Image { name, args }) => images::run(&name, &args),
         None => {
             tracing_subscriber::fmt()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),

@@ -174,6 +174,13 @@ fn scenario(encap: &str) {
     let logs = lab.kubectl(&["logs", "duo", "-c", "server"]);
     assert!(logs.contains("GET /hostname"), "{logs}");
 
+    // The seed's admin tip: the CNI pods in kube-system and their logs.
+    let system = lab.kubectl(&["get", "pods", "-n", "kube-system"]);
+    let agent_pod = format!("podnet-{client_node}");
+    assert!(system.contains(&agent_pod), "{system}");
+    let agent_log = lab.kubectl(&["logs", "-n", "kube-system", &agent_pod]);
+    assert!(agent_log.contains("podnet agent starting"), "{agent_log}");
+
     // exec exit codes.
     let out = lab.kubectl_raw(&["exec", "client", "--", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));
