@@ -52,28 +52,13 @@ fn a_plugin_killed_mid_add_is_repaired_by_the_next_add_and_gc() {
     // Kill ADDs at increasing delays so some die before, during and after
     // the allocation and the link creation.
     for delay_us in [0u64, 200, 500, 1000, 1500, 2000, 3000, 5000] {
-        let mut child = node
-            .ns
-            .command(PLUGIN)
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", "victim")
-            .env("CNI_NETNS", &netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", plugin_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        std::thread::sleep(Duration::from_micros(delay_us));
-        let _ = child.kill();
-        let _ = child.wait();
+        add_killed_after(
+            &node,
+            &conf,
+            "victim",
+            &netns,
+            Duration::from_micros(delay_us),
+        );
         // The state on disk is always readable JSON, whatever the moment.
         let state = node.state("testnet");
         if !state.is_empty() {
@@ -89,27 +74,8 @@ fn a_plugin_killed_mid_add_is_repaired_by_the_next_add_and_gc() {
     // A second container killed mid-ADD and never retried: GC with only the
     // victim valid removes its allocation and host veth.
     let orphan = pod();
-    let mut child = node
-        .ns
-        .command(PLUGIN)
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "orphan")
-        .env("CNI_NETNS", orphan.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", plugin_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(2));
-    let _ = child.kill();
-    let _ = child.wait();
+    let orphan_ns = orphan.path().display().to_string();
+    add_killed_after(&node, &conf, "orphan", &orphan_ns, Duration::from_millis(2));
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "victim", "ifname": "eth0"}]);
     node.ok("GC", "", &victim, &gc);
@@ -120,4 +86,30 @@ fn a_plugin_killed_mid_add_is_repaired_by_the_next_add_and_gc() {
         .filter(|l| l.starts_with("pn") && l != "pnbr0")
         .collect();
     assert_eq!(veths, [r["interfaces"][1]["name"].as_str().unwrap()]);
+}
+
+/// Starts an ADD and SIGKILLs the plugin after `delay`.
+fn add_killed_after(node: &Node, conf: &serde_json::Value, id: &str, netns: &str, delay: Duration) {
+    let mut child = node
+        .ns
+        .command(PLUGIN)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", plugin_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let _ = child.wait();
 }

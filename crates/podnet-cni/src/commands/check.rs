@@ -103,13 +103,7 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     }
 
     if let Ipam::Builtin { data_dir, .. } = &conf.ipam {
-        let store = LockedStore::open(data_dir, &conf.name)?;
-        let held: Vec<_> = store
-            .state
-            .held_by(&env.container_id, &env.ifname)
-            .iter()
-            .map(|a| a.ip)
-            .collect();
+        let held = LockedStore::held_ips(data_dir, &conf.name, &env.container_id, &env.ifname)?;
         for ip in &prev.ips {
             if !held.contains(&ip.address.addr()) {
                 diffs.push(format!(

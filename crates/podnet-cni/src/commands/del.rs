@@ -24,14 +24,8 @@ pub fn del(env: &CniEnv, conf: &NetConf, raw: &[u8]) -> Result<(), CniError> {
     match &conf.ipam {
         Ipam::Builtin { data_dir, .. } => {
             if conf.ip_masq {
-                let store = LockedStore::open(data_dir, &conf.name)?;
-                let held: Vec<_> = store
-                    .state
-                    .held_by(&env.container_id, &env.ifname)
-                    .iter()
-                    .map(|a| a.ip)
-                    .collect();
-                drop(store);
+                let held =
+                    LockedStore::held_ips(data_dir, &conf.name, &env.container_id, &env.ifname)?;
                 masq::remove(conf, &held);
             }
             release_builtin(conf, env)?;

@@ -81,6 +81,23 @@ impl LockedStore {
         })
     }
 
+    /// The addresses one attachment holds, read under the lock and released
+    /// at once (CHECK and DEL's ipMasq only look).
+    pub fn held_ips(
+        data_dir: &Path,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Vec<std::net::IpAddr>, CniError> {
+        let store = Self::open(data_dir, network)?;
+        Ok(store
+            .state
+            .held_by(container_id, ifname)
+            .iter()
+            .map(|a| a.ip)
+            .collect())
+    }
+
     /// Replaces the state on disk atomically (write, rename).
     pub fn commit(&self) -> Result<(), CniError> {
         let tmp = self.dir.join("state.json.tmp");
