@@ -8,8 +8,10 @@
 mod images;
 mod kubelet;
 mod node;
+mod policy;
 mod proxy;
 mod routes;
+mod watch;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -55,6 +57,10 @@ pub struct AgentArgs {
     /// Port of the node endpoint (logs, exec, attach).
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
+    /// The cluster's pod CIDR (all nodes): service traffic from outside it
+    /// is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: ipnet::Ipv4Net,
     /// Service proxy backend: `nftables` (default) or `iptables`
     /// (kube-proxy's chains, through iptables-restore).
     #[arg(long, default_value = "nftables")]
@@ -118,11 +124,13 @@ async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), args.clone()));
     let routes = tokio::spawn(routes::run(client.clone(), args.clone(), pod_cidr));
     let proxy = tokio::spawn(proxy::run(client.clone(), args.clone()));
+    let policy = tokio::spawn(policy::run(client.clone(), args.clone(), pod_cidr));
     let kubelet = tokio::spawn(kubelet::run(client.clone(), args.clone()));
     tokio::select! {
         r = heartbeat => r??,
         r = routes => r??,
         r = proxy => r??,
+        r = policy => r??,
         r = kubelet => r??,
     }
     Ok(())

@@ -488,3 +488,80 @@ fn kubectl_expose_gives_a_cluster_ip_that_reaches_the_pod_across_nodes() {
     ]);
     assert!(version.contains("gitVersion"), "{version}");
 }
+
+const DENY_ALL: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: deny-all
+  namespace: default
+spec:
+  podSelector: {}
+  policyTypes: ["Ingress"]
+"#;
+
+/// Whether `client` reaches `url` within `tries` tenths of a second,
+/// polling (`want` says which outcome is awaited).
+fn reaches(lab: &Lab, client: &str, url: &str, want: bool, tries: usize) -> bool {
+    for _ in 0..tries {
+        let out = lab.kubectl_raw(&["exec", client, "--", "curl", "-s", "--max-time", "1", url]);
+        if out.status.success() == want {
+            return want;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    !want
+}
+
+#[test]
+fn networkpolicy_isolates_and_deleting_it_restores_traffic() {
+    let lab = Lab::up("lp", "host-gw");
+    let nodes = lab.nodes();
+    let overrides = |n: &str| format!(r#"{{"spec":{{"nodeName":"{n}"}}}}"#);
+    lab.kubectl(&[
+        "run",
+        "web",
+        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
+        "--overrides",
+        &overrides(&nodes[1].0),
+        "--",
+        "netexec",
+        "--http-port=8080",
+    ]);
+    lab.kubectl(&[
+        "run",
+        "probe",
+        "--image=nicolaka/netshoot",
+        "--overrides",
+        &overrides(&nodes[2].0),
+        "--",
+        "sleep",
+        "infinity",
+    ]);
+    lab.wait_ready("run in (web,probe)");
+    let (ip, _) = lab.pod_ip_node("web");
+    let url = format!("http://{ip}:8080/hostname");
+    assert!(
+        reaches(&lab, "probe", &url, true, 30),
+        "open before any policy"
+    );
+
+    lab.apply(DENY_ALL);
+    assert!(
+        !reaches(&lab, "probe", &url, false, 20),
+        "deny-all did not isolate within 2 s"
+    );
+    let listed = lab.kubectl(&["get", "networkpolicy", "-A"]);
+    let header: Vec<&str> = listed.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAMESPACE", "NAME", "POD-SELECTOR", "AGE"]);
+    assert!(listed.contains("deny-all"), "{listed}");
+    let described = lab.kubectl(&["describe", "networkpolicy", "deny-all"]);
+    assert!(described.contains("deny-all"), "{described}");
+
+    // The seed's troubleshooting step: delete the policy, traffic flows.
+    lab.kubectl(&["delete", "networkpolicy", "deny-all"]);
+    assert!(
+        reaches(&lab, "probe", &url, true, 10),
+        "traffic did not come back within 1 s"
+    );
+}
