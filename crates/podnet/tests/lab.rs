@@ -377,7 +377,33 @@ fn down_leaves_nothing_even_after_kill_9() {
 
 #[test]
 fn kubectl_expose_gives_a_cluster_ip_that_reaches_the_pod_across_nodes() {
-    let lab = Lab::up("ls", "vxlan");
+    services_and_dns(&Lab::up("ls", "vxlan"));
+}
+
+#[test]
+fn the_same_with_the_iptables_proxy_and_kube_chains_for_the_seed() {
+    let lab = Lab::up_with("li", "host-gw", &["--proxy-mode", "iptables"]);
+    services_and_dns(&lab);
+    // The seed's "Verify IP Tables Rules" (iptables -t nat -L -n | grep
+    // KUBE), inside a node: that is where a node's rules are.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("{}-worker", lab.name)])
+        .args(["iptables", "-t", "nat", "-L", "-n"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&out.stdout);
+    for chain in [
+        "KUBE-SERVICES",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+        "KUBE-SVC-",
+        "KUBE-SEP-",
+    ] {
+        assert!(rules.contains(chain), "no {chain} in\n{rules}");
+    }
+}
+
+fn services_and_dns(lab: &Lab) {
     let nodes = lab.nodes();
     let overrides = |n: &str| format!(r#"{{"spec":{{"nodeName":"{n}"}}}}"#);
     lab.kubectl(&[

@@ -25,6 +25,10 @@ pub struct Args {
     /// Write the kubeconfig here instead of merging it into ~/.kube/config.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The agents' service proxy: `nftables` (maps, O(1) rules) or
+    /// `iptables` (kube-proxy's KUBE-* chains, for `iptables -t nat -L`).
+    #[arg(long, value_parser = ["nftables", "iptables"], default_value = "nftables")]
+    pub proxy_mode: String,
 }
 
 fn step(msg: &str) {
@@ -159,6 +163,7 @@ fn bring_up(
             .args(["--state-dir", &dir.display().to_string()])
             .args(["--encap", args.encap.as_str()])
             .args(["--lab", &args.name])
+            .args(["--proxy-mode", &args.proxy_mode])
             .args(["--cni-path", &format!("{}:/usr/lib/cni", cni_bin.display())])
             .args([
                 "--kubelet-token-file",

@@ -48,6 +48,11 @@ pub struct Lab {
 impl Lab {
     /// `podnet up --name <name> --encap <encap> --workers 2`.
     pub fn up(name: &str, encap: &str) -> Lab {
+        Self::up_with(name, encap, &[])
+    }
+
+    /// `podnet up` with extra flags (e.g. `--proxy-mode iptables`).
+    pub fn up_with(name: &str, encap: &str, extra: &[&str]) -> Lab {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "the lab tests make network namespaces and must run as root"
@@ -74,6 +79,7 @@ impl Lab {
                 "--workers",
                 "2",
             ])
+            .args(extra)
             .arg("--kubeconfig")
             .arg(&lab.kubeconfig)
             .output()
