@@ -25,6 +25,9 @@ enum Command {
     Down(commands::down::Args),
     /// Show the labs on this machine and their nodes.
     Status(commands::status::Args),
+    /// Probe who reaches whom among pods (real connections), optionally
+    /// against what the NetworkPolicies say (`--expect`).
+    Connectivity(commands::connectivity::Args),
     /// (internal) The lab's control-plane process: API server, controllers
     /// and the host's loopback port to the API server.
     #[command(hide = true)]
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Up(a) => commands::up::run(a),
         Command::Down(a) => commands::down::run(a),
         Command::Status(a) => commands::status::run(a),
+        Command::Connectivity(a) => commands::connectivity::run(a),
         Command::LabDaemon(a) => lab::daemon::run(a),
     }
 }

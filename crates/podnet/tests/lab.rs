@@ -554,15 +554,16 @@ fn networkpolicy_isolates_and_deleting_it_restores_traffic() {
         "netexec",
         "--http-port=8080",
     ]);
+    // Every pod serves, so every cell of the truth table means something.
     lab.kubectl(&[
         "run",
         "probe",
-        "--image=nicolaka/netshoot",
+        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
         "--overrides",
         &overrides(&nodes[2].0),
         "--",
-        "sleep",
-        "infinity",
+        "netexec",
+        "--http-port=8080",
     ]);
     lab.wait_ready("run in (web,probe)");
     let (ip, _) = lab.pod_ip_node("web");
@@ -583,6 +584,35 @@ fn networkpolicy_isolates_and_deleting_it_restores_traffic() {
     assert!(listed.contains("deny-all"), "{listed}");
     let described = lab.kubectl(&["describe", "networkpolicy", "deny-all"]);
     assert!(described.contains("deny-all"), "{described}");
+
+    // The truth table: probed with real connections, held against the
+    // model (the planner that programs the kernel).
+    let out = std::process::Command::new(podnet())
+        .args(["connectivity", "--expect", "-o", "json", "--ports", "8080"])
+        .arg("--kubeconfig")
+        .arg(&lab.kubeconfig)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        v["mismatches"],
+        serde_json::json!([]),
+        "kernel and model disagree: {v}"
+    );
+    assert!(out.status.success());
+    let pods: Vec<String> = v["probed"]["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    let (f, t) = (
+        pods.iter().position(|p| p == "probe").unwrap(),
+        pods.iter().position(|p| p == "web").unwrap(),
+    );
+    let cell = v["probed"]["cells"][f * pods.len() + t].as_bool().unwrap();
+    assert!(!cell, "probe -> web must be denied under deny-all");
 
     // The seed's troubleshooting step: delete the policy, traffic flows.
     lab.kubectl(&["delete", "networkpolicy", "deny-all"]);

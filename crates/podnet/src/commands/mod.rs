@@ -1,5 +1,6 @@
 //! One module per CLI verb.
 
+pub mod connectivity;
 pub mod down;
 pub mod status;
 pub mod up;
