@@ -33,7 +33,11 @@ pub async fn run(client: kube::Client, args: AgentArgs, pod_cidr: Ipv4Net) -> an
     let mut applier = PolicyApplier::new(nft::Namespace::Current);
     let (tx, mut rx) = mpsc::unbounded_channel();
     watch::spawn(Api::<Pod>::all(client.clone()), tx.clone(), Change::Pod);
-    watch::spawn(Api::<Namespace>::all(client.clone()), tx.clone(), Change::Namespace);
+    watch::spawn(
+        Api::<Namespace>::all(client.clone()),
+        tx.clone(),
+        Change::Namespace,
+    );
     watch::spawn(Api::<NetworkPolicy>::all(client), tx, Change::Policy);
     let (mut pods, mut namespaces, mut policies) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());

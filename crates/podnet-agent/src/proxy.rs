@@ -29,7 +29,10 @@ enum Change {
 pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
     // Bridged pod traffic must pass the netfilter hooks for service
     // translation between pods on one bridge (kube-proxy's requirement).
-    for (k, v) in [("net/bridge/bridge-nf-call-iptables", "1"), ("net/ipv4/ip_forward", "1")] {
+    for (k, v) in [
+        ("net/bridge/bridge-nf-call-iptables", "1"),
+        ("net/ipv4/ip_forward", "1"),
+    ] {
         if let Err(e) = std::fs::write(format!("/proc/sys/{k}"), v) {
             tracing::warn!(sysctl = k, error = %e, "cannot set");
         }
@@ -44,7 +47,11 @@ pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
         Backend::Nft(NftProxy::new(Target::current()))
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    watch::spawn(Api::<Service>::all(client.clone()), tx.clone(), Change::Service);
+    watch::spawn(
+        Api::<Service>::all(client.clone()),
+        tx.clone(),
+        Change::Service,
+    );
     watch::spawn(Api::<EndpointSlice>::all(client), tx, Change::Slice);
     let mut services = BTreeMap::new();
     let mut slices = BTreeMap::new();

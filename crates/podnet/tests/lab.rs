@@ -621,3 +621,114 @@ fn networkpolicy_isolates_and_deleting_it_restores_traffic() {
         "traffic did not come back within 1 s"
     );
 }
+
+#[test]
+fn a_service_spreads_sticks_with_affinity_and_refuses_at_once_when_empty() {
+    let lab = Lab::up("lw", "vxlan");
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
+        "--replicas=3",
+        "--",
+        "/agnhost",
+        "netexec",
+        "--http-port=8080",
+    ]);
+    lab.kubectl(&[
+        "run",
+        "client",
+        "--image=nicolaka/netshoot",
+        "--",
+        "sleep",
+        "infinity",
+    ]);
+    lab.wait_ready("app=web");
+    lab.wait_ready("run=client");
+    lab.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let ip = lab.get_json(&["svc", "web"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let burst = |n: usize| -> Vec<String> {
+        let script = format!(
+            "for i in $(seq {n}); do curl -s --max-time 2 http://{ip}/hostname; echo; done"
+        );
+        lab.kubectl(&["exec", "client", "--", "sh", "-c", &script])
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    // Wait for the service to answer, then 300 requests reach every endpoint.
+    for _ in 0..50 {
+        if burst(1).first().is_some_and(|l| l.starts_with("web-")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for l in burst(300) {
+        *counts.entry(l).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|&c| c >= 60),
+        "each endpoint needs 20%: {counts:?}"
+    );
+
+    // ClientIP affinity: every request reaches one endpoint.
+    lab.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"ClientIP"}}"#,
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sticky: HashSet<String> = burst(50).into_iter().collect();
+    assert_eq!(sticky.len(), 1, "{sticky:?}");
+
+    // Scaled to zero: refused at once (curl exit 7), never a hang.
+    lab.kubectl(&["scale", "deployment", "web", "--replicas=0"]);
+    let mut refused = false;
+    for _ in 0..50 {
+        let out = lab.kubectl_raw(&[
+            "exec",
+            "client",
+            "--",
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            &format!("http://{ip}/"),
+        ]);
+        if out.status.code() == Some(7) {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(refused, "an empty service must refuse at once");
+    // Back to one: answering again.
+    lab.kubectl(&["scale", "deployment", "web", "--replicas=1"]);
+    lab.wait_ready("app=web");
+    let mut back = false;
+    for _ in 0..20 {
+        if burst(1).first().is_some_and(|l| l.starts_with("web-")) {
+            back = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        back,
+        "the service did not answer within 1 s of its endpoint being Ready"
+    );
+}

@@ -32,14 +32,26 @@ pub fn resolve(c: &Container, agent: &str) -> Resolved {
     let image = c.image.clone().unwrap_or_default();
     let command = c.command.clone().unwrap_or_default();
     let args = c.args.clone().unwrap_or_default();
-    if !command.is_empty() {
-        return Resolved::Run(command.into_iter().chain(args).collect());
-    }
     let builtin = |name: &str, extra: Vec<String>| {
         let mut v = vec![agent.to_string(), "image".into(), name.into()];
         v.extend(extra);
         Resolved::Run(v)
     };
+    // The image's own entrypoint named as the command (`/agnhost netexec`)
+    // is the built-in behaviour, not a file on the node.
+    if short_name(&image) == "agnhost"
+        && command
+            .first()
+            .is_some_and(|c| c.rsplit('/').next() == Some("agnhost"))
+    {
+        return builtin(
+            "agnhost",
+            command[1..].iter().cloned().chain(args).collect(),
+        );
+    }
+    if !command.is_empty() {
+        return Resolved::Run(command.into_iter().chain(args).collect());
+    }
     match short_name(&image).as_str() {
         "nginx" => builtin("nginx", vec![]),
         "pause" => builtin("pause", vec![]),
@@ -93,6 +105,16 @@ mod tests {
         );
         assert_eq!(short_name("nicolaka/netshoot:latest"), "nicolaka/netshoot");
         assert_eq!(short_name("busybox@sha256:abc"), "busybox");
+    }
+
+    #[test]
+    fn agnhost_entrypoint_as_command_is_the_builtin() {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "x", "image": "registry.k8s.io/e2e-test-images/agnhost:2.47",
+            "command": ["/agnhost", "netexec"], "args": ["--http-port=8080"]}))
+        .unwrap();
+        assert!(matches!(resolve(&c, "a"),
+            Resolved::Run(v) if v == ["a", "image", "agnhost", "netexec", "--http-port=8080"]));
     }
 
     #[test]
