@@ -60,6 +60,8 @@ pub struct ContainerRt {
     pub restarts: i32,
     /// Pid while running.
     pub pid: Option<i32>,
+    /// Ready: running and its readinessProbe (if any) passing.
+    pub ready: bool,
     /// Attach plumbing while running.
     pub io: Option<Arc<ContainerIo>>,
 }
@@ -313,6 +315,7 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
                     last: None,
                     restarts: 0,
                     pid: None,
+                    ready: false,
                     io: None,
                 },
             );
@@ -454,8 +457,12 @@ async fn supervise(k: Arc<Kubelet>, h: Arc<PodHandle>, name: String) {
             let mut cs = h.containers.lock().unwrap();
             let c = cs.get_mut(&name).unwrap();
             c.pid = child.id().map(|p| p as i32);
-            c.io = Some(io);
+            c.io = Some(io.clone());
             c.state = CState::Running(started.clone());
+            c.ready = spec.readiness_probe.is_none();
+        }
+        if let Some(probe) = spec.readiness_probe.clone() {
+            tokio::spawn(readiness(k.clone(), h.clone(), name.clone(), probe, io));
         }
         report(&k, &h).await;
         let status = child.wait().await;
@@ -479,6 +486,7 @@ async fn supervise(k: Arc<Kubelet>, h: Arc<PodHandle>, name: String) {
             let c = cs.get_mut(&name).unwrap();
             c.pid = None;
             c.io = None;
+            c.ready = false;
             if restart {
                 c.last = Some(term);
                 c.restarts += 1;
@@ -507,6 +515,111 @@ async fn supervise(k: Arc<Kubelet>, h: Arc<PodHandle>, name: String) {
         }
         backoff = (backoff * 2).min(Duration::from_secs(300));
     }
+}
+
+/// Runs a container's readinessProbe (httpGet or tcpSocket, from the node,
+/// as kubelet does) while this run of the container lasts, and reports
+/// each change of readiness.
+async fn readiness(
+    k: Arc<Kubelet>,
+    h: Arc<PodHandle>,
+    name: String,
+    probe: k8s_openapi::api::core::v1::Probe,
+    run: Arc<ContainerIo>,
+) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    tokio::time::sleep(Duration::from_secs(
+        probe.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+    ))
+    .await;
+    let port_of = |p: &IntOrString| -> Option<u16> {
+        match p {
+            IntOrString::Int(n) => u16::try_from(*n).ok(),
+            IntOrString::String(s) => h.containers.lock().unwrap().get(&name).and_then(|c| {
+                c.spec.ports.as_ref()?.iter().find_map(|cp| {
+                    (cp.name.as_deref() == Some(s)).then_some(cp.container_port as u16)
+                })
+            }),
+        }
+    };
+    let mut stop = h.stop.subscribe();
+    loop {
+        let current = h
+            .containers
+            .lock()
+            .unwrap()
+            .get(&name)
+            .and_then(|c| c.io.clone())
+            .is_some_and(|io| Arc::ptr_eq(&io, &run));
+        if !current || *stop.borrow() {
+            return;
+        }
+        let ip = h.ip.lock().unwrap().clone().unwrap_or_default();
+        let ok = match (&probe.http_get, &probe.tcp_socket) {
+            (Some(get), _) => match port_of(&get.port) {
+                Some(port) => {
+                    let path = get.path.clone().unwrap_or_else(|| "/".into());
+                    tokio::time::timeout(timeout, http_ok(&ip, port, &path))
+                        .await
+                        .unwrap_or(false)
+                }
+                None => false,
+            },
+            (None, Some(tcp)) => match port_of(&tcp.port) {
+                Some(port) => tokio::time::timeout(
+                    timeout,
+                    tokio::net::TcpStream::connect((ip.as_str(), port)),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok()),
+                None => false,
+            },
+            // exec and gRPC probes are not run by the lab: ready when running.
+            _ => true,
+        };
+        let changed = {
+            let mut cs = h.containers.lock().unwrap();
+            match cs.get_mut(&name) {
+                Some(c) if c.ready != ok => {
+                    c.ready = ok;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            report(&k, &h).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One HTTP GET; 200-399 is success, as kubelet counts it.
+async fn http_ok(ip: &str, port: u16, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect((ip, port)).await else {
+        return false;
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let Ok(n) = s.read(&mut buf).await else {
+        return false;
+    };
+    let line = String::from_utf8_lossy(&buf[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .is_some_and(|c| (200..400).contains(&c))
 }
 
 fn set_state(h: &PodHandle, name: &str, s: CState) {
@@ -676,9 +789,11 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
             continue;
         };
         let is_running = matches!(rt.state, CState::Running(_));
+        let is_ready = is_running && rt.ready;
         if is_running {
             running += 1;
-        } else {
+        }
+        if !is_ready {
             ready_all = false;
         }
         match &rt.state {
@@ -689,7 +804,7 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
         let image = c.image.clone().unwrap_or_default();
         let mut s = json!({
             "name": c.name, "image": image, "imageID": format!("podnet-lab://{image}"),
-            "ready": is_running, "started": is_running, "restartCount": rt.restarts,
+            "ready": is_ready, "started": is_running, "restartCount": rt.restarts,
             "state": state_json(&h.uid, &rt.state),
             "lastState": rt.last.as_ref().map(|l| state_json(&h.uid, l)).unwrap_or(json!({})),
         });

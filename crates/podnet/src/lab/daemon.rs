@@ -118,7 +118,9 @@ async fn ensure_cluster_dns(
                              format!("--kubeconfig={}", kubeconfig.display())],
                     "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
                               {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
-                              {"name": "metrics", "containerPort": 9153, "protocol": "TCP"}]}]}}},
+                              {"name": "metrics", "containerPort": 9153, "protocol": "TCP"}],
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 9153},
+                                       "periodSeconds": 1, "timeoutSeconds": 1}}]}}},
     }))?;
     let svcs: kube::Api<Service> = kube::Api::namespaced(client.clone(), "kube-system");
     let deps: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), "kube-system");
