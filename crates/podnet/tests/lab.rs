@@ -10,6 +10,8 @@ use std::collections::{HashMap, HashSet};
 
 use support::*;
 
+const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.47";
+
 const TWO_CONTAINERS: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -89,17 +91,12 @@ fn scenario(encap: &str) {
         .map(|(n, _, _)| n.clone())
         .find(|n| *n != client_node)
         .unwrap();
-    let overrides = format!(r#"{{"spec":{{"nodeName":"{server_node}"}}}}"#);
-    lab.kubectl(&[
-        "run",
+    lab.run_on(
         "server",
-        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
-        "--overrides",
-        &overrides,
-        "--",
-        "netexec",
-        "--http-port=8080",
-    ]);
+        AGNHOST,
+        &server_node,
+        &["netexec", "--http-port=8080"],
+    );
     lab.wait_ready("run=server");
     let (server_ip, _) = lab.pod_ip_node("server");
 
@@ -405,27 +402,18 @@ fn the_same_with_the_iptables_proxy_and_kube_chains_for_the_seed() {
 
 fn services_and_dns(lab: &Lab) {
     let nodes = lab.nodes();
-    let overrides = |n: &str| format!(r#"{{"spec":{{"nodeName":"{n}"}}}}"#);
-    lab.kubectl(&[
-        "run",
+    lab.run_on(
         "mypod",
-        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
-        "--overrides",
-        &overrides(&nodes[1].0),
-        "--",
-        "netexec",
-        "--http-port=8080",
-    ]);
-    lab.kubectl(&[
-        "run",
+        AGNHOST,
+        &nodes[1].0,
+        &["netexec", "--http-port=8080"],
+    );
+    lab.run_on(
         "other",
-        "--image=nicolaka/netshoot",
-        "--overrides",
-        &overrides(&nodes[2].0),
-        "--",
-        "sleep",
-        "infinity",
-    ]);
+        "nicolaka/netshoot",
+        &nodes[2].0,
+        &["sleep", "infinity"],
+    );
     lab.wait_ready("run in (mypod,other)");
     // The seed: kubectl expose pod mypod --port=80 --target-port=8080 --name=mypod-svc
     lab.kubectl(&[
@@ -543,28 +531,19 @@ fn reaches(lab: &Lab, client: &str, url: &str, want: bool, tries: usize) -> bool
 fn networkpolicy_isolates_and_deleting_it_restores_traffic() {
     let lab = Lab::up("lp", "host-gw");
     let nodes = lab.nodes();
-    let overrides = |n: &str| format!(r#"{{"spec":{{"nodeName":"{n}"}}}}"#);
-    lab.kubectl(&[
-        "run",
+    lab.run_on(
         "web",
-        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
-        "--overrides",
-        &overrides(&nodes[1].0),
-        "--",
-        "netexec",
-        "--http-port=8080",
-    ]);
+        AGNHOST,
+        &nodes[1].0,
+        &["netexec", "--http-port=8080"],
+    );
     // Every pod serves, so every cell of the truth table means something.
-    lab.kubectl(&[
-        "run",
+    lab.run_on(
         "probe",
-        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
-        "--overrides",
-        &overrides(&nodes[2].0),
-        "--",
-        "netexec",
-        "--http-port=8080",
-    ]);
+        AGNHOST,
+        &nodes[2].0,
+        &["netexec", "--http-port=8080"],
+    );
     lab.wait_ready("run in (web,probe)");
     let (ip, _) = lab.pod_ip_node("web");
     let url = format!("http://{ip}:8080/hostname");

@@ -186,6 +186,15 @@ impl Lab {
         }
     }
 
+    /// `kubectl run <name> --image <image>` pinned to `node`, with `args`.
+    pub fn run_on(&self, name: &str, image: &str, node: &str, args: &[&str]) {
+        let overrides = format!(r#"{{"spec":{{"nodeName":"{node}"}}}}"#);
+        let image = format!("--image={image}");
+        let mut a = vec!["run", name, image.as_str(), "--overrides", &overrides, "--"];
+        a.extend_from_slice(args);
+        self.kubectl(&a);
+    }
+
     /// A pod's IP and node.
     pub fn pod_ip_node(&self, name: &str) -> (String, String) {
         let p = self.get_json(&["pod", name]);
