@@ -12,7 +12,8 @@ use serde_json::json;
 
 use crate::AgentArgs;
 
-fn now() -> String {
+/// Now, as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
+pub fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()

@@ -94,11 +94,7 @@ async fn resync_status(k: Arc<Kubelet>) {
 
 /// Watches this node's pods and runs them until the watch ends.
 pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
-    AGENT_STARTED.get_or_init(|| {
-        jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string()
-    });
+    AGENT_STARTED.get_or_init(crate::node::now);
     let kubelet = Arc::new(Kubelet {
         client: client.clone(),
         args: args.clone(),

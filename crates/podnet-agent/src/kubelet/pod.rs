@@ -20,12 +20,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::Kubelet;
 use super::images::{Resolved, resolve};
-
-fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
+use crate::node::now;
 
 /// The state of one container, as the status reports it.
 #[derive(Clone, Debug)]

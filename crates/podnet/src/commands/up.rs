@@ -167,7 +167,11 @@ fn bring_up(
             .args(["--cni-path", &format!("{}:/usr/lib/cni", cni_bin.display())])
             .args([
                 "--kubelet-token-file",
-                &state.join("kubelet-client.token").display().to_string(),
+                // The token the API server shows node endpoints, in its own state.
+                &state
+                    .join("apiserver/kubelet-client.token")
+                    .display()
+                    .to_string(),
             ]);
         node.agent_pid = Some(spawn_detached(agent, &dir.join("agent.log"))?);
     }

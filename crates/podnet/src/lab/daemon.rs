@@ -183,10 +183,6 @@ async fn serve(args: Args, host_listener: std::net::TcpListener) -> anyhow::Resu
             &token,
         )?;
     }
-    std::fs::write(
-        state.join("kubelet-client.token"),
-        &server.node_client_token,
-    )?;
     write_user_kubeconfig(
         &state.join("kubeconfig"),
         &format!("podnet-{}", args.name),
