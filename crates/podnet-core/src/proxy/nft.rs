@@ -158,6 +158,15 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
     let mut bucket_chains: BTreeSet<(bool, usize, bool)> = BTreeSet::new();
     let mut bucket_seen: BTreeSet<(bool, usize)> = BTreeSet::new();
     let mut affinity: BTreeMap<u32, NftSet> = BTreeMap::new();
+    // Service addresses whose ClientIP affinity is on, and the endpoints
+    // each may be sent to: the packet path honours an affinity entry only
+    // for the first and only towards the second (see `affinity-stale`).
+    let mut affinity_on = NftSet::new(&decl(&[&format!(
+        "type {addr} . inet_proto . inet_service"
+    )]));
+    let mut affinity_live = NftSet::new(&decl(&[&format!(
+        "type {addr} . inet_proto . inet_service . {addr} . inet_service"
+    )]));
 
     let bucket_name = |entry: Entry, n: usize| match entry {
         Entry::Ips => format!("ips-{n}"),
@@ -244,7 +253,7 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
                 &mut service_ips,
                 &mut no_ep_ips,
             );
-            ip_keys.push(key);
+            ip_keys.push((key, &cluster_eps));
         }
         for ip in sp.external_ips.iter().filter(|a| Family::of(a) == family) {
             if sp.cluster_ip(family) == Some(*ip) {
@@ -264,7 +273,7 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
                 &mut service_ips,
                 &mut no_ep_ips,
             );
-            ip_keys.push(key);
+            ip_keys.push((key, &external_eps));
         }
         if let Some(np) = sp.node_port
             && sp.cluster_ip(family).is_some()
@@ -289,7 +298,13 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
                 NftSet::new(&[format!("type {addr} . inet_proto . inet_service")])
             });
             if with_elements {
-                for k in ip_keys {
+                for (k, eps) in ip_keys {
+                    for ep in eps {
+                        affinity_live
+                            .elements
+                            .insert(format!("{k} . {} . {}", ep.addr, ep.port), None);
+                    }
+                    affinity_on.elements.insert(k.clone(), None);
                     set.elements.insert(k, None);
                 }
             }
@@ -313,7 +328,7 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
             match entry {
                 Entry::Ips => {
                     rules.push(format!(
-                        "meta l4proto {p} dnat to {fam} saddr . {fam} daddr . meta l4proto . th dport map @affinity-{p}"
+                        "meta l4proto {p} {fam} daddr . meta l4proto . th dport @affinity-on dnat to {fam} saddr . {fam} daddr . meta l4proto . th dport map @affinity-{p}"
                     ));
                     rules.push(format!(
                         "meta l4proto {p} dnat to {fam} daddr . meta l4proto . th dport . numgen random mod {n} map @{map}-{p}"
@@ -416,8 +431,37 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
             },
         );
     }
+    // A new connection of an affinity service that was sent to an endpoint
+    // the service no longer has (an entry recorded by a connection racing
+    // the change that removed it): forget the entry and drop the packet
+    // before conntrack confirms it, so the client's retransmission is
+    // balanced afresh instead of reaching a dead endpoint.
+    // nft 1.0.6 aborts (an assertion in netlink_linearize.c) on any
+    // `update`/`delete` of a map keyed by a concatenation holding an IPv6
+    // address, and the applier runs libnftables in process: so IPv6 gets
+    // no recorded (nor deleted) affinity entries: affinity is IPv4 only.
+    let writable = family == Family::V4;
     let mut record = Vec::new();
-    for t in affinity.keys() {
+    let mut stale = Vec::new();
+    for proto in PROTOCOLS.iter().filter(|_| writable) {
+        record.push(format!(
+            "meta l4proto {proto} ct original {fam} daddr . meta l4proto . ct original proto-dst @affinity-on \
+             ct original {fam} daddr . meta l4proto . ct original proto-dst . {fam} daddr . {proto} dport != @affinity-live \
+             jump affinity-stale"
+        ));
+        stale.push(format!(
+            "meta l4proto {proto} delete @affinity-{proto} {{ {fam} saddr . ct original {fam} daddr . meta l4proto . ct original proto-dst : {fam} daddr . {proto} dport }}"
+        ));
+    }
+    stale.push("drop".into());
+    chains.insert(
+        "affinity-stale".into(),
+        NftChain {
+            hook: None,
+            rules: stale,
+        },
+    );
+    for t in affinity.keys().filter(|_| writable) {
         for proto in PROTOCOLS {
             record.push(format!(
                 "meta l4proto {proto} ct original {fam} daddr . meta l4proto . ct original proto-dst @affinity-{t} \
@@ -438,6 +482,8 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
     sets.insert("no-endpoint-ips".into(), no_ep_ips);
     sets.insert("no-endpoint-nodeports".into(), no_ep_nodeports);
     sets.insert("hairpin".into(), hairpin);
+    sets.insert("affinity-on".into(), affinity_on);
+    sets.insert("affinity-live".into(), affinity_live);
     for p in PROTOCOLS {
         sets.insert(
             format!("affinity-{p}"),

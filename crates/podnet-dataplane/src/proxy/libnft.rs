@@ -17,6 +17,7 @@ type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
 struct Api {
     free: CtxFree,
     error_buffer: CtxStr,
+    output_buffer: CtxStr,
     run: RunCmd,
 }
 
@@ -63,6 +64,7 @@ impl Session {
         let api = Api {
             free: sym(lib, c"nft_ctx_free")?,
             error_buffer: sym(lib, c"nft_ctx_get_error_buffer")?,
+            output_buffer: sym(lib, c"nft_ctx_get_output_buffer")?,
             run: sym(lib, c"nft_run_cmd_from_buffer")?,
         };
         let make = move || {
@@ -121,6 +123,27 @@ impl Session {
                 CStr::from_ptr(err).to_string_lossy().trim().to_string()
             };
             Err(msg)
+        }
+    }
+}
+
+impl Session {
+    /// Runs a listing command and returns what nft printed (what `nft
+    /// list ...` would print), without starting a process.
+    pub(super) fn query(&mut self, command: &str) -> Result<String, String> {
+        // Whatever earlier commands printed is discarded first (fetching
+        // the buffer rewinds it).
+        // SAFETY: ctx is live; the buffer is owned by the context.
+        unsafe { (self.api.output_buffer)(self.ctx) };
+        self.run(command)?;
+        // SAFETY: as above; copied out before the next call reuses it.
+        unsafe {
+            let out = (self.api.output_buffer)(self.ctx);
+            Ok(if out.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(out).to_string_lossy().into_owned()
+            })
         }
     }
 }

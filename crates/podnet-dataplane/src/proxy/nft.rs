@@ -152,34 +152,70 @@ impl NftProxy {
         self.applied.values()
     }
 
-    fn after_change(&self, old: &ProxyState, new: &ProxyState) -> Result<usize, ProxyError> {
+    fn after_change(&mut self, old: &ProxyState, new: &ProxyState) -> Result<usize, ProxyError> {
         let mut n = flush_udp(&self.target, old, new)?;
-        if lost_affinity_endpoint(old, new) {
+        if affinity_may_be_stale(old, new) {
             n += self.clean_affinity(new)?;
         }
         Ok(n)
     }
 
-    /// Deletes affinity entries that point at endpoints no longer in
-    /// `state`, so a sticky client moves on at once instead of after its
-    /// timeout.
-    fn clean_affinity(&self, state: &ProxyState) -> Result<usize, ProxyError> {
-        // (service ip, proto, port) -> live endpoints
+    /// A listing, through the session when there is one.
+    fn list(&mut self, args: &[&str]) -> Result<String, ProxyError> {
+        if let Some(Some(s)) = self.session.as_mut() {
+            return s.query(&args.join(" ")).map_err(|stderr| {
+                ProxyError::Nft(nft::NftError::Rejected {
+                    what: "listing".into(),
+                    stderr,
+                })
+            });
+        }
+        Ok(nft::run(self.target.nft(), args)?)
+    }
+
+    /// Deletes affinity entries the kernel should no longer hold: those
+    /// of service ports without affinity (switched off, or deleted) and
+    /// those pointing at an endpoint the port no longer has, so a sticky
+    /// client moves on at once instead of after its timeout. (The packet
+    /// path never honours such an entry anyway, see `affinity-stale` in
+    /// the ruleset; this keeps the map from filling with them.)
+    fn clean_affinity(&mut self, state: &ProxyState) -> Result<usize, ProxyError> {
+        // (service ip, proto, port) -> endpoints it may be sent to
         let mut live: BTreeMap<ServiceKey<'_>, BTreeSet<(IpAddr, u16)>> = BTreeMap::new();
-        for sp in state.ports.values() {
-            for ip in sp.cluster_ips.iter().chain(&sp.external_ips) {
-                live.entry((*ip, sp.name.protocol.as_str(), sp.port))
-                    .or_default()
-                    .extend(sp.endpoints.iter().map(|e| (e.addr, e.port)));
+        for sp in state
+            .ports
+            .values()
+            .filter(|p| p.affinity_timeout.is_some())
+        {
+            let proto = sp.name.protocol.as_str();
+            for family in [Family::V4, Family::V6] {
+                if let Some(ip) = sp.cluster_ip(family) {
+                    live.entry((ip, proto, sp.port)).or_default().extend(
+                        sp.cluster_endpoints(family)
+                            .iter()
+                            .map(|e| (e.addr, e.port)),
+                    );
+                }
+                for ip in sp.external_ips.iter().filter(|a| Family::of(a) == family) {
+                    if sp.cluster_ip(family) == Some(*ip) {
+                        continue;
+                    }
+                    live.entry((*ip, proto, sp.port)).or_default().extend(
+                        sp.external_endpoints(family)
+                            .iter()
+                            .map(|e| (e.addr, e.port)),
+                    );
+                }
             }
         }
+        let mut script = String::new();
         let mut removed = 0;
-        for family in self.applied.keys() {
+        let families: Vec<Family> = self.applied.keys().copied().collect();
+        for family in families {
             let fam = family.nft_family();
             for proto in PROTOCOLS {
                 let map = format!("affinity-{proto}");
-                let listing = nft::run(self.target.nft(), &["list", "map", fam, TABLE, &map])?;
-                let mut stale = Vec::new();
+                let listing = self.list(&["list", "map", fam, TABLE, &map])?;
                 for (key, ep, port) in parse_affinity_elements(&listing) {
                     let parts: Vec<&str> = key.split(" . ").collect();
                     let [_, svc, proto, sport] = parts.as_slice() else {
@@ -192,25 +228,31 @@ impl NftProxy {
                         .get(&(svc, *proto, sport))
                         .is_some_and(|eps| eps.contains(&(ep, port)));
                     if !ok {
-                        stale.push(key);
+                        // Added first (a no-op if still there) so that an
+                        // entry expiring meanwhile cannot fail the delete.
+                        let elem = format!("{key} timeout 1s : {ep} . {port}");
+                        script.push_str(&format!(
+                            "add element {fam} {TABLE} {map} {{ {elem} }}\n\
+                             delete element {fam} {TABLE} {map} {{ {key} }}\n"
+                        ));
+                        removed += 1;
                     }
-                }
-                if stale.is_empty() {
-                    continue;
-                }
-                let script = format!(
-                    "delete element {fam} {TABLE} {map} {{ {} }}\n",
-                    stale.join(", ")
-                );
-                // An entry may expire between listing and deleting; that
-                // only means there was less to clean.
-                match nft::apply(self.target.nft(), &script) {
-                    Ok(()) => removed += stale.len(),
-                    Err(e) => tracing::debug!(error = %e, "affinity cleanup raced with expiry"),
                 }
             }
         }
-        Ok(removed)
+        if script.is_empty() {
+            return Ok(0);
+        }
+        match self.apply(&script) {
+            Ok(()) => Ok(removed),
+            Err(e) => {
+                // e.g. an entry re-recorded with another endpoint between
+                // listing and deleting; the packet path ignores stale
+                // entries, and the next change cleans again.
+                tracing::debug!(error = %e, "affinity cleanup raced with the packet path");
+                Ok(0)
+            }
+        }
     }
 }
 
@@ -225,16 +267,24 @@ fn tables(state: &ProxyState) -> BTreeMap<Family, NftTable> {
         .collect()
 }
 
-/// Whether a service port with ClientIP affinity lost an endpoint.
-fn lost_affinity_endpoint(old: &ProxyState, new: &ProxyState) -> bool {
+/// Whether the affinity maps may hold entries `new` no longer allows: a
+/// service port that had ClientIP affinity lost it, went away, or lost an
+/// endpoint (or changed which endpoints its addresses may reach).
+fn affinity_may_be_stale(old: &ProxyState, new: &ProxyState) -> bool {
     old.ports.iter().any(|(name, op)| {
         op.affinity_timeout.is_some()
-            && op.endpoints.iter().any(|e| {
-                new.ports.get(name).is_none_or(|np| {
-                    !np.endpoints
-                        .iter()
-                        .any(|n| n.addr == e.addr && n.port == e.port)
-                })
+            && new.ports.get(name).is_none_or(|np| {
+                np.affinity_timeout.is_none()
+                    || np.cluster_ips != op.cluster_ips
+                    || np.external_ips != op.external_ips
+                    || np.port != op.port
+                    || np.external_local != op.external_local
+                    || np.internal_local != op.internal_local
+                    || op.endpoints.iter().any(|e| {
+                        !np.endpoints
+                            .iter()
+                            .any(|n| n.addr == e.addr && n.port == e.port && n.local == e.local)
+                    })
             })
     })
 }

@@ -82,6 +82,15 @@ const GOLDEN: &str = r#"table ip podnet-proxy {
 		type ipv4_addr . inet_proto . inet_service
 		elements = { 10.96.0.5 . tcp . 80 }
 	}
+	set affinity-live {
+		type ipv4_addr . inet_proto . inet_service . ipv4_addr . inet_service
+		elements = { 10.96.0.5 . tcp . 80 . 10.244.1.2 . 8080,
+			     10.96.0.5 . tcp . 80 . 10.244.2.2 . 8080 }
+	}
+	set affinity-on {
+		type ipv4_addr . inet_proto . inet_service
+		elements = { 10.96.0.5 . tcp . 80 }
+	}
 	map affinity-sctp {
 		typeof ip saddr . ip daddr . meta l4proto . th dport : ip daddr . sctp dport
 		size 65535
@@ -146,9 +155,18 @@ const GOLDEN: &str = r#"table ip podnet-proxy {
 		ct state new ct status dnat jump affinity-record
 	}
 	chain affinity-record {
+		meta l4proto tcp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-on ct original ip daddr . meta l4proto . ct original proto-dst . ip daddr . tcp dport != @affinity-live jump affinity-stale
+		meta l4proto udp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-on ct original ip daddr . meta l4proto . ct original proto-dst . ip daddr . udp dport != @affinity-live jump affinity-stale
+		meta l4proto sctp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-on ct original ip daddr . meta l4proto . ct original proto-dst . ip daddr . sctp dport != @affinity-live jump affinity-stale
 		meta l4proto tcp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-60 update @affinity-tcp { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst timeout 60s : ip daddr . tcp dport }
 		meta l4proto udp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-60 update @affinity-udp { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst timeout 60s : ip daddr . udp dport }
 		meta l4proto sctp ct original ip daddr . meta l4proto . ct original proto-dst @affinity-60 update @affinity-sctp { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst timeout 60s : ip daddr . sctp dport }
+	}
+	chain affinity-stale {
+		meta l4proto tcp delete @affinity-tcp { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst : ip daddr . tcp dport }
+		meta l4proto udp delete @affinity-udp { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst : ip daddr . udp dport }
+		meta l4proto sctp delete @affinity-sctp { ip saddr . ct original ip daddr . meta l4proto . ct original proto-dst : ip daddr . sctp dport }
+		drop
 	}
 	chain endpoints-check {
 		ip daddr . meta l4proto . th dport @no-endpoint-ips jump reject-service
@@ -168,11 +186,11 @@ const GOLDEN: &str = r#"table ip podnet-proxy {
 	}
 	chain ips-2 {
 		ip saddr != { 10.244.0.0/16 } meta mark set meta mark | 0x4000
-		meta l4proto tcp dnat to ip saddr . ip daddr . meta l4proto . th dport map @affinity-tcp
+		meta l4proto tcp ip daddr . meta l4proto . th dport @affinity-on dnat to ip saddr . ip daddr . meta l4proto . th dport map @affinity-tcp
 		meta l4proto tcp dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @ips-2-tcp
-		meta l4proto udp dnat to ip saddr . ip daddr . meta l4proto . th dport map @affinity-udp
+		meta l4proto udp ip daddr . meta l4proto . th dport @affinity-on dnat to ip saddr . ip daddr . meta l4proto . th dport map @affinity-udp
 		meta l4proto udp dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @ips-2-udp
-		meta l4proto sctp dnat to ip saddr . ip daddr . meta l4proto . th dport map @affinity-sctp
+		meta l4proto sctp ip daddr . meta l4proto . th dport @affinity-on dnat to ip saddr . ip daddr . meta l4proto . th dport map @affinity-sctp
 		meta l4proto sctp dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @ips-2-sctp
 	}
 	chain nat-output {
