@@ -73,6 +73,10 @@ enum Helper {
     /// given network namespace; then wait.
     #[command(hide = true)]
     Sandbox(kubelet::sandbox::SandboxArgs),
+    /// (internal) Run one container in a pod's sandbox and record how it
+    /// ended, outliving the agent.
+    #[command(hide = true)]
+    Shim(kubelet::shim::ShimArgs),
     /// (internal) Run one of the lab's built-in images.
     #[command(hide = true)]
     Image {
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.helper {
         Some(Helper::Sandbox(a)) => kubelet::sandbox::hold(a),
+        Some(Helper::Shim(a)) => kubelet::shim::run(a),
         Some(Helper::Image { name, args }) => images::run(&name, &args),
         None => {
             tracing_subscriber::fmt()

@@ -69,6 +69,11 @@ struct Args {
     /// Delay between a change and the rebuild it triggers, milliseconds.
     #[arg(long, default_value_t = 5)]
     debounce_ms: u64,
+    /// Seconds to keep answering after SIGTERM (with `/ready` failing), so
+    /// clients whose flows still point here are answered while the
+    /// endpoint is withdrawn (CoreDNS's `health { lameduck 5s }`).
+    #[arg(long, default_value_t = 5)]
+    lameduck_secs: u64,
 }
 
 fn main() -> Result<()> {
@@ -145,9 +150,22 @@ async fn run(args: Args) -> Result<()> {
             }
         }
     };
+    let mut source = std::pin::pin!(source);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
-        r = source => r?,
+        r = &mut source => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => {
+            shared.mark_not_ready();
+            tracing::info!(seconds = args.lameduck_secs, "SIGTERM: lame duck, still answering");
+            tokio::select! {
+                r = &mut source => r?,
+                _ = tokio::time::sleep(Duration::from_secs(args.lameduck_secs)) => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("lame duck over; exiting");
+        }
     }
     drop(running);
     Ok(())

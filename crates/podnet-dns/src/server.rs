@@ -66,7 +66,14 @@ impl Shared {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Whether the first full sync is done.
+    /// Enters lame duck (on SIGTERM): `/ready` turns 503 so the pod leaves
+    /// the Service's endpoints, while queries that still arrive (through
+    /// conntrack entries made before) keep being answered.
+    pub fn mark_not_ready(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+
+    /// Whether the first full sync is done (and no lame duck began).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

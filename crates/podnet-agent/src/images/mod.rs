@@ -85,48 +85,64 @@ fn unmapped(peer: std::net::SocketAddr) -> std::net::SocketAddr {
     }
 }
 
+/// Serves one connection: HTTP/1.1 keep-alive, as nginx does, until the
+/// client closes it or asks to.
 fn serve(mut conn: TcpStream, page: Page) -> std::io::Result<()> {
     let peer = unmapped(conn.peer_addr()?);
     let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
     loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-            break;
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut close = line.trim_end().ends_with("HTTP/1.0");
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+                break;
+            }
+            if h.to_ascii_lowercase().starts_with("connection:")
+                && h.to_ascii_lowercase().contains("close")
+            {
+                close = true;
+            }
+        }
+        let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let host = hostname();
+        let body = match page {
+            Page::Nginx => format!(
+                "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head>\n<body><h1>Welcome to nginx!</h1>\n<p>Served by pod {host} (podnet lab built-in nginx).</p></body></html>\n"
+            ),
+            Page::ServeHostname => host.clone(),
+            Page::Netexec => match path {
+                "/hostname" => host.clone(),
+                "/clientip" => peer.to_string(),
+                "/echo" => query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("msg="))
+                    .unwrap_or("")
+                    .to_string(),
+                "/healthz" => "ok".into(),
+                _ => "NOW: podnet netexec".into(),
+            },
+        };
+        println!("{} {} {}", peer, line.trim(), 200);
+        let ctype = if matches!(page, Page::Nginx) {
+            "text/html"
+        } else {
+            "text/plain"
+        };
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+            body.len(),
+            if close { "close" } else { "keep-alive" }
+        )?;
+        if close {
+            return Ok(());
         }
     }
-    let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let host = hostname();
-    let body = match page {
-        Page::Nginx => format!(
-            "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head>\n<body><h1>Welcome to nginx!</h1>\n<p>Served by pod {host} (podnet lab built-in nginx).</p></body></html>\n"
-        ),
-        Page::ServeHostname => host.clone(),
-        Page::Netexec => match path {
-            "/hostname" => host.clone(),
-            "/clientip" => peer.to_string(),
-            "/echo" => query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("msg="))
-                .unwrap_or("")
-                .to_string(),
-            "/healthz" => "ok".into(),
-            _ => "NOW: podnet netexec".into(),
-        },
-    };
-    println!("{} {} {}", peer, line.trim(), 200);
-    let ctype = if matches!(page, Page::Nginx) {
-        "text/html"
-    } else {
-        "text/plain"
-    };
-    write!(
-        conn,
-        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
 }
 
 fn udp_echo(port: u16) {

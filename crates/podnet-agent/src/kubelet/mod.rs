@@ -5,9 +5,11 @@
 //! logs, serves exec/attach/logs to the API server, and tears pods down
 //! gracefully on deletion.
 
+mod checkpoint;
 pub mod images;
 mod pod;
 pub mod sandbox;
+pub mod shim;
 mod streams;
 
 use std::collections::HashMap;
@@ -107,9 +109,22 @@ pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", args.node));
     let stream = watcher(pods, cfg).default_backoff();
     futures::pin_mut!(stream);
+    // Pods bound here at the (re)start; those on disk but not in it were
+    // deleted while the agent was away.
+    let mut bound = std::collections::HashSet::new();
     while let Some(ev) = stream.next().await {
         let pods = match ev {
-            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => vec![(p, false)],
+            Ok(watcher::Event::InitApply(p)) => {
+                bound.insert(p.metadata.uid.clone().unwrap_or_default());
+                vec![(p, false)]
+            }
+            Ok(watcher::Event::InitDone) => {
+                let k = kubelet.clone();
+                let bound = std::mem::take(&mut bound);
+                tokio::task::spawn_blocking(move || checkpoint::collect_orphans(&k, &bound));
+                continue;
+            }
+            Ok(watcher::Event::Apply(p)) => vec![(p, false)],
             Ok(watcher::Event::Delete(p)) => vec![(p, true)],
             Ok(_) => continue,
             Err(e) => {

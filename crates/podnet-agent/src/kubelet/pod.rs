@@ -41,6 +41,9 @@ pub struct ContainerIo {
     pub output: broadcast::Sender<bytes::Bytes>,
     /// Whether it has a tty.
     pub tty: bool,
+    /// Where the output goes when nobody pipes it (neither tty nor
+    /// stdin): attach follows this file instead of `output`.
+    pub log: Option<PathBuf>,
 }
 
 /// What the kubelet keeps of a container.
@@ -55,6 +58,8 @@ pub struct ContainerRt {
     pub restarts: i32,
     /// Pid while running.
     pub pid: Option<i32>,
+    /// The run's shim (the container's parent) while running.
+    pub shim_pid: Option<i32>,
     /// Ready: running and its readinessProbe (if any) passing.
     pub ready: bool,
     /// Attach plumbing while running.
@@ -119,7 +124,18 @@ pub fn observe(k: &Arc<Kubelet>, pod: Pod, gone: bool) {
         return; // the agent's own mirror pod
     }
     let deleting = gone || pod.metadata.deletion_timestamp.is_some();
-    let known = k.pods.lock().unwrap().get(&uid).cloned();
+    let mut known = k.pods.lock().unwrap().get(&uid).cloned();
+    if known.is_none()
+        && let Some((h, runs)) = super::checkpoint::adopt(k, &pod, new_handle(k, &pod))
+    {
+        // A pod this node ran before the agent restarted: take its sandbox
+        // and running containers back instead of starting it again.
+        k.pods.lock().unwrap().insert(uid.clone(), h.clone());
+        for (name, run) in runs {
+            tokio::spawn(supervise(k.clone(), h.clone(), name, run));
+        }
+        known = Some(h);
+    }
     match known {
         Some(h) => {
             *h.pod.lock().unwrap() = pod.clone();
@@ -147,36 +163,41 @@ pub fn observe(k: &Arc<Kubelet>, pod: Pod, gone: bool) {
             if phase == "Succeeded" || phase == "Failed" {
                 return;
             }
-            let host_network = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.host_network)
-                .unwrap_or(false);
-            let prefix = if k.args.lab.is_empty() {
-                "podnet".to_string()
-            } else {
-                k.args.lab.clone()
-            };
-            let (tx, _) = watch::channel(false);
-            let h = Arc::new(PodHandle {
-                uid: uid.clone(),
-                namespace: ns,
-                name,
-                pod: Mutex::new(pod),
-                dir: k.args.state_dir.join("pods").join(&uid),
-                netns: (!host_network)
-                    .then(|| format!("{prefix}-pod-{}", &uid[..uid.len().min(13)])),
-                sandbox_pid: Mutex::new(None),
-                ip: Mutex::new(None),
-                cni_result: Mutex::new(None),
-                containers: Mutex::new(HashMap::new()),
-                stop: tx,
-                started: now(),
-                reporting: tokio::sync::Mutex::new(()),
-            });
+            let h = Arc::new(new_handle(k, &pod));
             k.pods.lock().unwrap().insert(uid, h.clone());
             tokio::spawn(start(k.clone(), h));
         }
+    }
+}
+
+/// A handle for a pod not started yet.
+pub(super) fn new_handle(k: &Kubelet, pod: &Pod) -> PodHandle {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let prefix = if k.args.lab.is_empty() {
+        "podnet".to_string()
+    } else {
+        k.args.lab.clone()
+    };
+    let (tx, _) = watch::channel(false);
+    PodHandle {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        pod: Mutex::new(pod.clone()),
+        dir: k.args.state_dir.join("pods").join(&uid),
+        netns: (!host_network).then(|| format!("{prefix}-pod-{}", &uid[..uid.len().min(13)])),
+        uid,
+        sandbox_pid: Mutex::new(None),
+        ip: Mutex::new(None),
+        cni_result: Mutex::new(None),
+        containers: Mutex::new(HashMap::new()),
+        stop: tx,
+        started: now(),
+        reporting: tokio::sync::Mutex::new(()),
     }
 }
 
@@ -201,8 +222,9 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
         }
     }
     let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
+    super::checkpoint::save(&h);
     for c in &spec.containers {
-        tokio::spawn(supervise(k.clone(), h.clone(), c.name.clone()));
+        tokio::spawn(supervise(k.clone(), h.clone(), c.name.clone(), None));
     }
     report(&k, &h).await;
 }
@@ -310,6 +332,7 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
                     last: None,
                     restarts: 0,
                     pid: None,
+                    shim_pid: None,
                     ready: false,
                     io: None,
                 },
@@ -404,9 +427,56 @@ fn attachment(h: &PodHandle, ns: &str) -> Attachment {
     att
 }
 
+/// A container run found alive when the agent started again.
+pub struct AdoptedRun {
+    /// The run's shim, whose end is the container's end.
+    pub shim_pid: i32,
+    /// The container's pid.
+    pub pid: Option<i32>,
+    /// When the run started.
+    pub started: String,
+    /// Whether the container was Ready when last reported.
+    pub ready: bool,
+}
+
+/// The file prefix of a container's run records (`<name>.pid`, `.exit`).
+pub fn run_path(h: &PodHandle, container: &str) -> PathBuf {
+    h.dir.join(format!("{container}.run"))
+}
+
+/// Waits until process `pid` (not our child) has ended.
+async fn wait_pid(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return; // already gone
+    }
+    // SAFETY: the syscall returned a fresh fd that we now own.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open while it lives.
+    match unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    } {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        Err(_) => {
+            while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Runs one container, restarting it per `restartPolicy` with back-off
 /// (1 s doubling to 5 min; kubelet starts at 10 s, the lab is impatient).
-async fn supervise(k: Arc<Kubelet>, h: Arc<PodHandle>, name: String) {
+/// With `adopted`, the first run is one that outlived a restart of the agent.
+async fn supervise(
+    k: Arc<Kubelet>,
+    h: Arc<PodHandle>,
+    name: String,
+    mut adopted: Option<AdoptedRun>,
+) {
     let policy = h
         .pod
         .lock()
@@ -417,58 +487,80 @@ async fn supervise(k: Arc<Kubelet>, h: Arc<PodHandle>, name: String) {
         .unwrap_or_else(|| "Always".into());
     let mut backoff = Duration::from_secs(1);
     let mut stop = h.stop.subscribe();
+    let run = run_path(&h, &name);
     loop {
         if *stop.borrow() {
             return;
         }
         let spec = h.containers.lock().unwrap()[&name].spec.clone();
-        let started = now();
-        let spawned = match resolve(&spec, &k.exe) {
-            Resolved::Unrunnable(reason, msg) => {
-                set_state(&h, &name, CState::Waiting(reason, msg));
-                report(&k, &h).await;
-                return;
+        let (started, io, mut child, shim_pid, pid, ready) = match adopted.take() {
+            Some(a) => {
+                let io = Arc::new(ContainerIo {
+                    input: None,
+                    output: broadcast::channel(1).0,
+                    tty: false,
+                    log: Some(h.log_path(&name)),
+                });
+                (a.started, io, None, a.shim_pid, a.pid, a.ready)
             }
-            Resolved::Run(argv) => spawn_container(&h, &spec, &argv),
-        };
-        let (mut child, io) = match spawned {
-            Ok(x) => x,
-            Err(e) => {
-                set_state(
-                    &h,
-                    &name,
-                    CState::Waiting("RunContainerError".into(), format!("{e:#}")),
-                );
-                report(&k, &h).await;
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
+            None => {
+                let started = now();
+                let spawned = match resolve(&spec, &k.exe) {
+                    Resolved::Unrunnable(reason, msg) => {
+                        set_state(&h, &name, CState::Waiting(reason, msg));
+                        report(&k, &h).await;
+                        return;
+                    }
+                    Resolved::Run(argv) => spawn_container(&k, &h, &spec, &argv),
+                };
+                match spawned {
+                    Ok((child, io)) => {
+                        let shim = child.id().map(|p| p as i32).unwrap_or(0);
+                        let pid = container_pid(&run).await;
+                        let ready = spec.readiness_probe.is_none();
+                        (started, io, Some(child), shim, pid, ready)
+                    }
+                    Err(e) => {
+                        set_state(
+                            &h,
+                            &name,
+                            CState::Waiting("RunContainerError".into(), format!("{e:#}")),
+                        );
+                        report(&k, &h).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(300));
+                        continue;
+                    }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(300));
-                continue;
             }
         };
         {
             let mut cs = h.containers.lock().unwrap();
             let c = cs.get_mut(&name).unwrap();
-            c.pid = child.id().map(|p| p as i32);
+            c.pid = pid;
+            c.shim_pid = Some(shim_pid);
             c.io = Some(io.clone());
             c.state = CState::Running(started.clone());
-            c.ready = spec.readiness_probe.is_none();
+            c.ready = ready;
         }
+        super::checkpoint::save(&h);
         if let Some(probe) = spec.readiness_probe.clone() {
             tokio::spawn(readiness(k.clone(), h.clone(), name.clone(), probe, io));
         }
         report(&k, &h).await;
-        let status = child.wait().await;
-        let code = match status {
-            Ok(s) => s.code().unwrap_or_else(|| {
-                128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)
-            }),
-            Err(_) => 255,
-        };
+        match child.as_mut() {
+            Some(c) => {
+                let _ = c.wait().await;
+            }
+            None => wait_pid(shim_pid).await,
+        }
+        // No record means the shim was killed with its container.
+        let (code, finished) = super::shim::read_exit(&run).unwrap_or((137, now()));
         let reason = if code == 0 { "Completed" } else { "Error" };
-        let term = CState::Terminated(code, reason.into(), started, now());
+        let term = CState::Terminated(code, reason.into(), started, finished);
         let stopping = *stop.borrow();
         let restart = !stopping
             && match policy.as_str() {
@@ -480,6 +572,7 @@ async fn supervise(k: Arc<Kubelet>, h: Arc<PodHandle>, name: String) {
             let mut cs = h.containers.lock().unwrap();
             let c = cs.get_mut(&name).unwrap();
             c.pid = None;
+            c.shim_pid = None;
             c.io = None;
             c.ready = false;
             if restart {
@@ -500,6 +593,7 @@ async fn supervise(k: Arc<Kubelet>, h: Arc<PodHandle>, name: String) {
         if stopping {
             return;
         }
+        super::checkpoint::save(&h);
         report(&k, &h).await;
         if !restart {
             return;
@@ -510,6 +604,25 @@ async fn supervise(k: Arc<Kubelet>, h: Arc<PodHandle>, name: String) {
         }
         backoff = (backoff * 2).min(Duration::from_secs(300));
     }
+}
+
+/// The container's pid, once its shim has written it (or `None` when the
+/// container could not start).
+async fn container_pid(run: &Path) -> Option<i32> {
+    let pid_file = super::shim::pid_file(run);
+    let exit_file = super::shim::exit_file(run);
+    for _ in 0..2500 {
+        if let Ok(text) = std::fs::read_to_string(&pid_file)
+            && let Ok(pid) = text.trim().parse()
+        {
+            return Some(pid);
+        }
+        if exit_file.exists() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
 }
 
 /// Runs a container's readinessProbe (httpGet or tcpSocket, from the node,
@@ -667,26 +780,64 @@ pub fn command_in_pod(
     Ok((cmd, fds))
 }
 
-/// Starts a container's process in the sandbox; its output goes to the
-/// log (and to attached clients).
+/// Starts a container through its shim; its output goes to the log (and,
+/// with a tty or stdin, through us to attached clients).
 fn spawn_container(
+    k: &Kubelet,
     h: &PodHandle,
     spec: &Container,
     argv: &[String],
 ) -> anyhow::Result<(tokio::process::Child, Arc<ContainerIo>)> {
+    anyhow::ensure!(!argv.is_empty(), "empty command");
     let tty = spec.tty.unwrap_or(false);
     let wants_stdin = spec.stdin.unwrap_or(false);
-    let (mut cmd, fds) = command_in_pod(h, argv, tty, spec.working_dir.as_deref())?;
+    let sandbox = h
+        .sandbox_pid
+        .lock()
+        .unwrap()
+        .ok_or_else(|| anyhow::anyhow!("the pod's sandbox is not running"))?;
+    let run = run_path(h, &spec.name);
+    let _ = std::fs::remove_file(super::shim::pid_file(&run));
+    let _ = std::fs::remove_file(super::shim::exit_file(&run));
+    let log_path = h.log_path(&spec.name);
+    let mut cmd = Command::new(&k.exe);
+    cmd.arg("shim")
+        .arg("--sandbox-pid")
+        .arg(sandbox.to_string())
+        .arg("--run")
+        .arg(&run);
+    if let Some(dir) = &spec.working_dir {
+        cmd.args(["--workdir", dir]);
+    }
+    if tty {
+        cmd.arg("--tty");
+    }
+    let piped = tty || wants_stdin;
+    if !piped {
+        cmd.arg("--log").arg(&log_path);
+    }
+    cmd.arg("--").args(argv);
+    cmd.env_clear();
+    cmd.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    cmd.env("HOME", "/root");
+    if tty {
+        cmd.env("TERM", "xterm");
+    }
     cmd.env("HOSTNAME", spec_hostname(h));
     for e in spec.env.clone().unwrap_or_default() {
         if let Some(v) = e.value {
             cmd.env(e.name, v);
         }
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(h.log_path(&spec.name))?;
+    // The shim leads a session of its own: nothing aimed at the agent's
+    // process group reaches it, and it outlives the agent.
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
     let (output, _) = broadcast::channel(256);
     let mut input = None;
     let mut pty_master: Option<OwnedFd> = None;
@@ -697,22 +848,29 @@ fn spawn_container(
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));
         pty_master = Some(pty.master);
+    } else if wants_stdin {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
     } else {
-        cmd.stdin(if wants_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
     }
     let mut child = tokio::process::Command::from(cmd).spawn()?;
-    drop(fds);
     if let Some(master) = pty_master {
         let reader = File::from(master.try_clone()?);
         input = Some(File::from(master));
-        pump(reader, log.try_clone()?, output.clone());
-    } else {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        pump(reader, log, output.clone());
+    } else if piped {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         if let Some(stdin) = child.stdin.take() {
             input = Some(File::from(stdin.into_owned_fd()?));
         }
@@ -727,7 +885,16 @@ fn spawn_container(
             pump(File::from(err.into_owned_fd()?), log, output.clone());
         }
     }
-    Ok((child, Arc::new(ContainerIo { input, output, tty })))
+    let log = (!piped).then_some(log_path);
+    Ok((
+        child,
+        Arc::new(ContainerIo {
+            input,
+            output,
+            tty,
+            log,
+        }),
+    ))
 }
 
 fn spec_hostname(h: &PodHandle) -> String {
@@ -884,7 +1051,7 @@ async fn terminate(k: Arc<Kubelet>, h: Arc<PodHandle>, grace: i64) {
             .lock()
             .unwrap()
             .values()
-            .any(|c| c.pid.is_some())
+            .any(|c| c.shim_pid.is_some())
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -896,7 +1063,7 @@ async fn terminate(k: Arc<Kubelet>, h: Arc<PodHandle>, grace: i64) {
     confirm_deleted(k, h.namespace.clone(), h.name.clone(), h.uid.clone()).await;
 }
 
-fn teardown_sandbox(k: &Kubelet, h: &PodHandle) {
+pub(super) fn teardown_sandbox(k: &Kubelet, h: &PodHandle) {
     if let Some(ns) = &h.netns
         && let Ok(list) = ConfList::load(&super::conflist_path(&k.args))
     {

@@ -264,6 +264,54 @@ fn set_winsize(fd: i32, cols: u16, rows: u16) {
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
 
+/// A run's output from now on: its broadcast, or (when it writes straight
+/// to its log) the log followed from its current end.
+fn output_of(cio: &super::pod::ContainerIo) -> tokio::sync::mpsc::Receiver<Bytes> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    match &cio.log {
+        Some(path) => {
+            let path = path.clone();
+            tokio::spawn(async move {
+                let Ok(mut f) = tokio::fs::File::open(&path).await else {
+                    return;
+                };
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let _ = f.seek(std::io::SeekFrom::End(0)).await;
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    match f.read(&mut buf).await {
+                        Ok(0) if tx.is_closed() => return,
+                        Ok(0) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Ok(n) => {
+                            if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        None => {
+            let mut sub = cio.output.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    match sub.recv().await {
+                        Ok(d) => {
+                            if tx.send(d).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    }
+    rx
+}
+
 /// Attach: the container's output from now on, and our input to its tty
 /// or stdin, until it exits.
 async fn attach(
@@ -279,7 +327,7 @@ async fn attach(
         c.io.clone()
             .ok_or_else(|| err(format!("container {} is not running", req.container)))?
     };
-    let mut out = cio.output.subscribe();
+    let mut out = output_of(&cio);
     let mut input = match &cio.input {
         Some(f) => Some(f.try_clone().map_err(err)?),
         None => None,
@@ -292,9 +340,8 @@ async fn attach(
     loop {
         tokio::select! {
             data = out.recv() => match data {
-                Ok(d) => { let _ = io.stdout.send(d).await; }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => break,
+                Some(d) => { let _ = io.stdout.send(d).await; }
+                None => break,
             },
             data = io.stdin.recv(), if input.is_some() => match data {
                 Some(d) => { if let Some(f) = input.as_mut() { let _ = f.write_all(&d); } }
@@ -307,7 +354,7 @@ async fn attach(
                 let ended = h.containers.lock().unwrap().get(&req.container)
                     .is_none_or(|c| !c.io.as_ref().is_some_and(|x| Arc::ptr_eq(x, &cio)));
                 if ended {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(150)).await;
                     while let Ok(d) = out.try_recv() {
                         let _ = io.stdout.send(d).await;
                     }

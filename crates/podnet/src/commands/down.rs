@@ -25,11 +25,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Removes everything of lab `name`.
 pub fn teardown(name: &str, rec: Option<&LabRecord>) {
     if let Some(rec) = rec {
-        let pids = rec
-            .nodes
-            .iter()
-            .filter_map(|n| n.agent_pid)
-            .chain(rec.daemon_pid);
+        // The daemon first: it would start the agents again.
+        let pids = rec.daemon_pid.into_iter().chain(
+            rec.nodes
+                .iter()
+                .filter_map(|n| lab::agents::pid(name, &n.name)),
+        );
         for pid in pids {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),

@@ -35,7 +35,7 @@ pub fn run(_: Args) -> anyhow::Result<()> {
                 "  {:<24} {:<14} agent {}",
                 n.name,
                 n.ip,
-                if lab::alive(n.agent_pid) {
+                if lab::alive(lab::agents::pid(&rec.name, &n.name)) {
                     "running"
                 } else {
                     "NOT running"

@@ -1,6 +1,5 @@
 //! `podnet up`: bring a lab cluster up, or report the one already up.
 
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -50,7 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--name must be 1-20 characters of a-z, 0-9 and '-'");
     }
     if let Some(rec) = LabRecord::load(&args.name) {
-        if lab::alive(rec.daemon_pid) && rec.nodes.iter().all(|n| lab::alive(n.agent_pid)) {
+        if lab::alive(rec.daemon_pid) {
             println!("Lab {:?} is already up.", args.name);
             print_usage(&rec);
             return Ok(());
@@ -103,7 +102,6 @@ fn bring_up(
         nodes.push(NodeRecord {
             name: name.clone(),
             ip: lab::node_ip(i),
-            agent_pid: None,
         });
     }
     let api_port = free_port()?;
@@ -121,7 +119,15 @@ fn bring_up(
     };
     rec.save()?;
 
-    step("starting the API server and controllers in the control-plane node");
+    let cni_bin = state.join("cni-bin");
+    std::fs::create_dir_all(&cni_bin)?;
+    let plugin = cni_bin.join("podnet");
+    let _ = std::fs::remove_file(&plugin);
+    std::os::unix::fs::symlink(exe_dir.join("podnet-cni"), &plugin)?;
+
+    step(
+        "starting the API server, the controllers and a podnet agent (kubelet, routes, proxy, policy) per node",
+    );
     let mut daemon = Command::new(exe_dir.join("podnet"));
     daemon
         .arg("lab-daemon")
@@ -131,6 +137,12 @@ fn bring_up(
             &names[0],
             "--advertise",
             &lab::node_ip(0).to_string(),
+        ])
+        .args([
+            "--encap",
+            args.encap.as_str(),
+            "--proxy-mode",
+            &args.proxy_mode,
         ]);
     for n in names {
         daemon.args(["--node", n]);
@@ -143,39 +155,6 @@ fn bring_up(
     rec.save()?;
     wait_for(|| state.join("ready").exists(), Duration::from_secs(30))
         .context("the API server did not come up (see logs/control-plane.log)")?;
-
-    step("starting a podnet agent (kubelet, routes, proxy) in every node");
-    let cni_bin = state.join("cni-bin");
-    std::fs::create_dir_all(&cni_bin)?;
-    let plugin = cni_bin.join("podnet");
-    let _ = std::fs::remove_file(&plugin);
-    std::os::unix::fs::symlink(exe_dir.join("podnet-cni"), &plugin)?;
-    for node in rec.nodes.iter_mut() {
-        let dir = state.join("nodes").join(&node.name);
-        let ns = std::fs::File::open(Path::new("/run/netns").join(&node.name))?;
-        let mut agent = podnet_kernel::netns::command_in(ns.as_fd(), exe_dir.join("podnet-agent"));
-        agent
-            .args(["--node", &node.name, "--node-ip", &node.ip.to_string()])
-            .args([
-                "--kubeconfig",
-                &dir.join("kubeconfig").display().to_string(),
-            ])
-            .args(["--state-dir", &dir.display().to_string()])
-            .args(["--encap", args.encap.as_str()])
-            .args(["--lab", &args.name])
-            .args(["--proxy-mode", &args.proxy_mode])
-            .args(["--cni-path", &format!("{}:/usr/lib/cni", cni_bin.display())])
-            .args([
-                "--kubelet-token-file",
-                // The token the API server shows node endpoints, in its own state.
-                &state
-                    .join("apiserver/kubelet-client.token")
-                    .display()
-                    .to_string(),
-            ]);
-        node.agent_pid = Some(spawn_detached(agent, &dir.join("agent.log"))?);
-    }
-    rec.save()?;
 
     step("writing the kubeconfig");
     let lab_config = state.join("kubeconfig");

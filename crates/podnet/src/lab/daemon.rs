@@ -31,6 +31,12 @@ pub struct Args {
     /// The podnet-dns binary the cluster DNS pods run.
     #[arg(long)]
     dns_binary: PathBuf,
+    /// The agents' encapsulation (`vxlan` or `host-gw`).
+    #[arg(long)]
+    encap: String,
+    /// The agents' proxy backend.
+    #[arg(long)]
+    proxy_mode: String,
 }
 
 /// The API server's port inside the control-plane node.
@@ -137,6 +143,42 @@ async fn ensure_cluster_dns(
     Ok(())
 }
 
+/// Restarts a node's agent when its pod is deleted, as deleting a
+/// DaemonSet's pod does on a real cluster: the old agent stops, its pod is
+/// removed, and the supervisor starts a new agent, which registers a new pod.
+async fn restart_deleted_agents(client: kube::Client, lab: String) {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, "kube-system");
+    let cfg = watcher::Config::default().labels("k8s-app=podnet");
+    let stream = watcher(pods.clone(), cfg)
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        let Ok(pod) = ev else { continue };
+        if pod.metadata.deletion_timestamp.is_none() {
+            continue;
+        }
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        tracing::info!(%node, "agent pod deleted: restarting the agent");
+        let (lab2, node2) = (lab.clone(), node.clone());
+        let _ = tokio::task::spawn_blocking(move || super::agents::restart(&lab2, &node2)).await;
+        let mut dp = kube::api::DeleteParams::default().grace_period(0);
+        dp.preconditions = Some(kube::api::Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        });
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if let Err(e) = pods.delete(&name, &dp).await {
+            tracing::warn!(%node, error = %e, "removing the old agent pod");
+        }
+    }
+}
+
 /// The user's kubeconfig: cluster, user and context all named
 /// `podnet-<lab>`, as kind names its `kind-<name>` entries, so merging it
 /// into `~/.kube/config` gives one obvious context.
@@ -211,12 +253,28 @@ async fn serve(args: Args, host_listener: std::net::TcpListener) -> anyhow::Resu
         &dns_token,
     )?;
     ensure_cluster_dns(&client, &args.dns_binary, &dns_kubeconfig).await?;
+    let admin = client.clone();
     tokio::spawn(async move {
         let config = podnet_controllers::ControllersConfig::default();
         if let Err(e) = podnet_controllers::run(client, config).await {
             tracing::error!(error = %e, "controllers stopped");
         }
     });
+
+    // The node agents, supervised as a DaemonSet's pods would be.
+    let agents = super::agents::AgentConfig {
+        lab: args.name.clone(),
+        encap: args.encap.clone(),
+        proxy_mode: args.proxy_mode.clone(),
+        exe_dir: std::env::current_exe()?
+            .parent()
+            .context("no directory for the podnet binary")?
+            .to_path_buf(),
+    };
+    for (i, node) in args.nodes.iter().enumerate() {
+        super::agents::supervise(agents.clone(), node.clone(), i);
+    }
+    tokio::spawn(restart_deleted_agents(admin.clone(), args.name.clone()));
 
     let listener = tokio::net::TcpListener::from_std(host_listener)?;
     std::fs::write(state.join("ready"), b"")?;

@@ -3,6 +3,7 @@
 //! `<lab>-underlay`, `<lab>-pod-*`) and recorded under its state directory,
 //! so `down` (or the next `up`) can remove all of it, even after `kill -9`.
 
+pub mod agents;
 pub mod daemon;
 pub mod topology;
 
@@ -41,8 +42,6 @@ pub struct NodeRecord {
     pub name: String,
     /// Its address on the underlay.
     pub ip: Ipv4Addr,
-    /// The agent's pid, once started.
-    pub agent_pid: Option<i32>,
 }
 
 /// What `up` made, kept in `<state>/lab.json`.

@@ -1,0 +1,153 @@
+//! A container's shim: the small process between the kubelet and a
+//! container, as containerd's shim is. It starts the container inside the
+//! pod's sandbox, waits for it, and writes its exit code to a file. The
+//! shim, not the agent, is the container's parent, so a restarted agent
+//! finds its containers still running and still learns how they ended.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+
+use crate::node::now;
+
+/// Arguments of `podnet-agent shim`.
+#[derive(clap::Args, Debug)]
+pub struct ShimArgs {
+    /// The pod's sandbox process, whose namespaces the container joins.
+    #[arg(long)]
+    pub sandbox_pid: i32,
+    /// Where the container's stdout and stderr go; without it they are the
+    /// shim's own (the kubelet's pipes or terminal, for attach).
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// File prefix of the run's records: `<run>.pid` and `<run>.exit`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Working directory inside the container.
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Make stdin the container's controlling terminal.
+    #[arg(long)]
+    pub tty: bool,
+    /// The container's command.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub argv: Vec<String>,
+}
+
+/// The file holding the container's pid while it runs.
+pub fn pid_file(run: &Path) -> PathBuf {
+    run.with_extension("pid")
+}
+
+/// The file holding the container's exit code (and when it ended).
+pub fn exit_file(run: &Path) -> PathBuf {
+    run.with_extension("exit")
+}
+
+/// Reads a run's exit record: the code and the RFC 3339 time it ended.
+pub fn read_exit(run: &Path) -> Option<(i32, String)> {
+    let text = std::fs::read_to_string(exit_file(run)).ok()?;
+    let mut it = text.split_whitespace();
+    let code = it.next()?.parse().ok()?;
+    Some((code, it.next().unwrap_or_default().to_string()))
+}
+
+/// Writes `data` to `path` by rename, so a reader sees all of it or none.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    drop(f);
+    std::fs::rename(tmp, path)
+}
+
+/// Starts the container, records its pid, waits, records its exit code.
+pub fn run(args: ShimArgs) -> anyhow::Result<()> {
+    // The kubelet may die and its pipes with it: the shim must outlive it.
+    // SAFETY: setting signal dispositions to ignore is always sound.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let _ = std::fs::remove_file(exit_file(&args.run));
+    let open = |k: &str| -> anyhow::Result<OwnedFd> {
+        let f = std::fs::File::open(format!("/proc/{}/ns/{k}", args.sandbox_pid))
+            .with_context(|| format!("the pod's sandbox ({}) is gone", args.sandbox_pid))?;
+        Ok(OwnedFd::from(f))
+    };
+    let fds = [open("net")?, open("uts")?, open("mnt")?];
+    let raw = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
+    let workdir = args
+        .workdir
+        .as_deref()
+        .map(std::ffi::CString::new)
+        .transpose()
+        .context("workingDir")?;
+    let mut cmd = Command::new(&args.argv[0]);
+    cmd.args(&args.argv[1..]);
+    if let Some(log) = &args.log {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(f.try_clone()?))
+            .stderr(Stdio::from(f));
+    }
+    let tty = args.tty;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            super::sandbox::enter_pre_exec(&raw)?;
+            if let Some(dir) = &workdir
+                && libc::chdir(dir.as_ptr()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            libc::setsid();
+            if tty {
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+            }
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
+    drop(fds);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            // The container never ran: 127/126 as a shell reports it.
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            eprintln!("podnet: cannot run {:?}: {e}", args.argv[0]);
+            write_atomic(
+                &exit_file(&args.run),
+                format!("{code} {}\n", now()).as_bytes(),
+            )?;
+            return Ok(());
+        }
+    };
+    write_atomic(&pid_file(&args.run), format!("{}\n", child.id()).as_bytes())?;
+    let status = child.wait()?;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    write_atomic(
+        &exit_file(&args.run),
+        format!("{code} {}\n", now()).as_bytes(),
+    )?;
+    Ok(())
+}
