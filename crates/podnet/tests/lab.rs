@@ -247,7 +247,8 @@ fn scenario(encap: &str) {
         "{server_ip} still allocated: {held:?}"
     );
     let ps = std::process::Command::new("pgrep")
-        .args(["-f", "netexec --http-port=8080"])
+        // The container itself, not its shim (whose command line names it).
+        .args(["-f", "^[^ ]+ image agnhost netexec --http-port=8080"])
         .output()
         .unwrap();
     let left = String::from_utf8_lossy(&ps.stdout).lines().count();
