@@ -15,6 +15,55 @@ use tokio::sync::mpsc;
 use crate::AgentArgs;
 use crate::watch::{self, Update};
 
+/// The lab's service CIDR (the `kubernetes` service is its first address).
+const LAB_SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// A proxy needs the node to route service addresses somewhere (a real
+/// node's default route does): a connection from the node itself is
+/// routed before the `output` hook translates it, so without a route it
+/// fails with "network unreachable" before the proxy sees it. A lab node
+/// has no default route (nothing of the lab may leave it), so in the lab
+/// the agent adds an on-link route for the service CIDR on the node's own
+/// link; translated packets are re-routed to their endpoint, and a
+/// service without endpoints is refused in the `output` hook.
+fn ensure_service_route(node_ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let routed = std::process::Command::new("ip")
+        .args(["route", "get", "10.96.0.1"])
+        .output()
+        .context("run ip (iproute2)")?
+        .status
+        .success();
+    if routed {
+        return Ok(());
+    }
+    let out = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "to", &node_ip.to_string()])
+        .output()
+        .context("run ip (iproute2)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dev = text
+        .split_whitespace()
+        .nth(1)
+        .with_context(|| format!("no link holds the node address {node_ip}"))?;
+    let out = std::process::Command::new("ip")
+        .args(["route", "replace", LAB_SERVICE_CIDR, "dev", dev, "src"])
+        .arg(node_ip.to_string())
+        .output()
+        .context("run ip (iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip route replace {LAB_SERVICE_CIDR} dev {dev}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    tracing::info!(
+        cidr = LAB_SERVICE_CIDR,
+        dev,
+        "route to the service CIDR added"
+    );
+    Ok(())
+}
+
 enum Backend {
     Nft(NftProxy),
     Iptables(IptablesProxy),
@@ -36,6 +85,11 @@ pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
         if let Err(e) = std::fs::write(format!("/proc/sys/{k}"), v) {
             tracing::warn!(sysctl = k, error = %e, "cannot set");
         }
+    }
+    if !args.lab.is_empty()
+        && let Err(e) = ensure_service_route(args.node_ip)
+    {
+        tracing::warn!(error = %e, "no route to the service CIDR; the node itself cannot reach ClusterIPs");
     }
     let node = NodeFacts {
         node_name: args.node.clone(),
