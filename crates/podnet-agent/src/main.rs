@@ -7,6 +7,7 @@
 
 mod images;
 mod kubelet;
+mod metrics;
 mod node;
 mod policy;
 mod proxy;
@@ -65,6 +66,10 @@ pub struct AgentArgs {
     /// (kube-proxy's chains, through iptables-restore).
     #[arg(long, default_value = "nftables")]
     pub proxy_mode: String,
+    /// Where `/metrics` listens (in the node's network namespace):
+    /// NetworkPolicy drop counters per pod, direction and policy.
+    #[arg(long, default_value = "0.0.0.0:9101")]
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -131,12 +136,14 @@ async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let proxy = tokio::spawn(proxy::run(client.clone(), args.clone()));
     let policy = tokio::spawn(policy::run(client.clone(), args.clone(), pod_cidr));
     let kubelet = tokio::spawn(kubelet::run(client.clone(), args.clone()));
+    let metrics = tokio::spawn(metrics::serve(args.metrics_addr));
     tokio::select! {
         r = heartbeat => r??,
         r = routes => r??,
         r = proxy => r??,
         r = policy => r??,
         r = kubelet => r??,
+        r = metrics => r??,
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! gone: isolated pods stay isolated (fail closed).
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -18,6 +19,27 @@ use tokio::sync::mpsc;
 use crate::AgentArgs;
 use crate::watch::{self, Update};
 
+/// The node's applier, shared with the `/metrics` endpoint: counters are
+/// read from the kernel and attributed with the state it last applied.
+static APPLIER: OnceLock<Mutex<PolicyApplier<'static>>> = OnceLock::new();
+
+/// The policy drop counters as Prometheus text. Before the first sync
+/// there is no table to read: only the help and type lines.
+pub fn metrics() -> anyhow::Result<String> {
+    if let Some(applier) = APPLIER.get() {
+        let applier = applier.lock().unwrap_or_else(|e| e.into_inner());
+        if applier.applied().is_some() {
+            return Ok(applier.metrics()?);
+        }
+    }
+    let empty = podnet_core::policy::render_drop_metrics(&Default::default(), &Default::default());
+    Ok(empty
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect())
+}
+
 enum Change {
     Pod(Update<Pod>),
     Namespace(Update<Namespace>),
@@ -30,7 +52,7 @@ pub async fn run(client: kube::Client, args: AgentArgs, pod_cidr: Ipv4Net) -> an
         node_name: args.node.clone(),
         pod_cidrs: vec![pod_cidr],
     };
-    let mut applier = PolicyApplier::new(nft::Namespace::Current);
+    let applier = APPLIER.get_or_init(|| Mutex::new(PolicyApplier::new(nft::Namespace::Current)));
     let (tx, mut rx) = mpsc::unbounded_channel();
     watch::spawn(Api::<Pod>::all(client.clone()), tx.clone(), Change::Pod);
     watch::spawn(
@@ -63,7 +85,13 @@ pub async fn run(client: kube::Client, args: AgentArgs, pod_cidr: Ipv4Net) -> an
                 continue;
             }
         };
-        if let Err(e) = tokio::task::block_in_place(|| applier.sync(&state)) {
+        let synced = tokio::task::block_in_place(|| {
+            applier
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sync(&state)
+        });
+        if let Err(e) = synced {
             tracing::error!(error = %e, "policy sync failed");
         }
     }

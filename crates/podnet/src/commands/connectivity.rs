@@ -37,9 +37,13 @@ pub struct Args {
     /// Kubeconfig (default: $KUBECONFIG or ~/.kube/config).
     #[arg(long)]
     pub kubeconfig: Option<std::path::PathBuf>,
-    /// Probes run at once.
+    /// Client pods probing at once (each runs its whole row at once).
     #[arg(long, default_value_t = 16)]
     pub parallel: usize,
+    /// Seconds a probe waits for an answer; a probe that fails is tried
+    /// once more with twice this.
+    #[arg(long, default_value_t = 1)]
+    pub timeout: u64,
 }
 
 /// Runs `podnet connectivity`; exits non-zero when `--expect` finds a
@@ -115,32 +119,67 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         })
         .collect();
 
-    // Every cell, probed from inside the client pod.
+    // Every cell, probed from inside the client pod: one exec per client
+    // pod runs all of its row's probes at once (an exec costs far more than
+    // a probe); cells that fail are probed once more with a longer timeout,
+    // so a slow answer under load is not mistaken for a refusal.
     let keys = expected.pods.clone();
-    let mut jobs = Vec::new();
-    for (f, from) in keys.iter().enumerate() {
-        for (t, to) in keys.iter().enumerate() {
-            for (pi, probe) in probes.iter().enumerate() {
-                let ip = ip_of[&(to.namespace.clone(), to.name.clone())].clone();
-                jobs.push((f, t, pi, from.clone(), ip, *probe));
-            }
-        }
-    }
-    let client = Arc::new(client);
-    let results: Vec<(usize, usize, usize, bool)> = futures::stream::iter(jobs)
-        .map(|(f, t, pi, from, ip, probe)| {
-            let client = client.clone();
-            async move {
-                let ok = probe_one(&client, &from.namespace, &from.name, &ip, probe).await;
-                (f, t, pi, ok)
-            }
+    let targets: Vec<String> = keys
+        .iter()
+        .map(|to| ip_of[&(to.namespace.clone(), to.name.clone())].clone())
+        .collect();
+    let containers: HashMap<(String, String), String> = pods
+        .iter()
+        .filter_map(|p| {
+            Some((
+                (p.metadata.namespace.clone()?, p.metadata.name.clone()?),
+                p.spec.as_ref()?.containers.first()?.name.clone(),
+            ))
         })
-        .buffer_unordered(args.parallel.max(1))
-        .collect()
-        .await;
-    let mut probed = Matrix::new(keys, probes.clone());
-    for (f, t, pi, ok) in results {
-        probed.set(f, t, pi, ok);
+        .collect();
+    let client = Arc::new(client);
+    let mut probed = Matrix::new(keys.clone(), probes.clone());
+    let all: Vec<(usize, usize)> = (0..keys.len())
+        .flat_map(|t| (0..probes.len()).map(move |p| (t, p)))
+        .collect();
+    let mut todo: Vec<(usize, Vec<(usize, usize)>)> =
+        (0..keys.len()).map(|f| (f, all.clone())).collect();
+    for timeout in [args.timeout, args.timeout * 2] {
+        let rows: Vec<anyhow::Result<(usize, Vec<((usize, usize), bool)>)>> =
+            futures::stream::iter(todo.into_iter().filter(|(_, cells)| !cells.is_empty()))
+                .map(|(f, cells)| {
+                    let client = client.clone();
+                    let from = keys[f].clone();
+                    let container = containers
+                        .get(&(from.namespace.clone(), from.name.clone()))
+                        .cloned()
+                        .unwrap_or_default();
+                    let jobs: Vec<(String, Probe)> = cells
+                        .iter()
+                        .map(|&(t, p)| (targets[t].clone(), probes[p]))
+                        .collect();
+                    async move {
+                        let ok = probe_row(&client, &from, &container, &jobs, timeout)
+                            .await
+                            .with_context(|| format!("probing from {from}"))?;
+                        Ok((f, cells.into_iter().zip(ok).collect()))
+                    }
+                })
+                .buffer_unordered(args.parallel.max(1))
+                .collect()
+                .await;
+        todo = Vec::new();
+        for row in rows {
+            let (f, cells) = row?;
+            let mut again = Vec::new();
+            for ((t, p), ok) in cells {
+                probed.set(f, t, p, ok);
+                if !ok {
+                    again.push((t, p));
+                }
+            }
+            todo.push((f, again));
+        }
     }
     let mismatches = if args.expect {
         expected.mismatches(&probed)
@@ -182,37 +221,80 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One real connection from a pod: TCP connect, or a UDP message that
-/// must be answered.
-async fn probe_one(client: &kube::Client, ns: &str, pod: &str, ip: &str, probe: Probe) -> bool {
-    let cmd = match probe.proto {
-        Proto::Tcp => format!("nc -z -w 1 {ip} {} 2>/dev/null", probe.port),
+/// The shell command of one real connection from a pod: a TCP (or SCTP)
+/// connect, or a UDP message that must be answered (an echo server, as
+/// agnhost netexec's UDP port).
+fn probe_command(ip: &str, probe: Probe, timeout: u64) -> String {
+    match probe.proto {
+        Proto::Tcp => format!("nc -z -w {timeout} {ip} {}", probe.port),
         Proto::Udp => format!(
-            "echo hostname | nc -u -w 1 {ip} {} 2>/dev/null | grep -q .",
+            "echo hostname | nc -u -w {timeout} {ip} {} | grep -q .",
             probe.port
         ),
-        Proto::Sctp => format!("nc --sctp -z -w 1 {ip} {} 2>/dev/null", probe.port),
-    };
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    // kube-rs wants one stream; stderr carries nothing here (output is
-    // discarded in the shell), so the exit status is all that is read.
-    let params = AttachParams::default()
-        .stdout(false)
-        .stderr(true)
+        Proto::Sctp => format!("nc --sctp -z -w {timeout} {ip} {}", probe.port),
+    }
+}
+
+/// Runs `jobs` (destination, probe) from inside `from`, all at once, in one
+/// exec; returns whether each connected, in order. An exec that cannot run
+/// or answers nonsense is an error, never a refused cell.
+async fn probe_row(
+    client: &kube::Client,
+    from: &podnet_core::policy::PodKey,
+    container: &str,
+    jobs: &[(String, Probe)],
+    timeout: u64,
+) -> anyhow::Result<Vec<bool>> {
+    let mut script = String::new();
+    for (i, (ip, probe)) in jobs.iter().enumerate() {
+        script.push_str(&format!(
+            "( if {} >/dev/null 2>&1; then echo {i}=1; else echo {i}=0; fi ) &\n",
+            probe_command(ip, *probe, timeout)
+        ));
+    }
+    script.push_str("wait\n");
+    let api: Api<Pod> = Api::namespaced(client.clone(), &from.namespace);
+    let mut params = AttachParams::default()
+        .stdout(true)
+        .stderr(false)
         .stdin(false);
-    let mut proc = match api.exec(pod, vec!["sh", "-c", cmd.as_str()], &params).await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("probe from {ns}/{pod} could not run: {e}");
-            return false;
-        }
-    };
+    if !container.is_empty() {
+        params = params.container(container);
+    }
+    let mut proc = api
+        .exec(&from.name, vec!["sh", "-c", script.as_str()], &params)
+        .await
+        .context("exec")?;
+    let mut out = Vec::new();
+    if let Some(mut stdout) = proc.stdout() {
+        use tokio::io::AsyncReadExt;
+        stdout
+            .read_to_end(&mut out)
+            .await
+            .context("reading output")?;
+    }
     let status = match proc.take_status() {
         Some(s) => s.await,
         None => None,
     };
     let _ = proc.join().await;
-    status.and_then(|s| s.status).as_deref() == Some("Success")
+    let mut ok: Vec<Option<bool>> = vec![None; jobs.len()];
+    for line in String::from_utf8_lossy(&out).lines() {
+        if let Some((i, v)) = line.trim().split_once('=')
+            && let Ok(i) = i.parse::<usize>()
+            && i < ok.len()
+        {
+            ok[i] = Some(v == "1");
+        }
+    }
+    if ok.iter().any(Option::is_none) {
+        anyhow::bail!(
+            "the probe script did not report every probe (status {:?}; output {:?}); does the pod have sh and nc?",
+            status.and_then(|s| s.message),
+            String::from_utf8_lossy(&out)
+        );
+    }
+    Ok(ok.into_iter().map(|v| v == Some(true)).collect())
 }
 
 /// Rows from, columns to, ✔/✘ per probe; with the model, a `!` marks a

@@ -1,0 +1,50 @@
+//! The agent's `/metrics` endpoint (Prometheus text format). Why: "which
+//! policy dropped this?" must be answerable from a scrape, per pod and
+//! direction, without shelling into the node to read nft counters.
+//!
+//! Counters are read from the kernel on each scrape (the kernel is the only
+//! place they exist) and attributed with the policy state last applied.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+/// Serves `GET /metrics` on `addr` (inside the node's network namespace)
+/// until the agent ends.
+pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+    let router = Router::new().route("/metrics", get(metrics));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+    tracing::info!(%addr, "serving /metrics");
+    axum::serve(listener, router)
+        .await
+        .context("serving /metrics")
+}
+
+async fn metrics() -> impl IntoResponse {
+    match tokio::task::spawn_blocking(crate::policy::metrics).await {
+        Ok(Ok(text)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            text,
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading policy counters");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "text/plain")],
+                format!("reading policy counters: {e}\n"),
+            )
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("{e}\n"),
+        ),
+    }
+}
