@@ -46,6 +46,10 @@ pub struct Args {
     pub timeout: u64,
 }
 
+/// One client pod's probed cells: its row, and per (column, probe) whether
+/// the connection was made.
+type Row = (usize, Vec<((usize, usize), bool)>);
+
 /// Runs `podnet connectivity`; exits non-zero when `--expect` finds a
 /// disagreement.
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -145,7 +149,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     let mut todo: Vec<(usize, Vec<(usize, usize)>)> =
         (0..keys.len()).map(|f| (f, all.clone())).collect();
     for timeout in [args.timeout, args.timeout * 2] {
-        let rows: Vec<anyhow::Result<(usize, Vec<((usize, usize), bool)>)>> =
+        let rows: Vec<anyhow::Result<Row>> =
             futures::stream::iter(todo.into_iter().filter(|(_, cells)| !cells.is_empty()))
                 .map(|(f, cells)| {
                     let client = client.clone();
