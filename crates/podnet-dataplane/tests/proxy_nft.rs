@@ -474,3 +474,77 @@ fn stale_affinity_is_never_honoured_when_switched_off_deleted_or_not_live() {
         affinity_entries(&lab)
     );
 }
+
+#[test]
+fn port_updates_converge_with_a_full_resync() {
+    let lab = three_pods();
+    let mut proxy = NftProxy::new(lab.target());
+    let svcs: Vec<ServicePortPlan> = (0..20)
+        .map(|i| {
+            let eps: Vec<_> = (0..(i % 3 + 1)).map(|j| (&lab.pods[j], 8080)).collect();
+            service(&format!("s{i}"), &format!("10.96.1.{}", i + 1), 80, &eps)
+        })
+        .collect();
+    proxy.sync(&state(svcs.clone())).unwrap();
+    let mut current = state(svcs.clone());
+    let mut step = |proxy: &mut NftProxy, changed: Vec<ServicePortPlan>, gone: Vec<usize>| {
+        let mut changes: Vec<_> = changed
+            .iter()
+            .map(|p| (p.name.clone(), Some(p.clone())))
+            .collect();
+        for i in gone {
+            changes.push((svcs[i].name.clone(), None));
+        }
+        for (n, p) in &changes {
+            match p {
+                Some(p) => current.ports.insert(n.clone(), p.clone()),
+                None => current.ports.remove(n),
+            };
+        }
+        proxy.update(changes).unwrap();
+        current.clone()
+    };
+    // a new endpoint count (bucket 4 appears), affinity on, a NodePort
+    let mut a = svcs[0].clone();
+    a.endpoints = (0..3).map(|j| service_ep(&lab, j)).collect();
+    a.endpoints.push(service_ep_addr("10.244.1.77"));
+    a.affinity_timeout = Some(30);
+    a.node_port = Some(30080);
+    step(&mut proxy, vec![a.clone()], vec![]);
+    // affinity off, another service empty, one deleted
+    a.affinity_timeout = None;
+    let mut b = svcs[1].clone();
+    b.endpoints.clear();
+    step(&mut proxy, vec![a.clone(), b], vec![5]);
+    // a dual-stack service comes (the ip6 table appears) and goes again
+    let mut v6 = svcs[2].clone();
+    v6.cluster_ips.push("fd00:10:96::2".parse().unwrap());
+    step(&mut proxy, vec![v6], vec![]);
+    let mut c = svcs[2].clone();
+    c.external_ips = vec!["192.0.2.2".parse().unwrap()];
+    c.external_local = true;
+    let last = step(&mut proxy, vec![c], vec![]);
+
+    let incremental = normalized_table(&lab.node_a, "ip");
+    let tables = sh(&lab.node_a, &["nft", "list", "tables"]);
+    assert!(!tables.contains("ip6 podnet-proxy"), "{tables}");
+    let mut fresh = NftProxy::new(lab.target());
+    fresh.full_sync(&last).unwrap();
+    assert_eq!(incremental, normalized_table(&lab.node_a, "ip"));
+}
+
+fn service_ep(lab: &Lab, i: usize) -> podnet_core::proxy::Endpoint {
+    podnet_core::proxy::Endpoint {
+        addr: lab.pods[i].ip,
+        port: 8080,
+        local: true,
+    }
+}
+
+fn service_ep_addr(a: &str) -> podnet_core::proxy::Endpoint {
+    podnet_core::proxy::Endpoint {
+        addr: a.parse().unwrap(),
+        port: 8080,
+        local: false,
+    }
+}

@@ -11,7 +11,7 @@ pub mod iptables;
 pub mod nft;
 mod plan;
 
-pub use plan::{PlanProblem, ProxyPlan, plan};
+pub use plan::{PlanProblem, ProxyPlan, SERVICE_NAME_LABEL, plan, plan_service};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -28,7 +28,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{Endpoint, Family, ProxyState};
+use super::{Endpoint, Family, ProxyState, ServicePortPlan};
 
 /// The name of podnet's proxy table (in families `ip` and `ip6`).
 pub const TABLE: &str = "podnet-proxy";
@@ -441,14 +441,9 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
     // address, and the applier runs libnftables in process: so IPv6 gets
     // no recorded (nor deleted) affinity entries: affinity is IPv4 only.
     let writable = family == Family::V4;
-    let mut record = Vec::new();
+    let record = affinity_record_rules(family, affinity.keys().copied());
     let mut stale = Vec::new();
     for proto in PROTOCOLS.iter().filter(|_| writable) {
-        record.push(format!(
-            "meta l4proto {proto} ct original {fam} daddr . meta l4proto . ct original proto-dst @affinity-on \
-             ct original {fam} daddr . meta l4proto . ct original proto-dst . {fam} daddr . {proto} dport != @affinity-live \
-             jump affinity-stale"
-        ));
         stale.push(format!(
             "meta l4proto {proto} delete @affinity-{proto} {{ {fam} saddr . ct original {fam} daddr . meta l4proto . ct original proto-dst : {fam} daddr . {proto} dport }}"
         ));
@@ -461,14 +456,6 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
             rules: stale,
         },
     );
-    for t in affinity.keys().filter(|_| writable) {
-        for proto in PROTOCOLS {
-            record.push(format!(
-                "meta l4proto {proto} ct original {fam} daddr . meta l4proto . ct original proto-dst @affinity-{t} \
-                 update @affinity-{proto} {{ {fam} saddr . ct original {fam} daddr . meta l4proto . ct original proto-dst timeout {t}s : {fam} daddr . {proto} dport }}"
-            ));
-        }
-    }
     chains.insert(
         "affinity-record".into(),
         NftChain {
@@ -505,6 +492,33 @@ fn build(state: &ProxyState, family: Family, with_elements: bool) -> NftTable {
         sets,
         chains,
     }
+}
+
+/// The rules of `affinity-record` for the affinity timeouts in use: the
+/// guard against entries pointing at endpoints no longer live, then one
+/// recording rule per timeout and protocol (none for IPv6, see `build`).
+fn affinity_record_rules(family: Family, timeouts: impl Iterator<Item = u32>) -> Vec<String> {
+    if family != Family::V4 {
+        return Vec::new();
+    }
+    let fam = family.nft_family();
+    let mut record = Vec::new();
+    for proto in PROTOCOLS {
+        record.push(format!(
+            "meta l4proto {proto} ct original {fam} daddr . meta l4proto . ct original proto-dst @affinity-on \
+             ct original {fam} daddr . meta l4proto . ct original proto-dst . {fam} daddr . {proto} dport != @affinity-live \
+             jump affinity-stale"
+        ));
+    }
+    for t in timeouts {
+        for proto in PROTOCOLS {
+            record.push(format!(
+                "meta l4proto {proto} ct original {fam} daddr . meta l4proto . ct original proto-dst @affinity-{t} \
+                 update @affinity-{proto} {{ {fam} saddr . ct original {fam} daddr . meta l4proto . ct original proto-dst timeout {t}s : {fam} daddr . {proto} dport }}"
+            ));
+        }
+    }
+    record
 }
 
 /// Sets whose elements the packet path writes, which a plan never lists
@@ -806,6 +820,226 @@ pub fn diff_states(
             skeleton.sets.get("hairpin").unwrap_or(&empty),
         );
     }
+    d
+}
+
+/// What of a table's skeleton the service ports need, counted: bucket
+/// chains and maps (per endpoint count and Local variant), affinity
+/// timeout sets and hairpin elements. Each is shared by many ports, so a
+/// change adds or removes one only when its count leaves or reaches zero;
+/// kept by an applier so that one change costs the same at 10 or 10,000
+/// services (no walk over every port to rebuild the skeleton).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    refs: BTreeMap<String, usize>,
+}
+
+/// Shape keys: `chain <name>`, `maps <bucket>` (its per-protocol maps),
+/// `set affinity-<T>`, `hairpin <element>`.
+fn port_shape(sp: &ServicePortPlan, family: Family) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut bucket = |nodeports: bool, n: usize, local: bool| {
+        if n == 0 {
+            return;
+        }
+        let name = if nodeports {
+            format!("nodeports-{n}")
+        } else {
+            format!("ips-{n}")
+        };
+        out.push(format!("maps {name}"));
+        out.push(if local {
+            format!("chain {name}-local")
+        } else {
+            format!("chain {name}")
+        });
+    };
+    let cluster_n = sp.cluster_endpoints(family).len();
+    let external_n = sp.external_endpoints(family).len();
+    let cluster_ip = sp.cluster_ip(family);
+    if cluster_ip.is_some() {
+        bucket(false, cluster_n, false);
+    }
+    for ip in sp.external_ips.iter().filter(|a| Family::of(a) == family) {
+        if cluster_ip != Some(*ip) {
+            bucket(false, external_n, sp.external_local);
+        }
+    }
+    if sp.node_port.is_some() && cluster_ip.is_some() {
+        bucket(true, external_n, sp.external_local);
+    }
+    if let Some(t) = sp.affinity_timeout {
+        out.push(format!("set affinity-{t}"));
+    }
+    for ep in &sp.endpoints {
+        if ep.local && Family::of(&ep.addr) == family {
+            out.push(format!("hairpin {} . {}", ep.addr, ep.addr));
+        }
+    }
+    out
+}
+
+impl Shape {
+    /// The shape of a whole state (at a full sync).
+    pub fn of(state: &ProxyState, family: Family) -> Shape {
+        let mut s = Shape::default();
+        for sp in state.ports.values() {
+            for k in port_shape(sp, family) {
+                *s.refs.entry(k).or_default() += 1;
+            }
+        }
+        s
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.refs.get(key).is_some_and(|n| *n > 0)
+    }
+
+    fn affinity_timeouts(&self) -> impl Iterator<Item = u32> + '_ {
+        self.refs
+            .range("set affinity-".to_string()..)
+            .take_while(|(k, _)| k.starts_with("set affinity-"))
+            .filter_map(|(k, _)| k["set affinity-".len()..].parse().ok())
+    }
+}
+
+/// The change for `family` when the service ports in `changes` go from
+/// their old plan (`None`: new) to their new one (`None`: deleted), all
+/// other ports staying as they are. `applied` is the table as last
+/// applied and `shape` its [`Shape`], updated here. The work is
+/// proportional to the changed ports only, whatever the table's size.
+/// The cluster CIDRs must be those `applied` was built with.
+pub fn diff_changes(
+    changes: &[(Option<&ServicePortPlan>, Option<&ServicePortPlan>)],
+    cluster_cidrs: &[IpNet],
+    family: Family,
+    applied: &NftTable,
+    shape: &mut Shape,
+) -> NftDiff {
+    let mut old_sub = ProxyState {
+        ports: BTreeMap::new(),
+        cluster_cidrs: cluster_cidrs.to_vec(),
+    };
+    let mut new_sub = old_sub.clone();
+    let mut touched = BTreeMap::new();
+    for (old, new) in changes {
+        if let Some(o) = old {
+            old_sub.ports.insert(o.name.clone(), (*o).clone());
+            for k in port_shape(o, family) {
+                touched.entry(k.clone()).or_insert_with(|| shape.has(&k));
+                if let Some(n) = shape.refs.get_mut(&k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        shape.refs.remove(&k);
+                    }
+                }
+            }
+        }
+        if let Some(n) = new {
+            new_sub.ports.insert(n.name.clone(), (*n).clone());
+            for k in port_shape(n, family) {
+                touched.entry(k.clone()).or_insert_with(|| shape.has(&k));
+                *shape.refs.entry(k).or_default() += 1;
+            }
+        }
+    }
+    let mut d = NftDiff {
+        table: applied.qualified_name(),
+        ..Default::default()
+    };
+    let t_old = build(&old_sub, family, true);
+    let t_new = build(&new_sub, family, true);
+    let mut affinity_changed = false;
+    let mut hairpin_dels = Vec::new();
+    let mut hairpin_adds = Vec::new();
+    for (key, before) in &touched {
+        let after = shape.has(key);
+        if *before == after {
+            continue;
+        }
+        let (kind, name) = key.split_once(' ').expect("shape keys have a kind");
+        match (kind, after) {
+            ("chain", true) => {
+                let chain = t_new.chains.get(name).cloned().unwrap_or_default();
+                d.add_chains.push((name.to_string(), chain));
+            }
+            ("chain", false) => d.del_chains.push(name.to_string()),
+            ("maps", true) => {
+                for p in PROTOCOLS {
+                    let map = format!("{name}-{p}");
+                    if let Some(set) = t_new.sets.get(&map) {
+                        d.add_sets.push((map, NftSet::new(&set.decl)));
+                    }
+                }
+            }
+            ("maps", false) => {
+                for p in PROTOCOLS {
+                    d.del_sets.push((format!("{name}-{p}"), "map"));
+                }
+            }
+            ("set", true) => {
+                affinity_changed = true;
+                if let Some(set) = t_new.sets.get(name) {
+                    d.add_sets.push((name.to_string(), NftSet::new(&set.decl)));
+                }
+            }
+            ("set", false) => {
+                affinity_changed = true;
+                d.del_sets.push((name.to_string(), "set"));
+            }
+            ("hairpin", true) => hairpin_adds.push(name.to_string()),
+            ("hairpin", false) => hairpin_dels.push(name.to_string()),
+            _ => {}
+        }
+    }
+    if affinity_changed {
+        d.rewrite_chains.push((
+            "affinity-record".into(),
+            NftChain {
+                hook: None,
+                rules: affinity_record_rules(family, shape.affinity_timeouts()),
+            },
+        ));
+    }
+    if !hairpin_dels.is_empty() {
+        d.del_elements.insert("hairpin".into(), hairpin_dels);
+    }
+    if !hairpin_adds.is_empty() {
+        d.add_elements.insert("hairpin".into(), hairpin_adds);
+    }
+    // Elements: the changed ports' own.
+    let empty = NftSet::default();
+    let deleted: BTreeSet<&str> = d.del_sets.iter().map(|(n, _)| n.as_str()).collect();
+    let names: BTreeSet<&String> = t_old.sets.keys().chain(t_new.sets.keys()).collect();
+    let mut dels_by_set = BTreeMap::new();
+    let mut adds_by_set = BTreeMap::new();
+    for name in names {
+        if DYNAMIC_SETS.contains(&name.as_str()) || name == "hairpin" {
+            continue;
+        }
+        let os = t_old.sets.get(name).unwrap_or(&empty);
+        let ns = t_new.sets.get(name).unwrap_or(&empty);
+        let dels: Vec<String> = os
+            .elements
+            .iter()
+            .filter(|(k, v)| ns.elements.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let adds: Vec<String> = ns
+            .elements
+            .iter()
+            .filter(|(k, v)| os.elements.get(*k) != Some(*v))
+            .map(|(k, v)| element_text(k, v))
+            .collect();
+        if !dels.is_empty() && !deleted.contains(name.as_str()) {
+            dels_by_set.insert(name.clone(), dels);
+        }
+        if !adds.is_empty() {
+            adds_by_set.insert(name.clone(), adds);
+        }
+    }
+    d.del_elements.extend(dels_by_set);
+    d.add_elements.extend(adds_by_set);
     d
 }
 

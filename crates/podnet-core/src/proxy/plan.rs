@@ -68,12 +68,50 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice], node: &NodeFacts) ->
         let Some(name) = svc.metadata.name.as_deref() else {
             continue;
         };
+        let svc_slices = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        for p in service_ports(svc, svc_slices, node, &mut problems) {
+            state.ports.insert(p.name.clone(), p);
+        }
+    }
+    ProxyPlan { state, problems }
+}
+
+/// Plans one Service from its own EndpointSlices (those labelled with its
+/// name in its namespace): the service ports it contributes to a
+/// [`ProxyState`], and what was wrong with it. [`plan`] is this for every
+/// service; an agent that keeps its state between changes re-plans only
+/// the services a change touched, so a change costs the same at any size.
+pub fn plan_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node: &NodeFacts,
+) -> (Vec<ServicePortPlan>, Vec<PlanProblem>) {
+    let mut problems = Vec::new();
+    let ports = service_ports(svc, slices, node, &mut problems);
+    (ports, problems)
+}
+
+fn service_ports(
+    svc: &Service,
+    svc_slices: &[&EndpointSlice],
+    node: &NodeFacts,
+    problems: &mut Vec<PlanProblem>,
+) -> Vec<ServicePortPlan> {
+    let mut out = Vec::new();
+    {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(name) = svc.metadata.name.as_deref() else {
+            return out;
+        };
         let object = format!("{ns}/{name}");
         let Some(spec) = svc.spec.as_ref() else {
-            continue;
+            return out;
         };
         if spec.type_.as_deref() == Some("ExternalName") {
-            continue;
+            return out;
         }
         let mut ip_strings: Vec<&str> = spec
             .cluster_ips
@@ -85,7 +123,7 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice], node: &NodeFacts) ->
             ip_strings.extend(spec.cluster_ip.as_deref());
         }
         if ip_strings.is_empty() || ip_strings.contains(&"None") {
-            continue; // headless (or not yet allocated): no virtual IP
+            return out; // headless (or not yet allocated): no virtual IP
         }
         let mut cluster_ips = Vec::new();
         for s in ip_strings {
@@ -98,7 +136,7 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice], node: &NodeFacts) ->
             }
         }
         if cluster_ips.is_empty() {
-            continue;
+            return out;
         }
         let mut external_ips = Vec::new();
         let lb_ips = svc
@@ -133,11 +171,6 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice], node: &NodeFacts) ->
             && (node_ports_allowed || !external_ips.is_empty());
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
-        let svc_slices = by_service
-            .get(&(ns, name))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-
         for port in spec.ports.iter().flatten() {
             let Some(protocol) = Protocol::from_k8s(port.protocol.as_deref()) else {
                 problems.push(PlanProblem {
@@ -175,7 +208,7 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice], node: &NodeFacts) ->
                 publish_not_ready,
                 node,
                 &object,
-                &mut problems,
+                problems,
             );
             let name = ServicePortName {
                 namespace: ns.into(),
@@ -183,23 +216,20 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice], node: &NodeFacts) ->
                 port: port_name,
                 protocol,
             };
-            state.ports.insert(
-                name.clone(),
-                ServicePortPlan {
-                    name,
-                    cluster_ips: cluster_ips.clone(),
-                    port: svc_port,
-                    node_port,
-                    external_ips: external_ips.clone(),
-                    affinity_timeout,
-                    external_local,
-                    internal_local,
-                    endpoints,
-                },
-            );
+            out.push(ServicePortPlan {
+                name,
+                cluster_ips: cluster_ips.clone(),
+                port: svc_port,
+                node_port,
+                external_ips: external_ips.clone(),
+                affinity_timeout,
+                external_local,
+                internal_local,
+                endpoints,
+            });
         }
     }
-    ProxyPlan { state, problems }
+    out
 }
 
 /// The usable endpoints of one service port across its slices: ready ones

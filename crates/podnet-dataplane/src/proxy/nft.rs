@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use podnet_core::proxy::nft::{
-    NftTable, PROTOCOLS, TABLE, diff_states, parse_affinity_elements, ruleset,
+    NftTable, PROTOCOLS, Shape, TABLE, diff_changes, parse_affinity_elements, ruleset,
 };
-use podnet_core::proxy::{Family, ProxyState};
+use podnet_core::proxy::{Family, ProxyState, ServicePortName, ServicePortPlan};
 
 use super::libnft::Session;
 use super::{ProxyError, SyncReport, Target, flush_udp};
@@ -19,6 +19,11 @@ use crate::nft;
 pub struct NftProxy {
     target: Target,
     applied: BTreeMap<Family, NftTable>,
+    /// What each applied table's skeleton is needed by (see [`Shape`]).
+    shapes: BTreeMap<Family, Shape>,
+    /// Service ports with an IPv6 address (the `ip6` table exists while
+    /// any does), counted so a change need not look at every port.
+    v6_ports: usize,
     state: Option<ProxyState>,
     /// An in-process libnftables context (no process per change), opened
     /// on first use; `None` after a failed open means "use `nft -f`".
@@ -31,6 +36,8 @@ impl NftProxy {
         NftProxy {
             target,
             applied: BTreeMap::new(),
+            shapes: BTreeMap::new(),
+            v6_ports: 0,
             state: None,
             session: None,
         }
@@ -44,44 +51,147 @@ impl NftProxy {
     }
 
     /// [`NftProxy::sync`] for a state the caller no longer needs (the
-    /// planner's fresh output), which saves copying it.
+    /// planner's fresh output), which saves copying it. Finding what
+    /// changed walks both states once (O(services) comparisons); a caller
+    /// that knows which service ports changed calls [`NftProxy::update`].
     pub fn sync_owned(&mut self, owned: ProxyState) -> Result<SyncReport, ProxyError> {
-        let Some(old) = self.state.take() else {
+        let Some(old) = self.state.as_ref() else {
             return self.full_sync(&owned);
         };
-        let state = &owned;
-        let families = state.families();
-        if families.iter().ne(self.applied.keys()) {
-            return self.full_sync(state);
+        if old.cluster_cidrs != owned.cluster_cidrs {
+            return self.full_sync(&owned);
         }
-        let mut script = String::new();
-        let mut changes = 0;
-        let mut diffs = Vec::new();
-        for family in families {
-            let d = diff_states(&old, state, family, &self.applied[&family]);
-            if d.needs_full {
-                return self.full_sync(state);
+        let mut changes = Vec::new();
+        // One ordered walk over both maps (no per-port lookups).
+        let mut a = old.ports.iter().peekable();
+        let mut b = owned.ports.iter().peekable();
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((ka, va)), Some((kb, vb))) if ka == kb => {
+                    if va != vb {
+                        changes.push(((*kb).clone(), Some((*vb).clone())));
+                    }
+                    a.next();
+                    b.next();
+                }
+                (Some((ka, _)), Some((kb, _))) if ka < kb => {
+                    changes.push(((*ka).clone(), None));
+                    a.next();
+                }
+                (Some((ka, _)), None) => {
+                    changes.push(((*ka).clone(), None));
+                    a.next();
+                }
+                (_, Some((kb, vb))) => {
+                    changes.push(((*kb).clone(), Some((*vb).clone())));
+                    b.next();
+                }
             }
-            changes += d.element_changes();
+        }
+        self.update(changes)
+    }
+
+    /// Applies a change to some service ports: each named port becomes
+    /// the given plan (`None`: it is gone); every other port stays. One
+    /// transaction of element adds and deletes (plus the few chains and
+    /// maps that start or stop being needed), computed from the changed
+    /// ports alone: its cost does not grow with the number of services.
+    /// Before any full sync, the ports make up the whole state.
+    pub fn update(
+        &mut self,
+        changes: Vec<(ServicePortName, Option<ServicePortPlan>)>,
+    ) -> Result<SyncReport, ProxyError> {
+        let Some(mut state) = self.state.take() else {
+            let mut state = ProxyState::default();
+            for (name, plan) in changes {
+                if let Some(p) = plan {
+                    state.ports.insert(name, p);
+                }
+            }
+            return self.full_sync(&state);
+        };
+        // (old, new) of every port that really changes
+        let mut pairs: Vec<(Option<ServicePortPlan>, Option<ServicePortPlan>)> = Vec::new();
+        let mut v6_ports = self.v6_ports;
+        for (name, plan) in changes {
+            let old = match &plan {
+                Some(p) => state.ports.insert(name, p.clone()),
+                None => state.ports.remove(&name),
+            };
+            if old == plan {
+                continue;
+            }
+            v6_ports -= old.as_ref().is_some_and(has_v6) as usize;
+            v6_ports += plan.as_ref().is_some_and(has_v6) as usize;
+            pairs.push((old, plan));
+        }
+        if pairs.is_empty() {
+            self.state = Some(state);
+            return Ok(SyncReport::default());
+        }
+        let families = families(&state, v6_ports);
+        if families.iter().ne(self.applied.keys()) {
+            return self.full_sync(&state);
+        }
+        let refs: Vec<_> = pairs
+            .iter()
+            .map(|(o, n)| (o.as_ref(), n.as_ref()))
+            .collect();
+        let mut script = String::new();
+        let mut element_changes = 0;
+        let mut diffs = Vec::new();
+        // (the shapes are updated in place: if the kernel refuses, the
+        // full sync below recomputes them)
+        for family in &families {
+            let shape = self
+                .shapes
+                .get_mut(family)
+                .expect("a shape per applied table");
+            let d = diff_changes(
+                &refs,
+                &state.cluster_cidrs,
+                *family,
+                &self.applied[family],
+                shape,
+            );
+            if d.needs_full {
+                return self.full_sync(&state);
+            }
+            element_changes += d.element_changes();
             script.push_str(&d.script());
-            diffs.push((family, d));
+            diffs.push((*family, d));
         }
         if !script.is_empty()
             && let Err(e) = self.apply(&script)
         {
             tracing::warn!(error = %e, "incremental proxy sync refused; loading the whole table");
-            return self.full_sync(state);
+            return self.full_sync(&state);
         }
         for (family, d) in &diffs {
             if let Some(t) = self.applied.get_mut(family) {
                 t.apply_diff(d);
             }
         }
-        let flushed = self.after_change(&old, state)?;
-        self.state = Some(owned);
+        self.v6_ports = v6_ports;
+        let mut old_sub = ProxyState {
+            ports: BTreeMap::new(),
+            cluster_cidrs: state.cluster_cidrs.clone(),
+        };
+        let mut new_sub = old_sub.clone();
+        for (o, n) in pairs {
+            if let Some(o) = o {
+                old_sub.ports.insert(o.name.clone(), o);
+            }
+            if let Some(n) = n {
+                new_sub.ports.insert(n.name.clone(), n);
+            }
+        }
+        self.state = Some(state);
+        let flushed = self.after_change(&old_sub, &new_sub)?;
         Ok(SyncReport {
             full: false,
-            element_changes: changes,
+            element_changes,
             flushed,
         })
     }
@@ -102,6 +212,8 @@ impl NftProxy {
             }
         }
         self.apply(&script)?;
+        self.shapes = tables.keys().map(|f| (*f, Shape::of(state, *f))).collect();
+        self.v6_ports = state.ports.values().filter(|p| has_v6(p)).count();
         self.applied = tables;
         let old = self.state.replace(state.clone()).unwrap_or_default();
         let flushed = self.after_change(&old, state)?;
@@ -143,6 +255,8 @@ impl NftProxy {
         }
         nft::apply(self.target.nft(), &script)?;
         self.applied.clear();
+        self.shapes.clear();
+        self.v6_ports = 0;
         self.state = None;
         Ok(())
     }
@@ -152,10 +266,16 @@ impl NftProxy {
         self.applied.values()
     }
 
+    /// What follows a change from `old` to `new` (the changed ports, or
+    /// whole states): stale UDP flows flushed, stale affinity entries
+    /// deleted (against the whole current state).
     fn after_change(&mut self, old: &ProxyState, new: &ProxyState) -> Result<usize, ProxyError> {
         let mut n = flush_udp(&self.target, old, new)?;
         if affinity_may_be_stale(old, new) {
-            n += self.clean_affinity(new)?;
+            let state = self.state.take().unwrap_or_default();
+            let cleaned = self.clean_affinity(&state);
+            self.state = Some(state);
+            n += cleaned?;
         }
         Ok(n)
     }
@@ -258,6 +378,24 @@ impl NftProxy {
 
 /// A service address, protocol and port.
 type ServiceKey<'a> = (IpAddr, &'a str, u16);
+
+/// Whether a service port has an IPv6 address (and so needs `ip6`).
+fn has_v6(p: &ServicePortPlan) -> bool {
+    p.cluster_ips
+        .iter()
+        .chain(&p.external_ips)
+        .any(|a| a.is_ipv6())
+}
+
+/// [`ProxyState::families`] from the count of IPv6 ports.
+fn families(state: &ProxyState, v6_ports: usize) -> Vec<Family> {
+    let v6 = v6_ports > 0 || state.cluster_cidrs.iter().any(|c| c.addr().is_ipv6());
+    if v6 {
+        vec![Family::V4, Family::V6]
+    } else {
+        vec![Family::V4]
+    }
+}
 
 fn tables(state: &ProxyState) -> BTreeMap<Family, NftTable> {
     state

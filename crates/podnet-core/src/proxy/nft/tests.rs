@@ -450,3 +450,79 @@ fn diff_of_states_matches_the_diff_of_whole_tables() {
         old = new.clone();
     }
 }
+
+#[test]
+fn diff_of_changed_ports_converges_to_the_whole_ruleset() {
+    let base = many(50, 3);
+    let mut steps: Vec<ProxyState> = Vec::new();
+    // an endpoint swapped (same shape)
+    let mut s = base.clone();
+    s.ports.values_mut().nth(7).unwrap().endpoints[1].addr = "10.244.7.7".parse().unwrap();
+    steps.push(s.clone());
+    // hairpin appears; endpoint counts change (3 -> 4 is a new bucket)
+    s.ports.values_mut().nth(7).unwrap().endpoints[1].local = true;
+    let mut it = s.ports.values_mut();
+    it.next()
+        .unwrap()
+        .endpoints
+        .push(ep("10.244.9.9", 8080, true));
+    it.next().unwrap().endpoints.pop();
+    steps.push(s.clone());
+    // a service goes, another gets affinity and a Local NodePort, one
+    // goes empty, a new one comes with an external IP
+    s.ports.pop_first();
+    let mut it = s.ports.values_mut();
+    let p = it.next().unwrap();
+    p.affinity_timeout = Some(30);
+    p.node_port = Some(30001);
+    p.external_local = true;
+    it.next().unwrap().endpoints.clear();
+    let mut extra = port(
+        "extra",
+        "10.96.99.1",
+        Protocol::Udp,
+        53,
+        vec![ep("10.244.1.53", 5353, true)],
+    );
+    extra.external_ips = vec!["192.0.2.1".parse().unwrap()];
+    extra.affinity_timeout = Some(60);
+    s.ports.insert(extra.name.clone(), extra);
+    steps.push(s.clone());
+    // the 4-endpoint service back to 3 (bucket 4 unused), affinity off
+    let mut s2 = s.clone();
+    s2.ports.values_mut().next().unwrap().affinity_timeout = None;
+    for p in s2.ports.values_mut() {
+        p.endpoints.truncate(3);
+    }
+    steps.push(s2);
+    steps.push(base.clone());
+
+    let mut applied = ruleset(&base, Family::V4);
+    let mut shape = Shape::of(&base, Family::V4);
+    let mut old = base.clone();
+    for (i, new) in steps.iter().enumerate() {
+        let names: BTreeSet<&ServicePortName> = old.ports.keys().chain(new.ports.keys()).collect();
+        let changes: Vec<_> = names
+            .into_iter()
+            .map(|n| (old.ports.get(n), new.ports.get(n)))
+            .filter(|(a, b)| a != b)
+            .collect();
+        let d = diff_changes(
+            &changes,
+            &new.cluster_cidrs,
+            Family::V4,
+            &applied,
+            &mut shape,
+        );
+        assert!(!d.needs_full, "step {i}");
+        applied = apply_model(&applied, &d);
+        assert_eq!(
+            applied,
+            ruleset(new, Family::V4),
+            "step {i}:\n{}",
+            d.script()
+        );
+        assert_eq!(shape, Shape::of(new, Family::V4), "step {i}");
+        old = new.clone();
+    }
+}
