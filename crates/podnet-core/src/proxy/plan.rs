@@ -101,133 +101,131 @@ fn service_ports(
     problems: &mut Vec<PlanProblem>,
 ) -> Vec<ServicePortPlan> {
     let mut out = Vec::new();
-    {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let Some(name) = svc.metadata.name.as_deref() else {
-            return out;
-        };
-        let object = format!("{ns}/{name}");
-        let Some(spec) = svc.spec.as_ref() else {
-            return out;
-        };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            return out;
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let Some(name) = svc.metadata.name.as_deref() else {
+        return out;
+    };
+    let object = format!("{ns}/{name}");
+    let Some(spec) = svc.spec.as_ref() else {
+        return out;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return out;
+    }
+    let mut ip_strings: Vec<&str> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if ip_strings.is_empty() {
+        ip_strings.extend(spec.cluster_ip.as_deref());
+    }
+    if ip_strings.is_empty() || ip_strings.contains(&"None") {
+        return out; // headless (or not yet allocated): no virtual IP
+    }
+    let mut cluster_ips = Vec::new();
+    for s in ip_strings {
+        match s.parse::<IpAddr>() {
+            Ok(ip) => cluster_ips.push(ip),
+            Err(_) => problems.push(PlanProblem {
+                object: object.clone(),
+                reason: format!("clusterIP {s:?} is not an IP address"),
+            }),
         }
-        let mut ip_strings: Vec<&str> = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .collect();
-        if ip_strings.is_empty() {
-            ip_strings.extend(spec.cluster_ip.as_deref());
+    }
+    if cluster_ips.is_empty() {
+        return out;
+    }
+    let mut external_ips = Vec::new();
+    let lb_ips = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_ref());
+    for s in spec.external_ips.iter().flatten().chain(lb_ips) {
+        match s.parse::<IpAddr>() {
+            Ok(ip) if !external_ips.contains(&ip) => external_ips.push(ip),
+            Ok(_) => {}
+            Err(_) => problems.push(PlanProblem {
+                object: object.clone(),
+                reason: format!("external IP {s:?} is not an IP address"),
+            }),
         }
-        if ip_strings.is_empty() || ip_strings.contains(&"None") {
-            return out; // headless (or not yet allocated): no virtual IP
-        }
-        let mut cluster_ips = Vec::new();
-        for s in ip_strings {
-            match s.parse::<IpAddr>() {
-                Ok(ip) => cluster_ips.push(ip),
-                Err(_) => problems.push(PlanProblem {
-                    object: object.clone(),
-                    reason: format!("clusterIP {s:?} is not an IP address"),
-                }),
-            }
-        }
-        if cluster_ips.is_empty() {
-            return out;
-        }
-        let mut external_ips = Vec::new();
-        let lb_ips = svc
-            .status
+    }
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
             .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.as_ref());
-        for s in spec.external_ips.iter().flatten().chain(lb_ips) {
-            match s.parse::<IpAddr>() {
-                Ok(ip) if !external_ips.contains(&ip) => external_ips.push(ip),
-                Ok(_) => {}
-                Err(_) => problems.push(PlanProblem {
-                    object: object.clone(),
-                    reason: format!("external IP {s:?} is not an IP address"),
-                }),
-            }
-        }
-        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|t| u32::try_from(t).ok())
-                .filter(|t| *t > 0)
-                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-        });
-        let node_ports_allowed = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local")
-            && (node_ports_allowed || !external_ips.is_empty());
-        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
-        for port in spec.ports.iter().flatten() {
-            let Some(protocol) = Protocol::from_k8s(port.protocol.as_deref()) else {
-                problems.push(PlanProblem {
-                    object: object.clone(),
-                    reason: format!("port {}: unknown protocol {:?}", port.port, port.protocol),
-                });
-                continue;
-            };
-            let Ok(svc_port) = u16::try_from(port.port) else {
-                problems.push(PlanProblem {
-                    object: object.clone(),
-                    reason: format!("port {} is out of range", port.port),
-                });
-                continue;
-            };
-            if svc_port == 0 {
-                problems.push(PlanProblem {
-                    object: object.clone(),
-                    reason: "port 0 is not a valid service port".into(),
-                });
-                continue;
-            }
-            let node_port = if node_ports_allowed {
-                port.node_port
-                    .and_then(|p| u16::try_from(p).ok())
-                    .filter(|p| *p > 0)
-            } else {
-                None
-            };
-            let port_name = port.name.clone().unwrap_or_default();
-            let endpoints = endpoints_for(
-                svc_slices,
-                &port_name,
-                protocol,
-                publish_not_ready,
-                node,
-                &object,
-                problems,
-            );
-            let name = ServicePortName {
-                namespace: ns.into(),
-                service: name.into(),
-                port: port_name,
-                protocol,
-            };
-            out.push(ServicePortPlan {
-                name,
-                cluster_ips: cluster_ips.clone(),
-                port: svc_port,
-                node_port,
-                external_ips: external_ips.clone(),
-                affinity_timeout,
-                external_local,
-                internal_local,
-                endpoints,
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    });
+    let node_ports_allowed = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local")
+        && (node_ports_allowed || !external_ips.is_empty());
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
+    for port in spec.ports.iter().flatten() {
+        let Some(protocol) = Protocol::from_k8s(port.protocol.as_deref()) else {
+            problems.push(PlanProblem {
+                object: object.clone(),
+                reason: format!("port {}: unknown protocol {:?}", port.port, port.protocol),
             });
+            continue;
+        };
+        let Ok(svc_port) = u16::try_from(port.port) else {
+            problems.push(PlanProblem {
+                object: object.clone(),
+                reason: format!("port {} is out of range", port.port),
+            });
+            continue;
+        };
+        if svc_port == 0 {
+            problems.push(PlanProblem {
+                object: object.clone(),
+                reason: "port 0 is not a valid service port".into(),
+            });
+            continue;
         }
+        let node_port = if node_ports_allowed {
+            port.node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+        } else {
+            None
+        };
+        let port_name = port.name.clone().unwrap_or_default();
+        let endpoints = endpoints_for(
+            svc_slices,
+            &port_name,
+            protocol,
+            publish_not_ready,
+            node,
+            &object,
+            problems,
+        );
+        let name = ServicePortName {
+            namespace: ns.into(),
+            service: name.into(),
+            port: port_name,
+            protocol,
+        };
+        out.push(ServicePortPlan {
+            name,
+            cluster_ips: cluster_ips.clone(),
+            port: svc_port,
+            node_port,
+            external_ips: external_ips.clone(),
+            affinity_timeout,
+            external_local,
+            internal_local,
+            endpoints,
+        });
     }
     out
 }
@@ -427,6 +425,28 @@ mod tests {
         let dns = p.state.ports.values().find(|v| v.port == 53).unwrap();
         assert_eq!(dns.name.protocol, Protocol::Udp);
         assert!(dns.endpoints.iter().all(|e| e.port == 5353));
+    }
+
+    #[test]
+    fn one_service_planned_alone_is_what_the_whole_plan_holds_for_it() {
+        let web = service("web", "10.96.0.5", &[("http", "TCP", 80)]);
+        let other = service("other", "10.96.0.6", &[("http", "TCP", 80)]);
+        let sl = slice(
+            "web",
+            &[("http", "TCP", 8080)],
+            &[("10.244.1.2", Some(true), "node-a")],
+        );
+        let whole = plan(&[web.clone(), other], &[sl.clone()], &node());
+        let (ports, problems) = plan_service(&web, &[&sl], &node());
+        assert!(problems.is_empty());
+        let want: Vec<_> = whole
+            .state
+            .ports
+            .values()
+            .filter(|p| p.name.service == "web")
+            .cloned()
+            .collect();
+        assert_eq!(ports, want);
     }
 
     #[test]
