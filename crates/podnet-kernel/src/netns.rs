@@ -122,6 +122,87 @@ impl Drop for NetNs {
     }
 }
 
+/// Creates the named namespace `name` (as `ip netns add` does, without
+/// running it: a pod start pays for no extra process), with `lo` up. The
+/// namespace lives until [`delete_named`] (or `ip netns delete`).
+pub fn add_named(name: &str) -> Result<(), NetNsError> {
+    use nix::mount::{MsFlags, mount};
+    let fail = |detail: String| NetNsError::Ip {
+        action: "add",
+        name: name.into(),
+        detail,
+    };
+    std::fs::create_dir_all(NETNS_DIR).map_err(|e| fail(e.to_string()))?;
+    // Like iproute2: /run/netns is a shared mount, so the namespaces bound
+    // under it are seen (and unmounted) in every mount namespace alike.
+    let shared = |dir: &str| {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    if let Err(nix::errno::Errno::EINVAL) = shared(NETNS_DIR) {
+        mount(
+            Some(NETNS_DIR),
+            NETNS_DIR,
+            Some("none"),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| fail(format!("bind {NETNS_DIR}: {e}")))?;
+        shared(NETNS_DIR).map_err(|e| fail(format!("share {NETNS_DIR}: {e}")))?;
+    }
+    let path = Path::new(NETNS_DIR).join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| fail(format!("create {}: {e}", path.display())))?;
+    let made = std::thread::scope(|s| {
+        s.spawn(|| -> Result<(), String> {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare: {e}"))?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                Some("none"),
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("bind the namespace: {e}"))?;
+            let mut nl = crate::netlink::Netlink::open().map_err(|e| e.to_string())?;
+            let lo = nl
+                .link_by_name("lo")
+                .map_err(|e| e.to_string())?
+                .ok_or("no lo")?;
+            nl.set_up(lo.index, true).map_err(|e| e.to_string())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("namespace thread panicked".into()))
+    });
+    made.map_err(|detail| {
+        let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&path);
+        fail(detail)
+    })
+}
+
+/// Deletes the named namespace `name` (as `ip netns delete` does): the
+/// namespace itself goes once nothing else holds it.
+pub fn delete_named(name: &str) -> Result<(), NetNsError> {
+    let path = Path::new(NETNS_DIR).join(name);
+    let fail = |detail: String| NetNsError::Ip {
+        action: "delete",
+        name: name.into(),
+        detail,
+    };
+    nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| fail(format!("unmount {}: {e}", path.display())))?;
+    std::fs::remove_file(&path).map_err(|e| fail(format!("remove {}: {e}", path.display())))
+}
+
 /// A command whose child enters the network namespace `ns` before exec.
 pub fn command_in(ns: BorrowedFd<'_>, program: impl AsRef<std::ffi::OsStr>) -> Command {
     use std::os::unix::process::CommandExt;

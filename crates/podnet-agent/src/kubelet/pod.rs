@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,6 +96,15 @@ pub struct PodHandle {
     /// Held while a status is computed and sent, so reports reach the API
     /// in the order their states happened.
     pub reporting: tokio::sync::Mutex<()>,
+    /// Reports asked for so far, and how many of them the last sent status
+    /// covers: a burst of changes becomes one update.
+    pub reports: (AtomicU64, AtomicU64),
+    /// The status last accepted by the API: the same status is not sent
+    /// twice (every update wakes every watcher of pods).
+    pub last_sent: Mutex<Option<Value>>,
+    /// Whether the pod was Ready, and since when (the conditions'
+    /// `lastTransitionTime`).
+    pub ready_since: Mutex<(bool, String)>,
 }
 
 impl PodHandle {
@@ -198,6 +208,9 @@ pub(super) fn new_handle(k: &Kubelet, pod: &Pod) -> PodHandle {
         stop: tx,
         started: now(),
         reporting: tokio::sync::Mutex::new(()),
+        reports: (AtomicU64::new(0), AtomicU64::new(0)),
+        last_sent: Mutex::new(None),
+        ready_since: Mutex::new((false, now())),
     }
 }
 
@@ -341,12 +354,7 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
     }
     pod_files(h, None)?;
     if let Some(ns) = &h.netns {
-        let out = Command::new("ip").args(["netns", "add", ns]).output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "ip netns add {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        podnet_kernel::netns::add_named(ns)?;
     }
     let hostname = spec.hostname.clone().unwrap_or_else(|| h.name.clone());
     let mut cmd = Command::new(&k.exe);
@@ -988,10 +996,14 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
         "Pending"
     };
     let t = &h.started;
-    let ready = if ready_all && !cs.is_empty() {
-        "True"
-    } else {
-        "False"
+    let is_ready = ready_all && !cs.is_empty();
+    let ready = if is_ready { "True" } else { "False" };
+    let since = {
+        let mut rs = h.ready_since.lock().unwrap();
+        if rs.0 != is_ready {
+            *rs = (is_ready, now());
+        }
+        rs.1.clone()
     };
     let ip = h.ip.lock().unwrap().clone();
     let mut st = json!({
@@ -1003,8 +1015,8 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
         "conditions": [
             {"type": "PodReadyToStartContainers", "status": if ip.is_some() { "True" } else { "False" }, "lastTransitionTime": t},
             {"type": "Initialized", "status": "True", "lastTransitionTime": t},
-            {"type": "Ready", "status": ready, "lastTransitionTime": now()},
-            {"type": "ContainersReady", "status": ready, "lastTransitionTime": now()},
+            {"type": "Ready", "status": ready, "lastTransitionTime": since},
+            {"type": "ContainersReady", "status": ready, "lastTransitionTime": since},
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
         ],
         "containerStatuses": statuses,
@@ -1016,12 +1028,23 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
     st
 }
 
-/// Sends the pod's status to the API.
+/// Sends the pod's status to the API, unless a status sent meanwhile
+/// already covers this change, or the API already has exactly this one.
 pub async fn report(k: &Kubelet, h: &PodHandle) {
+    let (asked, covered) = &h.reports;
+    let mine = asked.fetch_add(1, Ordering::SeqCst) + 1;
     let _order = h.reporting.lock().await;
+    if covered.load(Ordering::SeqCst) >= mine {
+        return;
+    }
+    let covers = asked.load(Ordering::SeqCst);
     let st = status_of(k, h);
+    if h.last_sent.lock().unwrap().as_ref() == Some(&st) {
+        covered.store(covers, Ordering::SeqCst);
+        return;
+    }
     let pods: Api<Pod> = Api::namespaced(k.client.clone(), &h.namespace);
-    if let Err(e) = pods
+    match pods
         .patch_status(
             &h.name,
             &PatchParams::default(),
@@ -1029,7 +1052,14 @@ pub async fn report(k: &Kubelet, h: &PodHandle) {
         )
         .await
     {
-        tracing::debug!(pod = %h.name, error = %e, "status update");
+        Ok(_) => {
+            *h.last_sent.lock().unwrap() = Some(st);
+            covered.store(covers, Ordering::SeqCst);
+        }
+        Err(e) => {
+            *h.last_sent.lock().unwrap() = None;
+            tracing::debug!(pod = %h.name, error = %e, "status update");
+        }
     }
 }
 
@@ -1078,8 +1108,10 @@ pub(super) fn teardown_sandbox(k: &Kubelet, h: &PodHandle) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    if let Some(ns) = &h.netns {
-        let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+    if let Some(ns) = &h.netns
+        && let Err(e) = podnet_kernel::netns::delete_named(ns)
+    {
+        tracing::warn!(pod = %h.name, error = %e, "removing the pod's namespace");
     }
     let _ = std::fs::remove_dir_all(&h.dir);
 }
