@@ -1,11 +1,15 @@
 //! Where the objects come from: kube-rs reflectors on Services,
 //! EndpointSlices, Pods and Namespaces (in-cluster config or a
-//! kubeconfig), or a static file of objects for tests and benchmarks. Each
-//! change rebuilds the index (debounced) and swaps it in atomically.
+//! kubeconfig), or a static file of objects for tests and benchmarks.
+//! Changes are debounced; from the watches they update the records of the
+//! Services they touch (a full rebuild only when a change reaches further),
+//! from a file they rebuild; either way the new index is swapped in
+//! atomically.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -15,7 +19,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use podnet_core::dns::{Config, Index, Objects};
+use podnet_core::dns::{
+    Config, Index, Objects, PodMode, ServiceKey, ServiceObjects, group_by_service,
+    service_key_of_pod, service_key_of_slice,
+};
 use tokio::sync::Notify;
 
 use crate::server::Shared;
@@ -256,9 +263,43 @@ impl Slim for Namespace {
     }
 }
 
-/// Starts a reflector for `K`, waking `notify` on every change; returns its
-/// store.
-fn reflect<K>(client: kube::Client, notify: Arc<Notify>) -> Store<K>
+/// What changed since the last index: the Services whose records must be
+/// redone, or everything (a relist, a Namespace, `pods verified`).
+#[derive(Debug, Default)]
+struct Pending {
+    keys: HashSet<ServiceKey>,
+    full: bool,
+}
+
+/// Changes gathered from the four watches, and the wake-up of the loop
+/// that publishes indexes.
+#[derive(Debug, Default)]
+struct Changes {
+    pending: Mutex<Pending>,
+    notify: Notify,
+}
+
+impl Changes {
+    fn mark(&self, keys: impl IntoIterator<Item = ServiceKey>, full: bool) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.keys.extend(keys);
+        p.full |= full;
+        drop(p);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Pending {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Which Services' records an event for one object touches: `Some(keys)`,
+/// or `None` for "rebuild everything".
+type KeysOf<K> = Box<dyn FnMut(&K, bool) -> Option<Vec<ServiceKey>> + Send>;
+
+/// Starts a reflector for `K`, recording in `changes` which Services each
+/// event touches; returns its store.
+fn reflect<K>(client: kube::Client, changes: Arc<Changes>, mut keys_of: KeysOf<K>) -> Store<K>
 where
     K: Slim
         + Resource<DynamicType = ()>
@@ -283,7 +324,19 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => notify.notify_one(),
+                Ok(watcher::Event::Apply(o)) => match keys_of(&o, false) {
+                    Some(keys) if keys.is_empty() => {}
+                    Some(keys) => changes.mark(keys, false),
+                    None => changes.mark([], true),
+                },
+                Ok(watcher::Event::Delete(o)) => match keys_of(&o, true) {
+                    Some(keys) if keys.is_empty() => {}
+                    Some(keys) => changes.mark(keys, false),
+                    None => changes.mark([], true),
+                },
+                // A (re)list: the store was replaced wholesale.
+                Ok(watcher::Event::InitDone) => changes.mark([], true),
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(kind = %K::kind(&()), error = %e, "watch error (retrying)")
                 }
@@ -311,19 +364,66 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
 }
 
 /// Watches the cluster and keeps the index current: a full build after all
-/// four reflectors have synced (then `/ready`), and a rebuild `debounce`
-/// after each burst of changes.
+/// four reflectors have synced (then `/ready`), then, `debounce` after each
+/// burst of changes, an incremental update of the Services the changes
+/// touch (their records only: [`Index::update`]), or a full build when a
+/// change reaches beyond Services (a Namespace, a relist, `pods verified`).
 pub async fn run_kube(
     shared: Arc<Shared>,
     config: Config,
     client: kube::Client,
     debounce: Duration,
 ) -> Result<()> {
-    let notify = Arc::new(Notify::new());
-    let services: Store<Service> = reflect(client.clone(), notify.clone());
-    let slices: Store<EndpointSlice> = reflect(client.clone(), notify.clone());
-    let pods: Store<Pod> = reflect(client.clone(), notify.clone());
-    let namespaces: Store<Namespace> = reflect(client, notify.clone());
+    let changes = Arc::new(Changes::default());
+    let services: Store<Service> = reflect(
+        client.clone(),
+        changes.clone(),
+        Box::new(|s: &Service, _| {
+            Some(vec![(
+                s.metadata.namespace.clone().unwrap_or_default(),
+                s.metadata.name.clone().unwrap_or_default(),
+            )])
+        }),
+    );
+    // A slice relabelled to another Service touches both.
+    let mut slice_owner: HashMap<(String, String), ServiceKey> = HashMap::new();
+    let slices: Store<EndpointSlice> = reflect(
+        client.clone(),
+        changes.clone(),
+        Box::new(move |s: &EndpointSlice, deleted| {
+            let id = (
+                s.metadata.namespace.clone().unwrap_or_default(),
+                s.metadata.name.clone().unwrap_or_default(),
+            );
+            let now = service_key_of_slice(s);
+            let before = if deleted {
+                slice_owner.remove(&id)
+            } else {
+                match &now {
+                    Some(k) => slice_owner.insert(id, k.clone()),
+                    None => slice_owner.remove(&id),
+                }
+            };
+            Some(now.into_iter().chain(before).collect())
+        }),
+    );
+    let verified = config.pods == PodMode::Verified;
+    let pods: Store<Pod> = reflect(
+        client.clone(),
+        changes.clone(),
+        // hostname and subdomain are immutable: a pod only ever touches
+        // the Service of its subdomain (and every pod matters to `pods
+        // verified`).
+        Box::new(move |p: &Pod, _| {
+            if verified {
+                None
+            } else {
+                Some(service_key_of_pod(p).into_iter().collect())
+            }
+        }),
+    );
+    let namespaces: Store<Namespace> =
+        reflect(client, changes.clone(), Box::new(|_: &Namespace, _| None));
     for (kind, ready) in [
         ("Service", services.wait_until_ready().await),
         ("EndpointSlice", slices.wait_until_ready().await),
@@ -341,12 +441,107 @@ pub async fn run_kube(
         pods: pods.state(),
         namespaces: namespaces.state(),
     };
-    publish(&shared, &config, &serial, &snapshot());
+    // The objects each Service's records in force were made from.
+    let full_build = || {
+        changes.take();
+        let objects = snapshot();
+        publish(&shared, &config, &serial, &objects);
+        group_by_service(&objects)
+    };
+    let mut made_from = full_build();
     shared.mark_ready();
     tracing::info!("first sync done; serving the cluster zone");
     loop {
-        notify.notified().await;
+        changes.notify.notified().await;
         tokio::time::sleep(debounce).await;
-        publish(&shared, &config, &serial, &snapshot());
+        let pending = changes.take();
+        if pending.full {
+            made_from = full_build();
+            continue;
+        }
+        if pending.keys.is_empty() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let now = objects_of(&pending.keys, &services, &slices, &pods);
+        // The last Service of a namespace without a Namespace object takes
+        // the namespace's name with it: only a full build knows.
+        let orphaned = pending.keys.iter().any(|k| {
+            now[k].service.is_none()
+                && made_from.get(k).is_some_and(|o| o.service.is_some())
+                && namespaces
+                    .get(&kube::runtime::reflector::ObjectRef::new(&k.0))
+                    .is_none()
+        });
+        let empty = ServiceObjects::default();
+        let list: Vec<(&ServiceKey, &ServiceObjects, &ServiceObjects)> = pending
+            .keys
+            .iter()
+            .map(|k| (k, made_from.get(k).unwrap_or(&empty), &now[k]))
+            .collect();
+        let next_serial = serial.fetch_add(1, Ordering::Relaxed);
+        let updated = if orphaned {
+            None
+        } else {
+            shared.index().update(next_serial, &list)
+        };
+        match updated {
+            Some(index) => {
+                tracing::debug!(
+                    services = list.len(),
+                    overlay = index.overlay_len(),
+                    records = index.record_count(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "index updated"
+                );
+                shared.swap(index);
+                for (k, objs) in now {
+                    if objs.is_empty() {
+                        made_from.remove(&k);
+                    } else {
+                        made_from.insert(k, objs);
+                    }
+                }
+            }
+            None => made_from = full_build(),
+        }
     }
+}
+
+/// The current objects of the Services `keys` (one pass over each store).
+fn objects_of(
+    keys: &HashSet<ServiceKey>,
+    services: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+    pods: &Store<Pod>,
+) -> HashMap<ServiceKey, ServiceObjects> {
+    let mut m: HashMap<ServiceKey, ServiceObjects> = keys
+        .iter()
+        .map(|k| {
+            let service =
+                services.get(&kube::runtime::reflector::ObjectRef::new(&k.1).within(&k.0));
+            (
+                k.clone(),
+                ServiceObjects {
+                    service,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    for s in slices.state() {
+        if let Some(k) = service_key_of_slice(&s)
+            && let Some(o) = m.get_mut(&k)
+        {
+            o.slices.push(s);
+        }
+    }
+    for p in pods.state() {
+        if let Some(k) = service_key_of_pod(&p)
+            && let Some(o) = m.get_mut(&k)
+        {
+            o.pods.push(p);
+        }
+    }
+    m
 }

@@ -15,7 +15,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-pub use build::Objects;
+pub use build::{
+    Objects, ServiceKey, ServiceObjects, group_by_service, service_key_of_pod, service_key_of_slice,
+};
 pub use name::{NameError, normalize_zone, reverse_name};
 
 /// The schema version of the specification this index implements, served as
@@ -232,12 +234,19 @@ impl Hasher for NameHasher {
 pub(crate) type NameMap<V> = HashMap<Box<str>, V, BuildHasherDefault<NameHasher>>;
 
 /// The immutable record index for one snapshot of the cluster.
+///
+/// Two layers, so that a change to one Service costs its own records and
+/// not the whole cluster's: `base`, from the last full build (shared by
+/// every index updated from it), and a small `overlay` of the names changed
+/// since (`None`: deleted). Lookups read the overlay first.
 #[derive(Debug)]
 pub struct Index {
     config: Config,
     /// Owner name -> records. Names present with no records are empty
     /// non-terminals (they exist: NODATA, not NXDOMAIN).
-    names: NameMap<Vec<RData>>,
+    base: Arc<NameMap<Vec<RData>>>,
+    /// Names changed since `base` was built.
+    overlay: NameMap<Option<Vec<RData>>>,
     /// `.<zone>` for suffix checks.
     dot_zone: String,
     record_count: usize,
@@ -264,16 +273,125 @@ impl Index {
         self.record_count
     }
 
-    /// Number of distinct owner names held.
+    /// Number of distinct owner names held (the overlay's changes counted
+    /// against the base).
     pub fn name_count(&self) -> usize {
-        self.names.len()
+        let mut n = self.base.len();
+        for (name, v) in &self.overlay {
+            match (self.base.contains_key(name), v.is_some()) {
+                (false, true) => n += 1,
+                (true, false) => n -= 1,
+                _ => {}
+            }
+        }
+        n
+    }
+
+    /// Names changed since the last full build.
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.len()
+    }
+
+    /// The records at `name` (empty: an empty non-terminal), or `None`.
+    fn get(&self, name: &str) -> Option<&Vec<RData>> {
+        if !self.overlay.is_empty()
+            && let Some(v) = self.overlay.get(name)
+        {
+            return v.as_ref();
+        }
+        self.base.get(name)
+    }
+
+    /// A new index: this one with the records of the Services in
+    /// `changes` (key, objects the index was made from, objects now)
+    /// replaced, and the SOA serial `serial`. Costs the changed Services'
+    /// records, not the cluster's. `None` when a full build is needed
+    /// instead: a Service in a namespace the index does not hold yet, or an
+    /// overlay grown past a quarter of the base (lookups pay for it, and a
+    /// rebuild folds it in).
+    pub fn update(
+        &self,
+        serial: u32,
+        changes: &[(&ServiceKey, &ServiceObjects, &ServiceObjects)],
+    ) -> Option<Index> {
+        let mut config = self.config.clone();
+        config.serial = serial;
+        let svc_zone = format!("svc.{}", config.zone);
+        let mut overlay = self.overlay.clone();
+        let mut record_count = self.record_count as isize;
+        let current = |overlay: &NameMap<Option<Vec<RData>>>, name: &str| -> Option<Vec<RData>> {
+            match overlay.get(name) {
+                Some(v) => v.clone(),
+                None => self.base.get(name).cloned(),
+            }
+        };
+        for (key, old, new) in changes {
+            let ns_name = format!("{}.{svc_zone}", key.0.to_ascii_lowercase());
+            if new.service.is_some() && current(&overlay, &ns_name).is_none() {
+                return None;
+            }
+            let svc_name = format!("{}.{ns_name}", key.1.to_ascii_lowercase());
+            let below = format!(".{svc_name}");
+            let old_c = build::contribution(&config, key, old);
+            let new_c = build::contribution(&config, key, new);
+            let mut touched: Vec<&Box<str>> = old_c.keys().chain(new_c.keys()).collect();
+            touched.sort();
+            touched.dedup();
+            for name in touched {
+                let before = current(&overlay, name);
+                let after = if **name == *svc_name || name.ends_with(&below) {
+                    // The Service's own names: exactly what it makes now.
+                    new_c.get(name).cloned()
+                } else {
+                    // Shared names (reverse names): others' records stay.
+                    let mut v = before.clone().unwrap_or_default();
+                    if let Some(gone) = old_c.get(name) {
+                        v.retain(|d| !gone.contains(d));
+                    }
+                    v.extend(new_c.get(name).into_iter().flatten().cloned());
+                    v.sort();
+                    v.dedup();
+                    (!v.is_empty()).then_some(v)
+                };
+                record_count += after.as_ref().map_or(0, Vec::len) as isize
+                    - before.as_ref().map_or(0, Vec::len) as isize;
+                if after != before {
+                    overlay.insert(name.clone(), after);
+                }
+            }
+        }
+        // The apex SOA carries the new serial.
+        if let Some(apex) = current(&overlay, &config.zone) {
+            let soa = build::soa_data(&config);
+            let apex: Vec<RData> = apex
+                .into_iter()
+                .map(|d| {
+                    if matches!(d, RData::Soa { .. }) {
+                        soa.clone()
+                    } else {
+                        d
+                    }
+                })
+                .collect();
+            overlay.insert(config.zone.as_str().into(), Some(apex));
+        }
+        if overlay.len() > (self.base.len() / 4).max(1024) {
+            return None;
+        }
+        Some(Index {
+            dot_zone: self.dot_zone.clone(),
+            base: self.base.clone(),
+            overlay,
+            record_count: record_count.max(0) as usize,
+            config,
+        })
     }
 
     /// True when this server is authoritative for `qname` (lowercase, no
     /// trailing dot): the cluster zone, or a reverse name it holds a PTR for.
     /// Anything else is forwarded.
     pub fn is_authoritative_for(&self, qname: &str) -> bool {
-        self.in_zone(qname) || self.names.contains_key(qname)
+        self.in_zone(qname) || self.get(qname).is_some()
     }
 
     fn in_zone(&self, qname: &str) -> bool {
@@ -284,7 +402,7 @@ impl Index {
     /// (the caller forwards it). `qname` must be lowercase without the
     /// trailing dot (the root is the empty string).
     pub fn lookup(&self, qname: &str, qtype: u16) -> Option<Answer> {
-        if let Some(rdatas) = self.names.get(qname) {
+        if let Some(rdatas) = self.get(qname) {
             return Some(self.answer_from(qname, rdatas, qtype));
         }
         if !self.in_zone(qname) {
@@ -331,7 +449,7 @@ impl Index {
         let mut additional = Vec::new();
         for rec in &answers {
             if let Some(target) = rec.data.additional_target()
-                && let Some(tdatas) = self.names.get(target)
+                && let Some(tdatas) = self.get(target)
             {
                 let tname: Arc<str> = Arc::from(target);
                 for d in tdatas

@@ -466,3 +466,174 @@ fn dashed_ip_roundtrip() {
         Some(IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1)))
     );
 }
+
+/// Every name and its records, overlay applied (what lookups see).
+fn dump(idx: &Index) -> std::collections::BTreeMap<String, Vec<RData>> {
+    let mut m: std::collections::BTreeMap<String, Vec<RData>> = idx
+        .base
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    for (k, v) in &idx.overlay {
+        match v {
+            Some(v) => m.insert(k.to_string(), v.clone()),
+            None => m.remove(&**k),
+        };
+    }
+    m
+}
+
+fn replace_key(objects: &mut Objects, key: &ServiceKey, new: &ServiceObjects) {
+    objects.services.retain(|s| {
+        (
+            s.metadata.namespace.clone().unwrap(),
+            s.metadata.name.clone().unwrap(),
+        ) != *key
+    });
+    objects
+        .endpoint_slices
+        .retain(|s| service_key_of_slice(s).as_ref() != Some(key));
+    objects
+        .pods
+        .retain(|p| service_key_of_pod(p).as_ref() != Some(key));
+    objects.services.extend(new.service.clone());
+    objects.endpoint_slices.extend(new.slices.iter().cloned());
+    objects.pods.extend(new.pods.iter().cloned());
+}
+
+/// Incremental updates give exactly the index a full build of the same
+/// objects gives, change after change (names, records, SOA serial, counts).
+#[test]
+fn incremental_updates_equal_a_full_build() {
+    let config = Config {
+        ns_addrs: vec!["10.96.0.10".parse().unwrap()],
+        ..Config::default()
+    };
+    let mut objects = cluster();
+    let mut idx = Index::build(config.clone(), &objects);
+    let key = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+    let web_slice = |ready: bool| {
+        slice(
+            "default",
+            "web",
+            json!([
+                {"addresses": ["10.244.1.5"], "hostname": "web-0", "conditions": {"ready": true}},
+                {"addresses": ["10.244.2.6"], "conditions": {"ready": ready}},
+            ]),
+        )
+    };
+    let steps: Vec<(ServiceKey, ServiceObjects)> = vec![
+        // A new ClusterIP service.
+        (
+            key("default", "fresh"),
+            ServiceObjects {
+                service: Some(cluster_ip_svc("default", "fresh", &["10.96.0.77"])),
+                ..Default::default()
+            },
+        ),
+        // An endpoint of a headless service turns not-ready; a pod named
+        // under it turns ready.
+        (
+            key("default", "web"),
+            ServiceObjects {
+                service: Some(headless_svc("default", "web", false)),
+                slices: vec![web_slice(false)],
+                pods: vec![
+                    pod(
+                        "default",
+                        "sub-0",
+                        "10.244.4.4",
+                        true,
+                        json!({"hostname": "sub-0", "subdomain": "web"}),
+                    ),
+                    pod(
+                        "default",
+                        "sub-1",
+                        "10.244.4.5",
+                        true,
+                        json!({"hostname": "sub-1", "subdomain": "web"}),
+                    ),
+                ],
+            },
+        ),
+        // Back to ready.
+        (
+            key("default", "web"),
+            ServiceObjects {
+                service: Some(headless_svc("default", "web", false)),
+                slices: vec![web_slice(true)],
+                pods: vec![],
+            },
+        ),
+        // A service deleted; one that had no endpoints gets one.
+        (key("default", "fresh"), ServiceObjects::default()),
+        (
+            key("default", "lonely"),
+            ServiceObjects {
+                service: Some(headless_svc("default", "lonely", false)),
+                slices: vec![slice(
+                    "default",
+                    "lonely",
+                    json!([{"addresses": ["10.244.1.50"], "conditions": {"ready": true}}]),
+                )],
+                pods: vec![],
+            },
+        ),
+        // Headless becomes ClusterIP on the headless endpoint's reverse
+        // name's neighbour; ExternalName deleted.
+        (
+            key("default", "lonely"),
+            ServiceObjects {
+                service: Some(cluster_ip_svc("default", "lonely", &["10.96.0.78"])),
+                ..Default::default()
+            },
+        ),
+        (key("default", "ext"), ServiceObjects::default()),
+        // A new service in an existing namespace with no services yet.
+        (
+            key("empty", "first"),
+            ServiceObjects {
+                service: Some(cluster_ip_svc("empty", "first", &["10.96.0.79"])),
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut groups = group_by_service(&objects);
+    for (serial, (k, new)) in steps.into_iter().enumerate() {
+        let serial = 100 + serial as u32;
+        let old = groups.get(&k).cloned().unwrap_or_default();
+        let next = idx
+            .update(serial, &[(&k, &old, &new)])
+            .unwrap_or_else(|| panic!("update of {k:?} fell back to a full build"));
+        replace_key(&mut objects, &k, &new);
+        let full = Index::build(
+            Config {
+                serial,
+                ..config.clone()
+            },
+            &objects,
+        );
+        assert_eq!(dump(&next), dump(&full), "after changing {k:?}");
+        assert_eq!(next.record_count(), full.record_count(), "{k:?}");
+        assert_eq!(next.name_count(), full.name_count(), "{k:?}");
+        for (name, t) in [
+            ("fresh.default.svc.cluster.local", rtype::A),
+            ("nope.default.svc.cluster.local", rtype::A),
+        ] {
+            assert_eq!(next.lookup(name, t), full.lookup(name, t), "{name}");
+        }
+        groups.insert(k, new);
+        idx = next;
+    }
+    assert!(idx.overlay_len() > 0);
+    // A service in a namespace the index does not hold: a full build.
+    let k = key("brand-new", "svc");
+    let new = ServiceObjects {
+        service: Some(cluster_ip_svc("brand-new", "svc", &["10.96.0.80"])),
+        ..Default::default()
+    };
+    assert!(
+        idx.update(999, &[(&k, &ServiceObjects::default(), &new)])
+            .is_none()
+    );
+}
