@@ -436,7 +436,7 @@ mod tests {
             &[("http", "TCP", 8080)],
             &[("10.244.1.2", Some(true), "node-a")],
         );
-        let whole = plan(&[web.clone(), other], &[sl.clone()], &node());
+        let whole = plan(&[web.clone(), other], std::slice::from_ref(&sl), &node());
         let (ports, problems) = plan_service(&web, &[&sl], &node());
         assert!(problems.is_empty());
         let want: Vec<_> = whole
