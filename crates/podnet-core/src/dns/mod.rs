@@ -307,7 +307,7 @@ impl Index {
     /// replaced, and the SOA serial `serial`. Costs the changed Services'
     /// records, not the cluster's. `None` when a full build is needed
     /// instead: a Service in a namespace the index does not hold yet, or an
-    /// overlay grown past a quarter of the base (lookups pay for it, and a
+    /// overlay grown past an eighth of the base (lookups pay for it, and a
     /// rebuild folds it in).
     pub fn update(
         &self,
@@ -375,7 +375,7 @@ impl Index {
                 .collect();
             overlay.insert(config.zone.as_str().into(), Some(apex));
         }
-        if overlay.len() > (self.base.len() / 4).max(1024) {
+        if overlay.len() > (self.base.len() / 8).max(512) {
             return None;
         }
         Some(Index {
