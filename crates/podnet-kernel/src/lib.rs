@@ -1,8 +1,10 @@
 //! Kernel primitives that every effectful part of podnet shares: a
-//! synchronous rtnetlink socket, network namespaces podnet owns, and nft
-//! transactions. Small and dependency-light, so the CNI plugin can use it
-//! without pulling in the planners.
+//! synchronous rtnetlink socket, network namespaces podnet owns, nft
+//! transactions, and nf_tables set elements written over netlink. Small and
+//! dependency-light, so the CNI plugin can use it without pulling in the
+//! planners.
 
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nft_elements;
