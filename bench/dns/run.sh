@@ -113,3 +113,6 @@ CONF
   wait 2>/dev/null || true
   PIDS=()
 done
+
+# Update-to-answer through the real path (API server -> watch -> index).
+"$HERE/watch.sh" 10000 100

@@ -334,7 +334,11 @@ where
                     Some(keys) => changes.mark(keys, false),
                     None => changes.mark([], true),
                 },
-                // A (re)list: the store was replaced wholesale.
+                // A (re)list: the store is replaced wholesale and rebuilt
+                // from (keys_of still sees each object, to learn owners).
+                Ok(watcher::Event::InitApply(o)) => {
+                    let _ = keys_of(&o, false);
+                }
                 Ok(watcher::Event::InitDone) => changes.mark([], true),
                 Ok(_) => {}
                 Err(e) => {
