@@ -573,7 +573,7 @@ fn http_route(shared: &Shared, path: &str) -> (&'static str, &'static str, Strin
         "/ready" => (
             "503 Service Unavailable",
             "text/plain",
-            "waiting for the first sync\n".into(),
+            "not ready: first sync pending, or lame duck after SIGTERM\n".into(),
         ),
         "/metrics" => (
             "200 OK",

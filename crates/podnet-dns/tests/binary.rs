@@ -146,3 +146,68 @@ fn binary_rejects_a_bad_file_clearly() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM starts the lame duck: `/ready` fails at once (the pod leaves
+/// the Service), queries are still answered (flows still pointing here),
+/// and the process exits when the time is up.
+#[test]
+fn binary_lame_ducks_on_sigterm() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cluster.json");
+    let ip = "127.0.0.4";
+    let dns: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
+    let http: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_podnet-dns"))
+        .args([
+            "--listen",
+            &dns.to_string(),
+            "--metrics-listen",
+            &http.to_string(),
+        ])
+        .args(["--no-forward", "--lameduck-secs", "2", "--zone-from-file"])
+        .arg(&fixture)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("podnet-dns starts");
+    let mut p = Proc(child);
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
+            http
+        )
+        .is_ok()
+            && http_get(http, "/ready").0 == "HTTP/1.1 200 OK"),
+        "ready"
+    );
+    let pid = p.0.id().to_string();
+    let term = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || http_get(http, "/ready").0
+            == "HTTP/1.1 503 Service Unavailable"),
+        "/ready still 200 after SIGTERM: {:?}",
+        http_get(http, "/ready")
+    );
+    assert_eq!(
+        short(dns, &["kubernetes.default.svc.cluster.local"]),
+        ["10.96.0.1"],
+        "answers during the lame duck"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || p
+            .0
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "still running 10 s after SIGTERM"
+    );
+    let took = term.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900),
+        "exited after {took:?}, before the lame duck was over"
+    );
+}
