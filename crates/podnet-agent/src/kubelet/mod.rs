@@ -26,6 +26,9 @@ use crate::AgentArgs;
 
 pub use pod::PodHandle;
 
+/// How many pod sandboxes (namespace, CNI ADD) are made at once.
+const SANDBOXES_AT_ONCE: usize = 2;
+
 /// When the agent started (its mirror pod's start time).
 pub static AGENT_STARTED: OnceLock<String> = OnceLock::new();
 
@@ -66,6 +69,8 @@ pub struct Kubelet {
     pub pods: Mutex<HashMap<String, Arc<PodHandle>>>,
     /// This binary (for the sandbox and built-in images).
     pub exe: String,
+    /// Sandboxes being made at once (FIFO: tokio's semaphore is fair).
+    pub sandbox_turns: tokio::sync::Semaphore,
 }
 
 impl Kubelet {
@@ -102,6 +107,7 @@ pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
         args: args.clone(),
         pods: Mutex::new(HashMap::new()),
         exe: std::env::current_exe()?.display().to_string(),
+        sandbox_turns: tokio::sync::Semaphore::new(SANDBOXES_AT_ONCE),
     });
     tokio::spawn(streams::serve(kubelet.clone()));
     tokio::spawn(resync_status(kubelet.clone()));

@@ -173,6 +173,7 @@ pub fn observe(k: &Arc<Kubelet>, pod: Pod, gone: bool) {
             if phase == "Succeeded" || phase == "Failed" {
                 return;
             }
+            tracing::debug!(pod = %name, "new pod bound here");
             let h = Arc::new(new_handle(k, &pod));
             k.pods.lock().unwrap().insert(uid, h.clone());
             tokio::spawn(start(k.clone(), h));
@@ -217,7 +218,14 @@ pub(super) fn new_handle(k: &Kubelet, pod: &Pod) -> PodHandle {
 async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
     let k2 = k.clone();
     let h2 = h.clone();
+    let t0 = std::time::Instant::now();
+    // Sandboxes are made a few at a time, in the order pods arrived: a
+    // burst of pods then becomes Ready one after the other, instead of all
+    // of them late together while they fight over the kernel's locks.
+    let _turn = k.sandbox_turns.acquire().await;
     let made = tokio::task::spawn_blocking(move || make_sandbox(&k2, &h2)).await;
+    drop(_turn);
+    tracing::info!(pod = %h.name, ms = t0.elapsed().as_millis() as u64, "sandbox and network ready");
     match made {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -366,16 +374,16 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
     if let Some(ns) = &h.netns {
         cmd.arg("--netns").arg(Path::new("/run/netns").join(ns));
     }
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
-    }
+    // No pre_exec: std then spawns with posix_spawn (vfork), not fork, and
+    // the agent's page tables are not copied for every pod. The sandbox
+    // makes itself a session leader.
     let mut child = cmd.spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
     anyhow::ensure!(line.trim() == "ready", "the sandbox did not start");
     *h.sandbox_pid.lock().unwrap() = Some(child.id() as i32);
     std::thread::spawn(move || child.wait());
+    tracing::debug!(pod = %h.name, "sandbox process ready");
 
     let ip = match &h.netns {
         None => Some(k.args.node_ip.to_string()),
@@ -383,6 +391,7 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
             let list =
                 ConfList::load(&super::conflist_path(&k.args)).map_err(anyhow::Error::msg)?;
             let result = invoker(k).add(&list, &attachment(h, ns))?;
+            tracing::debug!(pod = %h.name, "CNI ADD done");
             let ip = result["ips"][0]["address"]
                 .as_str()
                 .and_then(|a| a.split('/').next())
@@ -501,6 +510,7 @@ async fn supervise(
             return;
         }
         let spec = h.containers.lock().unwrap()[&name].spec.clone();
+        tracing::debug!(pod = %h.name, container = %name, "starting");
         let (started, io, mut child, shim_pid, pid, ready) = match adopted.take() {
             Some(a) => {
                 let io = Arc::new(ContainerIo {
@@ -555,6 +565,7 @@ async fn supervise(
             c.ready = ready;
         }
         super::checkpoint::save(&h);
+        tracing::debug!(pod = %h.name, container = %name, "running");
         if let Some(probe) = spec.readiness_probe.clone() {
             tokio::spawn(readiness(k.clone(), h.clone(), name.clone(), probe, io));
         }
@@ -840,12 +851,9 @@ fn spawn_container(
             cmd.env(e.name, v);
         }
     }
-    // The shim leads a session of its own: nothing aimed at the agent's
-    // process group reaches it, and it outlives the agent.
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
-    }
+    // The shim makes itself a session leader (nothing aimed at the agent's
+    // process group reaches it, and it outlives the agent); no pre_exec
+    // here keeps the spawn a cheap posix_spawn.
     let (output, _) = broadcast::channel(256);
     let mut input = None;
     let mut pty_master: Option<OwnedFd> = None;
@@ -1053,6 +1061,7 @@ pub async fn report(k: &Kubelet, h: &PodHandle) {
         .await
     {
         Ok(_) => {
+            tracing::debug!(pod = %h.name, "status sent");
             *h.last_sent.lock().unwrap() = Some(st);
             covered.store(covers, Ordering::SeqCst);
         }

@@ -28,6 +28,8 @@ pub struct SandboxArgs {
 
 /// Sets the namespaces up, says `ready` on stdout, then waits for a signal.
 pub fn hold(args: SandboxArgs) -> anyhow::Result<()> {
+    // A session of our own: the sandbox outlives the agent.
+    let _ = nix::unistd::setsid();
     if let Some(ns) = &args.netns {
         let f = std::fs::File::open(ns).with_context(|| format!("open {}", ns.display()))?;
         setns(&f, CloneFlags::CLONE_NEWNET).context("enter the pod's network namespace")?;

@@ -70,6 +70,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Starts the container, records its pid, waits, records its exit code.
 pub fn run(args: ShimArgs) -> anyhow::Result<()> {
+    // A session of our own: signals aimed at the agent's group miss us.
+    let _ = nix::unistd::setsid();
     // The kubelet may die and its pipes with it: the shim must outlive it.
     // SAFETY: setting signal dispositions to ignore is always sound.
     unsafe {
