@@ -604,7 +604,18 @@ fn networkpolicy_isolates_and_deleting_it_restores_traffic() {
 
 #[test]
 fn a_service_spreads_sticks_with_affinity_and_refuses_at_once_when_empty() {
-    let lab = Lab::up("lw", "vxlan");
+    spread_affinity_and_empty(Lab::up("lw", "vxlan"));
+}
+
+#[test]
+fn the_same_spread_affinity_and_refusal_with_the_iptables_proxy() {
+    spread_affinity_and_empty(Lab::up_with("lwi", "vxlan", &["--proxy-mode", "iptables"]));
+}
+
+/// 300 requests reach every endpoint, ClientIP affinity sticks, a service
+/// scaled to zero refuses at once and answers again within 1 s of scaling
+/// back.
+fn spread_affinity_and_empty(lab: Lab) {
     lab.kubectl(&[
         "create",
         "deployment",
