@@ -53,6 +53,10 @@ struct Args {
     /// Do not forward names outside the zone (answer REFUSED).
     #[arg(long)]
     no_forward: bool,
+    /// Do not answer `<service>.<namespace>` (the name BusyBox's nslookup
+    /// sends for `nslookup kubernetes.default`) for existing Services.
+    #[arg(long)]
+    no_short_service_names: bool,
     /// Forwarder cache capacity (answers).
     #[arg(long, default_value_t = 10_000)]
     cache_size: usize,
@@ -107,6 +111,7 @@ async fn run(args: Args) -> Result<()> {
         },
         ns_addrs: args.ns_addr.clone(),
         serial: 1,
+        short_service_names: !args.no_short_service_names,
     };
     let forwarder = if args.no_forward {
         None

@@ -472,6 +472,17 @@ fn services_and_dns(lab: &Lab) {
     lab.wait_ready_in("kube-system", "k8s-app=kube-dns");
     let ns = lab.kubectl(&["exec", "other", "--", "nslookup", "kubernetes.default"]);
     assert!(ns.contains("Address: 10.96.0.1"), "{ns}");
+    // BusyBox's own nslookup too: it sends `kubernetes.default` without the
+    // search path (BusyBox 1.29 and later), which the cluster DNS answers.
+    let ns = lab.kubectl(&[
+        "exec",
+        "other",
+        "--",
+        "busybox",
+        "nslookup",
+        "kubernetes.default",
+    ]);
+    assert!(ns.contains("Address: 10.96.0.1"), "busybox nslookup: {ns}");
     for name in ["mypod-svc.default.svc.cluster.local", "mypod-svc"] {
         let body = lab.kubectl(&[
             "exec",

@@ -76,6 +76,12 @@ pub struct Config {
     pub ns_addrs: Vec<IpAddr>,
     /// SOA serial; the builder bumps it per rebuild so secondaries see change.
     pub serial: u32,
+    /// Answer `<service>.<namespace>` (two labels, outside the zone) for a
+    /// Service that exists, as `<service>.<namespace>.svc.<zone>`. BusyBox's
+    /// `nslookup` (1.29 and later) sends a dotted name as is, never through
+    /// the search path, so the seed's `nslookup kubernetes.default` fails
+    /// against CoreDNS; names of Services that do not exist are forwarded.
+    pub short_service_names: bool,
 }
 
 impl Default for Config {
@@ -87,6 +93,7 @@ impl Default for Config {
             pods: PodMode::Insecure,
             ns_addrs: vec![],
             serial: 1,
+            short_service_names: true,
         }
     }
 }
@@ -406,7 +413,9 @@ impl Index {
             return Some(self.answer_from(qname, rdatas, qtype));
         }
         if !self.in_zone(qname) {
-            return None;
+            return self
+                .short_service(qname)
+                .map(|rdatas| self.answer_from(qname, rdatas, qtype));
         }
         if let Some(ip) = self.insecure_pod_address(qname) {
             let data = match ip {
@@ -416,6 +425,23 @@ impl Index {
             return Some(self.answer_from(qname, std::slice::from_ref(&data), qtype));
         }
         Some(self.negative(Rcode::NxDomain))
+    }
+
+    /// The records of Service `svc` in namespace `ns` for the short name
+    /// `svc.ns`, when short names are on and that Service has addresses.
+    fn short_service(&self, qname: &str) -> Option<&[RData]> {
+        if !self.config.short_service_names {
+            return None;
+        }
+        let (svc, ns) = qname.split_once('.')?;
+        if svc.is_empty() || ns.is_empty() || ns.contains('.') {
+            return None;
+        }
+        let rdatas = self.get(&format!("{qname}.svc.{}", self.config.zone))?;
+        rdatas
+            .iter()
+            .any(|d| matches!(d, RData::A(_) | RData::Aaaa(_) | RData::Cname(_)))
+            .then_some(rdatas)
     }
 
     fn answer_from(&self, qname: &str, rdatas: &[RData], qtype: u16) -> Answer {

@@ -637,3 +637,31 @@ fn incremental_updates_equal_a_full_build() {
             .is_none()
     );
 }
+
+#[test]
+fn short_service_names_answer_existing_services_and_forward_the_rest() {
+    let idx = index(PodMode::Insecure);
+    // BusyBox's nslookup sends `kubernetes.default` as is.
+    let a = idx
+        .lookup("kubernetes.default", rtype::A)
+        .expect("answered");
+    assert_eq!(ips(&a), vec![ip("10.96.0.1")]);
+    assert_eq!(
+        &*a.answers[0].name, "kubernetes.default",
+        "owner is the question"
+    );
+    // Not a Service, not two labels, or not a namespace's: forwarded.
+    assert!(idx.lookup("nosuch.default", rtype::A).is_none());
+    assert!(idx.lookup("example.com", rtype::A).is_none());
+    assert!(idx.lookup("a.kubernetes.default", rtype::A).is_none());
+    assert!(idx.lookup("default", rtype::A).is_none());
+    // Off: forwarded like any other name.
+    let off = Index::build(
+        Config {
+            short_service_names: false,
+            ..Config::default()
+        },
+        &cluster(),
+    );
+    assert!(off.lookup("kubernetes.default", rtype::A).is_none());
+}
