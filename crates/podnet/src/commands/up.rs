@@ -67,6 +67,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .parent()
         .context("no directory for the podnet binary")?
         .to_path_buf();
+    for bin in ["podnet-agent", "podnet-cni", "podnet-dns"] {
+        if !exe_dir.join(bin).exists() {
+            bail!(
+                "{bin} is not beside podnet in {} (build it: cargo build -p podnet -p podnet-agent -p podnet-cni -p podnet-dns)",
+                exe_dir.display()
+            );
+        }
+    }
     let result = bring_up(&args, &state, &names, &exe_dir);
     match result {
         Ok(rec) => {
