@@ -198,8 +198,12 @@ pub fn delete_named(name: &str) -> Result<(), NetNsError> {
         name: name.into(),
         detail,
     };
-    nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH)
-        .map_err(|e| fail(format!("unmount {}: {e}", path.display())))?;
+    match nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+        // EINVAL: not a mount point, a file left by a creator that died
+        // before binding the namespace to it.
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(fail(format!("unmount {}: {e}", path.display()))),
+    }
     std::fs::remove_file(&path).map_err(|e| fail(format!("remove {}: {e}", path.display())))
 }
 
@@ -243,7 +247,8 @@ pub fn sweep_stale(prefix: &str) {
     }
 }
 
-fn kill_processes_in(name: &str) {
+/// Kills (SIGKILL) every process whose network namespace is the named one.
+pub fn kill_processes_in(name: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {

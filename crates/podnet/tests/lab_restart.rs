@@ -330,3 +330,94 @@ fn restarting_the_agents_keeps_pods_connections_isolation_and_the_nft_ruleset() 
 fn restarting_the_agents_keeps_pods_connections_isolation_and_the_iptables_ruleset() {
     restart_keeps_everything("iptables");
 }
+
+/// Every agent killed (SIGKILL) while a burst of pods is starting: once the
+/// supervisor has started them again, every pod runs exactly once (no
+/// second container for a run the old agent started but never recorded, no
+/// pod stuck on a half-made sandbox), with no namespace or address left over.
+#[test]
+fn agents_killed_in_the_middle_of_a_burst_leave_every_pod_running_once() {
+    let lab = Lab::up("rsk", "vxlan");
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "burst",
+        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
+        "--replicas=60",
+        "--",
+        "/agnhost",
+        "netexec",
+        "--http-port=8123",
+    ]);
+    std::thread::sleep(Duration::from_millis(250));
+    let nodes = ["control-plane", "worker", "worker2"].map(|n| format!("{}-{n}", lab.name));
+    for node in &nodes {
+        let pid: i32 = std::fs::read_to_string(format!(
+            "/var/lib/podnet/{}/nodes/{node}/agent.pid",
+            lab.name
+        ))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    lab.wait_ready("app=burst");
+    // Settle: nothing more may start once all are Ready.
+    std::thread::sleep(Duration::from_secs(2));
+    let pods = lab.get_json(&["pods", "-A"]);
+    let items = pods["items"].as_array().unwrap();
+    let burst: Vec<_> = items
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == "burst")
+        .collect();
+    assert_eq!(burst.len(), 60);
+    for p in &burst {
+        assert_eq!(
+            p["status"]["containerStatuses"][0]["restartCount"], 0,
+            "{}",
+            p["metadata"]["name"]
+        );
+    }
+    let running = Command::new("pgrep")
+        .args(["-fc", "^[^ ]+ image agnhost netexec --http-port=8123"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&running.stdout).trim(),
+        "60",
+        "one container process per pod"
+    );
+    let with_netns = items
+        .iter()
+        .filter(|p| p["spec"]["hostNetwork"] != true)
+        .count();
+    let netns = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{}-pod-", lab.name))
+        })
+        .count();
+    assert_eq!(netns, with_netns, "one namespace per pod");
+    let mut allocated = 0;
+    for node in &nodes {
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!(
+                "/var/lib/podnet/{}/nodes/{node}/ipam/podnet/state.json",
+                lab.name
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        allocated += state["allocations"].as_array().unwrap().len();
+    }
+    assert_eq!(allocated, with_netns, "one address per pod");
+    lab.down();
+}

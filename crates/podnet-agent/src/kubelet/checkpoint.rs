@@ -157,6 +157,9 @@ pub fn adopt(
             continue; // ended for good before the restart
         }
         let saved = &rec["containers"][name];
+        if saved["shimPid"].is_null() {
+            end_unrecorded_run(&h, name);
+        }
         let run = saved["shimPid"].as_i64().map(|shim| {
             let run = run_path(&h, name).display().to_string();
             AdoptedRun {
@@ -175,6 +178,32 @@ pub fn adopt(
     }
     tracing::info!(pod = %h.name, containers = runs.len(), "pod taken back after an agent restart");
     Some((Arc::new(h), runs))
+}
+
+/// Kills a container started just before the agent died, before its run
+/// was recorded: its shim wrote its pid, and is still its parent.
+fn end_unrecorded_run(h: &PodHandle, name: &str) {
+    let run = run_path(h, name);
+    let Some(pid) = std::fs::read_to_string(super::shim::pid_file(&run))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The command may hold spaces: the ppid follows ") <state> ".
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.split_whitespace().nth(1)?.parse::<i64>().ok()
+        });
+    if parent.is_some_and(|ppid| ours(ppid, &run.display().to_string())) {
+        tracing::info!(pod = %h.name, container = name, "ending a run started before the agent died");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 /// Kills the containers of a record whose shims are still ours.

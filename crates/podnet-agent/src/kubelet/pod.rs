@@ -362,6 +362,18 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
     }
     pod_files(h, None)?;
     if let Some(ns) = &h.netns {
+        if Path::new(podnet_kernel::netns::NETNS_DIR).join(ns).exists() {
+            // Left by an agent that died while starting this pod, before
+            // its checkpoint: undo it (processes, CNI, namespace) first.
+            tracing::info!(pod = %h.name, netns = %ns, "removing a half-made sandbox");
+            podnet_kernel::netns::kill_processes_in(ns);
+            if let Ok(list) = ConfList::load(&super::conflist_path(&k.args))
+                && let Err(e) = invoker(k).del(&list, &attachment(h, ns), None)
+            {
+                tracing::warn!(pod = %h.name, error = %e, "CNI DEL of the half-made sandbox");
+            }
+            podnet_kernel::netns::delete_named(ns)?;
+        }
         podnet_kernel::netns::add_named(ns)?;
     }
     let hostname = spec.hostname.clone().unwrap_or_else(|| h.name.clone());
@@ -519,7 +531,10 @@ async fn supervise(
                     tty: false,
                     log: Some(h.log_path(&name)),
                 });
-                (a.started, io, None, a.shim_pid, a.pid, a.ready)
+                // Without a probe a running container is ready; with one,
+                // it keeps what the API last heard until the probe runs.
+                let ready = spec.readiness_probe.is_none() || a.ready;
+                (a.started, io, None, a.shim_pid, a.pid, ready)
             }
             None => {
                 let started = now();
