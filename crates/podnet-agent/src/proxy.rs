@@ -30,37 +30,27 @@ const LAB_SERVICE_CIDR: &str = "10.96.0.0/12";
 /// service without endpoints is refused in the `output` hook.
 fn ensure_service_route(node_ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let routed = std::process::Command::new("ip")
-        .args(["route", "get", "10.96.0.1"])
-        .output()
-        .context("run ip (iproute2)")?
-        .status
-        .success();
+    let cidr: ipnet::Ipv4Net = LAB_SERVICE_CIDR.parse().expect("a CIDR");
+    let probe = std::net::IpAddr::V4(cidr.network());
+    let mut nl = podnet_kernel::netlink::Netlink::open()?;
+    let routed = nl.routes(false)?.iter().any(|r| match r.dst {
+        None => true, // the default route
+        Some(dst) => ipnet::IpNet::new(dst, r.dst_prefix).is_ok_and(|n| n.contains(&probe)),
+    });
     if routed {
         return Ok(());
     }
-    let out = std::process::Command::new("ip")
-        .args(["-o", "-4", "addr", "show", "to", &node_ip.to_string()])
-        .output()
-        .context("run ip (iproute2)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let dev = text
-        .split_whitespace()
-        .nth(1)
+    let index = nl
+        .addresses()?
+        .into_iter()
+        .find(|a| a.ip == std::net::IpAddr::V4(node_ip))
+        .map(|a| a.index)
         .with_context(|| format!("no link holds the node address {node_ip}"))?;
-    let out = std::process::Command::new("ip")
-        .args(["route", "replace", LAB_SERVICE_CIDR, "dev", dev, "src"])
-        .arg(node_ip.to_string())
-        .output()
-        .context("run ip (iproute2)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip route replace {LAB_SERVICE_CIDR} dev {dev}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    // On-link via the node's own link: the source is that link's address.
+    nl.add_route(probe, cidr.prefix_len(), None, Some(index))?;
     tracing::info!(
         cidr = LAB_SERVICE_CIDR,
-        dev,
+        link = index,
         "route to the service CIDR added"
     );
     Ok(())

@@ -18,9 +18,10 @@ pub const NETNS_DIR: &str = "/run/netns";
 /// Failures of namespace handling; each names the namespace at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum NetNsError {
-    /// `ip netns add/del` failed or could not run.
-    #[error("ip netns {action} {name}: {detail}")]
-    Ip {
+    /// Making or removing a named namespace failed (what `ip netns
+    /// add/delete` would have reported).
+    #[error("netns {action} {name}: {detail}")]
+    Named {
         action: &'static str,
         name: String,
         detail: String,
@@ -53,22 +54,8 @@ impl NetNs {
 
     /// Creates the namespace `name` (failing if it exists) with `lo` up.
     pub fn create(name: &str) -> Result<Self, NetNsError> {
-        ip_netns("add", name)?;
-        let ns = Self::open(name)?;
-        let out = ns.command("ip").args(["link", "set", "lo", "up"]).output();
-        match out {
-            Ok(o) if o.status.success() => Ok(ns),
-            Ok(o) => Err(NetNsError::Ip {
-                action: "exec",
-                name: name.into(),
-                detail: String::from_utf8_lossy(&o.stderr).into_owned(),
-            }),
-            Err(e) => Err(NetNsError::Ip {
-                action: "exec",
-                name: name.into(),
-                detail: e.to_string(),
-            }),
-        }
+        add_named(name)?;
+        Self::open(name)
     }
 
     /// Adopts an existing named namespace; it is still deleted on drop.
@@ -118,7 +105,7 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         kill_processes_in(&self.name);
-        let _ = ip_netns("delete", &self.name);
+        let _ = delete_named(&self.name);
     }
 }
 
@@ -127,7 +114,7 @@ impl Drop for NetNs {
 /// namespace lives until [`delete_named`] (or `ip netns delete`).
 pub fn add_named(name: &str) -> Result<(), NetNsError> {
     use nix::mount::{MsFlags, mount};
-    let fail = |detail: String| NetNsError::Ip {
+    let fail = |detail: String| NetNsError::Named {
         action: "add",
         name: name.into(),
         detail,
@@ -193,7 +180,7 @@ pub fn add_named(name: &str) -> Result<(), NetNsError> {
 /// namespace itself goes once nothing else holds it.
 pub fn delete_named(name: &str) -> Result<(), NetNsError> {
     let path = Path::new(NETNS_DIR).join(name);
-    let fail = |detail: String| NetNsError::Ip {
+    let fail = |detail: String| NetNsError::Named {
         action: "delete",
         name: name.into(),
         detail,
@@ -242,41 +229,42 @@ pub fn sweep_stale(prefix: &str) {
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             kill_processes_in(&name);
-            let _ = ip_netns("delete", &name);
+            let _ = delete_named(&name);
         }
     }
+}
+
+/// Every process whose network namespace is one of the named ones: one
+/// pass over `/proc` comparing namespace inodes (what `ip netns pids` does,
+/// for many namespaces at once and without a process of its own).
+pub fn pids_in(names: &[&str]) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let inodes: std::collections::HashSet<u64> = names
+        .iter()
+        .filter_map(|n| std::fs::metadata(Path::new(NETNS_DIR).join(n)).ok())
+        .map(|m| m.ino())
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| inodes.contains(&m.ino()))
+        })
+        .collect()
 }
 
 /// Kills (SIGKILL) every process whose network namespace is the named one.
 pub fn kill_processes_in(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            if let Ok(pid) = pid.parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
-fn ip_netns(action: &'static str, name: &str) -> Result<(), NetNsError> {
-    let out = Command::new("ip")
-        .args(["netns", action, name])
-        .output()
-        .map_err(|e| NetNsError::Ip {
-            action,
-            name: name.into(),
-            detail: e.to_string(),
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetNsError::Ip {
-            action,
-            name: name.into(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+    for pid in pids_in(&[name]) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }

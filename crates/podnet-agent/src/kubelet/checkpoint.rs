@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::Kubelet;
 use super::pod::{AdoptedRun, CState, ContainerRt, PodHandle, run_path, teardown_sandbox};
-use super::shim::write_atomic;
+use super::write_atomic;
 
 const FILE: &str = "checkpoint.json";
 

@@ -53,10 +53,19 @@ pub fn write_cni_config(args: &AgentArgs, cidr: &Ipv4Net) -> anyhow::Result<()> 
     });
     let path = conflist_path(args);
     std::fs::create_dir_all(path.parent().unwrap())?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&conf)?)?;
-    std::fs::rename(tmp, path)?;
+    write_atomic(&path, &serde_json::to_vec_pretty(&conf)?)?;
     Ok(())
+}
+
+/// Writes `data` to `path` by rename, so a reader (a CNI runtime, a
+/// restarted agent) sees all of it or none.
+pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(tmp, path)
 }
 
 /// Everything the kubelet shares between its tasks.

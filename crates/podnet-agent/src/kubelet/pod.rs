@@ -889,31 +889,31 @@ fn spawn_container(
             .stderr(Stdio::null());
     }
     let mut child = tokio::process::Command::from(cmd).spawn()?;
-    if let Some(master) = pty_master {
-        let reader = File::from(master.try_clone()?);
-        input = Some(File::from(master));
+    // With a tty or stdin the output comes through us: copy it to the log
+    // and to attached clients. Otherwise the shim wrote it there directly.
+    if piped {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
-        pump(reader, log, output.clone());
-    } else if piped {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        if let Some(stdin) = child.stdin.take() {
-            input = Some(File::from(stdin.into_owned_fd()?));
-        }
-        if let Some(out) = child.stdout.take() {
-            pump(
-                File::from(out.into_owned_fd()?),
-                log.try_clone()?,
-                output.clone(),
-            );
-        }
-        if let Some(err) = child.stderr.take() {
-            pump(File::from(err.into_owned_fd()?), log, output.clone());
+        if let Some(master) = pty_master {
+            let reader = File::from(master.try_clone()?);
+            input = Some(File::from(master));
+            pump(reader, log, output.clone());
+        } else {
+            if let Some(stdin) = child.stdin.take() {
+                input = Some(File::from(stdin.into_owned_fd()?));
+            }
+            if let Some(out) = child.stdout.take() {
+                pump(
+                    File::from(out.into_owned_fd()?),
+                    log.try_clone()?,
+                    output.clone(),
+                );
+            }
+            if let Some(err) = child.stderr.take() {
+                pump(File::from(err.into_owned_fd()?), log, output.clone());
+            }
         }
     }
     let log = (!piped).then_some(log_path);

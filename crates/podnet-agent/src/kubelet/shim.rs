@@ -4,7 +4,6 @@
 //! shim, not the agent, is the container's parent, so a restarted agent
 //! finds its containers still running and still learns how they ended.
 
-use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -54,18 +53,6 @@ pub fn read_exit(run: &Path) -> Option<(i32, String)> {
     let mut it = text.split_whitespace();
     let code = it.next()?.parse().ok()?;
     Some((code, it.next().unwrap_or_default().to_string()))
-}
-
-/// Writes `data` to `path` by rename, so a reader sees all of it or none.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    drop(f);
-    std::fs::rename(tmp, path)
 }
 
 /// Starts the container, records its pid, waits, records its exit code.
@@ -135,19 +122,19 @@ pub fn run(args: ShimArgs) -> anyhow::Result<()> {
                 126
             };
             eprintln!("podnet: cannot run {:?}: {e}", args.argv[0]);
-            write_atomic(
+            super::write_atomic(
                 &exit_file(&args.run),
                 format!("{code} {}\n", now()).as_bytes(),
             )?;
             return Ok(());
         }
     };
-    write_atomic(&pid_file(&args.run), format!("{}\n", child.id()).as_bytes())?;
+    super::write_atomic(&pid_file(&args.run), format!("{}\n", child.id()).as_bytes())?;
     let status = child.wait()?;
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    write_atomic(
+    super::write_atomic(
         &exit_file(&args.run),
         format!("{code} {}\n", now()).as_bytes(),
     )?;

@@ -95,37 +95,13 @@ pub fn lab_namespaces(lab: &str) -> Vec<String> {
     v
 }
 
-/// Every process whose network namespace is one of `namespaces`: one pass
-/// over `/proc` comparing namespace inodes (what `ip netns pids` does, for
-/// all the lab's namespaces at once and without a process per namespace).
-fn pids_in(namespaces: &[String]) -> Vec<i32> {
-    use std::os::unix::fs::MetadataExt;
-    let inodes: std::collections::HashSet<u64> = namespaces
-        .iter()
-        .filter_map(|ns| std::fs::metadata(Path::new("/run/netns").join(ns)).ok())
-        .map(|m| m.ino())
-        .collect();
-    if inodes.is_empty() {
-        return Vec::new();
-    }
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::metadata(format!("/proc/{pid}/ns/net"))
-                .is_ok_and(|m| inodes.contains(&m.ino()))
-        })
-        .collect()
-}
-
 /// Kills every process inside the lab's namespaces, waits until they are
 /// gone, and deletes the namespaces.
 pub fn destroy(lab: &str) {
     let namespaces = lab_namespaces(lab);
     for _ in 0..50 {
-        let pids = pids_in(&namespaces);
+        let names: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+        let pids = podnet_kernel::netns::pids_in(&names);
         if pids.is_empty() {
             break;
         }
