@@ -4,14 +4,13 @@
 //! transaction per batch. The table stays in the kernel when the agent is
 //! gone: isolated pods stay isolated (fail closed).
 
-use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
-use podnet_core::policy::{NodeFacts, plan};
+use podnet_core::policy::{NodeFacts, PolicyWorld, plan_world};
 use podnet_dataplane::nft;
 use podnet_dataplane::policy::PolicyApplier;
 use tokio::sync::mpsc;
@@ -61,30 +60,47 @@ pub async fn run(client: kube::Client, args: AgentArgs, pod_cidr: Ipv4Net) -> an
         Change::Namespace,
     );
     watch::spawn(Api::<NetworkPolicy>::all(client), tx, Change::Policy);
-    let (mut pods, mut namespaces, mut policies) =
-        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    // The world is kept between batches and planned again only when a
+    // batch changed something a plan depends on: in a burst of pod starts
+    // most updates are status (conditions, container states), and every
+    // agent sees every pod's.
+    let mut world = PolicyWorld::new(&[], &[], &[]).expect("an empty world is valid");
     let mut synced = 0;
+    let mut dirty = true;
     while let Some(batch) = watch::batch(&mut rx).await {
         for c in batch {
-            synced += match c {
-                Change::Pod(u) => watch::apply(&mut pods, u),
-                Change::Namespace(u) => watch::apply(&mut namespaces, u),
-                Change::Policy(u) => watch::apply(&mut policies, u),
-            } as u32;
+            match c {
+                Change::Pod(Update::Set(_, pod)) => dirty |= world.upsert_pod(&pod),
+                Change::Pod(Update::Gone(key)) => {
+                    let (ns, name) = key.split_once('/').unwrap_or(("", &key));
+                    dirty |= world.remove_pod(ns, name);
+                }
+                Change::Namespace(Update::Set(_, ns)) => dirty |= world.upsert_namespace(&ns),
+                Change::Namespace(Update::Gone(key)) => {
+                    world.remove_namespace(key.trim_start_matches('/'));
+                    dirty = true;
+                }
+                Change::Policy(Update::Set(_, np)) => {
+                    if let Err(e) = world.upsert_policy(&np) {
+                        tracing::warn!(error = %e, policy = ?np.metadata.name, "policy refused; keeping its last version");
+                    }
+                    dirty = true;
+                }
+                Change::Policy(Update::Gone(key)) => {
+                    let (ns, name) = key.split_once('/').unwrap_or(("", &key));
+                    world.remove_policy(ns, name);
+                    dirty = true;
+                }
+                Change::Pod(Update::Synced)
+                | Change::Namespace(Update::Synced)
+                | Change::Policy(Update::Synced) => synced += 1,
+            }
         }
-        if synced < 3 {
+        if synced < 3 || !dirty {
             continue;
         }
-        let p: Vec<Pod> = pods.values().cloned().collect();
-        let n: Vec<Namespace> = namespaces.values().cloned().collect();
-        let np: Vec<NetworkPolicy> = policies.values().cloned().collect();
-        let state = match plan(&facts, &p, &n, &np) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "policy input refused; keeping the last state");
-                continue;
-            }
-        };
+        dirty = false;
+        let state = plan_world(&facts, &world);
         let synced = tokio::task::block_in_place(|| {
             applier
                 .lock()

@@ -2,8 +2,6 @@
 //! into keyed updates on a channel, so a reconciler can batch a burst of
 //! events from several kinds into one plan and one kernel transaction.
 
-use std::collections::BTreeMap;
-
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -56,21 +54,6 @@ where
             }
         }
     });
-}
-
-/// Applies an update to a keyed view; `true` once for the initial sync.
-pub fn apply<K>(view: &mut BTreeMap<String, K>, u: Update<K>) -> bool {
-    match u {
-        Update::Set(k, o) => {
-            view.insert(k, *o);
-            false
-        }
-        Update::Gone(k) => {
-            view.remove(&k);
-            false
-        }
-        Update::Synced => true,
-    }
 }
 
 /// Waits for one message, then collects whatever else arrives within a

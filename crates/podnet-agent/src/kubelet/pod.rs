@@ -223,9 +223,10 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
     // burst of pods then becomes Ready one after the other, instead of all
     // of them late together while they fight over the kernel's locks.
     let _turn = k.sandbox_turns.acquire().await;
+    let waited = t0.elapsed().as_millis() as u64;
     let made = tokio::task::spawn_blocking(move || make_sandbox(&k2, &h2)).await;
     drop(_turn);
-    tracing::info!(pod = %h.name, ms = t0.elapsed().as_millis() as u64, "sandbox and network ready");
+    tracing::info!(pod = %h.name, ms = t0.elapsed().as_millis() as u64, waited, "sandbox and network ready");
     match made {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -247,7 +248,12 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
     for c in &spec.containers {
         tokio::spawn(supervise(k.clone(), h.clone(), c.name.clone(), None));
     }
-    report(&k, &h).await;
+    // Each container's first start (running, or why not) is reported with
+    // the IP, as kubelet's first status after a sandbox: one write instead
+    // of a ContainerCreating one just before it, for every watcher of pods.
+    if spec.containers.is_empty() {
+        report(&k, &h).await;
+    }
 }
 
 fn pod_files(h: &PodHandle, ip: Option<&str>) -> anyhow::Result<()> {
@@ -376,6 +382,7 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
         }
         podnet_kernel::netns::add_named(ns)?;
     }
+    tracing::debug!(pod = %h.name, "network namespace made");
     let hostname = spec.hostname.clone().unwrap_or_else(|| h.name.clone());
     let mut cmd = Command::new(&k.exe);
     cmd.args(["sandbox", "--hostname", &hostname, "--dir"])

@@ -79,6 +79,20 @@ pub fn run(args: ShimArgs) -> anyhow::Result<()> {
         .map(std::ffi::CString::new)
         .transpose()
         .context("workingDir")?;
+    if let Some((image, image_args)) = builtin_image(&args.argv) {
+        let log = args
+            .log
+            .as_ref()
+            .map(|log| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .with_context(|| format!("open {}", log.display()))
+            })
+            .transpose()?;
+        return run_builtin(&args, image, image_args, &raw, workdir.as_deref(), log);
+    }
     let mut cmd = Command::new(&args.argv[0]);
     cmd.args(&args.argv[1..]);
     if let Some(log) = &args.log {
@@ -139,4 +153,88 @@ pub fn run(args: ShimArgs) -> anyhow::Result<()> {
         format!("{code} {}\n", now()).as_bytes(),
     )?;
     Ok(())
+}
+
+/// `<this binary> image <name> <args...>`: a built-in image (pause, nginx,
+/// agnhost), whose code the shim already holds.
+fn builtin_image(argv: &[String]) -> Option<(&str, &[String])> {
+    let [exe, verb, name, rest @ ..] = argv else {
+        return None;
+    };
+    let me = std::env::current_exe().ok()?;
+    let same = Path::new(exe) == me
+        || std::fs::canonicalize(exe).is_ok_and(|p| std::fs::canonicalize(&me).is_ok_and(|m| m == p));
+    (verb == "image" && same).then_some((name.as_str(), rest))
+}
+
+/// Runs a built-in image in a child forked from the shim, without an exec:
+/// the shim is single-threaded and is the same binary, so the child needs
+/// nothing loaded again (an exec of this binary is a few milliseconds of
+/// CPU per pod, most of a pod start in a burst).
+fn run_builtin(
+    args: &ShimArgs,
+    image: &str,
+    image_args: &[String],
+    ns: &[std::os::fd::RawFd; 3],
+    workdir: Option<&std::ffi::CStr>,
+    log: Option<std::fs::File>,
+) -> anyhow::Result<()> {
+    use nix::unistd::{ForkResult, fork};
+    // SAFETY: the shim has no other thread (it never starts a runtime), so
+    // the child may do anything a fresh process may.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            let code = (|| -> anyhow::Result<()> {
+                super::sandbox::enter_pre_exec(ns)?;
+                if let Some(dir) = workdir {
+                    nix::unistd::chdir(dir)?;
+                }
+                // SAFETY: restoring default dispositions and starting a session.
+                unsafe {
+                    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                    libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                    libc::setsid();
+                    if args.tty {
+                        libc::ioctl(0, libc::TIOCSCTTY, 0);
+                    }
+                }
+                if let Some(f) = &log {
+                    let null = std::fs::File::open("/dev/null")?;
+                    nix::unistd::dup2_stdin(&null)?;
+                    nix::unistd::dup2_stdout(f)?;
+                    nix::unistd::dup2_stderr(f)?;
+                }
+                drop(log);
+                // `ps` in the pod names the image, as it would its binary.
+                let _ = nix::sys::prctl::set_name(&std::ffi::CString::new(image)?);
+                crate::images::run(image, image_args)
+            })();
+            let status = match code {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("podnet: {image}: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(status);
+        }
+        ForkResult::Parent { child } => {
+            drop(log);
+            super::write_atomic(&pid_file(&args.run), format!("{child}\n").as_bytes())?;
+            use nix::sys::wait::{WaitStatus, waitpid};
+            let code = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, c)) => break c,
+                    Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e).context("wait for the container"),
+                }
+            };
+            super::write_atomic(
+                &exit_file(&args.run),
+                format!("{code} {}\n", now()).as_bytes(),
+            )?;
+            Ok(())
+        }
+    }
 }

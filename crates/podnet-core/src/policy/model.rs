@@ -106,7 +106,7 @@ pub struct NamedPort {
 }
 
 /// The facts of a pod that policy depends on.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodFacts {
     /// Namespace and name.
     pub key: PodKey,
@@ -551,7 +551,11 @@ impl PolicyWorld {
     }
 
     /// Adds or replaces a pod (a watch event), keyed by namespace/name.
-    pub fn upsert_pod(&mut self, pod: &Pod) {
+    /// Returns whether the plan can differ: most pod updates are status
+    /// (conditions, container states) and change none of its facts, and a
+    /// pod without an address is in no rule and no set, so changes before
+    /// it has one do not count either.
+    pub fn upsert_pod(&mut self, pod: &Pod) -> bool {
         let facts = PodFacts::from_pod(pod);
         self.namespaces
             .entry(facts.key.namespace.clone())
@@ -562,25 +566,39 @@ impl PolicyWorld {
                 )])
             });
         match self.pods.iter_mut().find(|p| p.key == facts.key) {
-            Some(p) => *p = facts,
-            None => self.pods.push(facts),
+            Some(p) => {
+                let matters = *p != facts && (p.ip.is_some() || facts.ip.is_some());
+                *p = facts;
+                matters
+            }
+            None => {
+                let matters = facts.ip.is_some();
+                self.pods.push(facts);
+                matters
+            }
         }
     }
 
-    /// Forgets a deleted pod.
-    pub fn remove_pod(&mut self, namespace: &str, name: &str) {
-        self.pods
-            .retain(|p| !(p.key.namespace == namespace && p.key.name == name));
+    /// Forgets a deleted pod; returns whether the plan can differ.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> bool {
+        let mut matters = false;
+        self.pods.retain(|p| {
+            let gone = p.key.namespace == namespace && p.key.name == name;
+            matters |= gone && p.ip.is_some();
+            !gone
+        });
+        matters
     }
 
-    /// Adds or replaces a namespace's labels (with its name label).
-    pub fn upsert_namespace(&mut self, ns: &Namespace) {
+    /// Adds or replaces a namespace's labels (with its name label); returns
+    /// whether they changed.
+    pub fn upsert_namespace(&mut self, ns: &Namespace) -> bool {
         let name = ns.metadata.name.clone().unwrap_or_default();
         let mut labels = ns.metadata.labels.clone().unwrap_or_default();
         labels
             .entry(NAMESPACE_NAME_LABEL.to_string())
             .or_insert_with(|| name.clone());
-        self.namespaces.insert(name, labels);
+        self.namespaces.insert(name, labels.clone()) != Some(labels)
     }
 
     /// Forgets a deleted namespace (its pods, if any remain, keep its name).

@@ -316,6 +316,43 @@ fn world_kept_by_events_plans_like_a_fresh_one() {
 }
 
 #[test]
+fn only_updates_that_can_change_the_plan_count() {
+    let w = world();
+    let deny = netpol("x", "deny", json!({"podSelector": {}, "ingress": []}));
+    let mut world = PolicyWorld::new(&w.pods, &w.nss, std::slice::from_ref(&deny)).unwrap();
+    let before = plan_world(&n1(), &world);
+    // A status-only update (a condition) changes no fact.
+    let mut same = w.pods[0].clone();
+    same.status.get_or_insert_default().conditions = Some(vec![Default::default()]);
+    assert!(!world.upsert_pod(&same));
+    // A pod without an address yet is in no rule: neither its arrival nor
+    // its binding counts, and the plan is indeed the same.
+    let mut fresh = pod("x", "new", "10.244.1.50", "n1");
+    fresh.status = None;
+    fresh.spec.get_or_insert_default().node_name = None;
+    assert!(!world.upsert_pod(&fresh));
+    fresh.spec.get_or_insert_default().node_name = Some("n1".into());
+    assert!(!world.upsert_pod(&fresh));
+    assert_eq!(plan_world(&n1(), &world), before);
+    // Its address counts; so do new labels and its deletion.
+    let addressed = pod("x", "new", "10.244.1.50", "n1");
+    assert!(world.upsert_pod(&addressed));
+    assert_ne!(plan_world(&n1(), &world), before);
+    let mut relabelled = addressed.clone();
+    relabelled
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("extra".into(), "1".into());
+    assert!(world.upsert_pod(&relabelled));
+    assert!(world.remove_pod("x", "new"));
+    assert!(!world.remove_pod("x", "new"), "already gone");
+    assert_eq!(plan_world(&n1(), &world), before);
+    // Namespace labels: the same labels again do not count.
+    assert!(!world.upsert_namespace(&w.nss[0]));
+}
+
+#[test]
 fn sctp_and_protocol_only_rules_render_as_text() {
     let w = world();
     let p = netpol(
