@@ -163,7 +163,8 @@ fn builtin_image(argv: &[String]) -> Option<(&str, &[String])> {
     };
     let me = std::env::current_exe().ok()?;
     let same = Path::new(exe) == me
-        || std::fs::canonicalize(exe).is_ok_and(|p| std::fs::canonicalize(&me).is_ok_and(|m| m == p));
+        || std::fs::canonicalize(exe)
+            .is_ok_and(|p| std::fs::canonicalize(&me).is_ok_and(|m| m == p));
     (verb == "image" && same).then_some((name.as_str(), rest))
 }
 
