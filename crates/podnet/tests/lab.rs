@@ -225,6 +225,26 @@ fn scenario(encap: &str) {
         pod_namespaces(&lab.name).contains(&sandbox),
         "no sandbox {sandbox}"
     );
+    let pid_file = format!(
+        "/var/lib/podnet/{}/nodes/{server_node}/pods/{uid}/server.pid",
+        lab.name
+    );
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{pid_file}: {e}"))
+        .trim()
+        .to_string();
+    let cmdline = |pid: &str| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    // The container shows its own command line, not its shim's.
+    assert!(
+        cmdline(&pid).contains(" image agnhost netexec --http-port=8080")
+            && !cmdline(&pid).contains(" shim "),
+        "server's process {pid}: {:?}",
+        cmdline(&pid)
+    );
     lab.kubectl(&["delete", "pod", "server"]);
     assert!(
         !pod_namespaces(&lab.name).contains(&sandbox),
@@ -246,15 +266,9 @@ fn scenario(encap: &str) {
         !held.contains(&server_ip.as_str()),
         "{server_ip} still allocated: {held:?}"
     );
-    let ps = std::process::Command::new("pgrep")
-        // The container itself, not its shim (whose command line names it).
-        .args(["-f", "^[^ ]+ image agnhost netexec --http-port=8080"])
-        .output()
-        .unwrap();
-    let left = String::from_utf8_lossy(&ps.stdout).lines().count();
     assert!(
-        left <= 1,
-        "the deleted server's process is still running (only duo's may remain)"
+        !cmdline(&pid).contains(" image agnhost netexec"),
+        "the deleted server's process {pid} is still running"
     );
 
     // A crashed container restarts.

@@ -168,6 +168,45 @@ fn builtin_image(argv: &[String]) -> Option<(&str, &[String])> {
     (verb == "image" && same).then_some((name.as_str(), rest))
 }
 
+/// Writes `argv` over this process's own command line (padding with NULs),
+/// so `ps` and `pgrep -f` see a forked built-in image as they would an
+/// exec'd one rather than as a second copy of its shim. Goes through
+/// `/proc/self/mem`, so no raw pointer is needed.
+fn show_command_line(argv: &[String]) -> anyhow::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name's closing parenthesis start at field 3;
+    // arg_start and arg_end are fields 48 and 49 (proc(5)).
+    let after = stat
+        .rsplit_once(')')
+        .context("malformed /proc/self/stat")?
+        .1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(n - 3)
+            .context("short /proc/self/stat")?
+            .parse()?)
+    };
+    let (start, end) = (field(48)?, field(49)?);
+    let room = usize::try_from(end.saturating_sub(start))?;
+    let mut text = Vec::with_capacity(room);
+    for a in argv {
+        text.extend_from_slice(a.as_bytes());
+        text.push(0);
+    }
+    text.resize(room, 0);
+    if let Some(last) = text.last_mut() {
+        *last = 0;
+    }
+    let mut mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")?;
+    mem.seek(SeekFrom::Start(start))?;
+    mem.write_all(&text)?;
+    Ok(())
+}
+
 /// Runs a built-in image in a child forked from the shim, without an exec:
 /// the shim is single-threaded and is the same binary, so the child needs
 /// nothing loaded again (an exec of this binary is a few milliseconds of
@@ -206,8 +245,12 @@ fn run_builtin(
                     nix::unistd::dup2_stderr(f)?;
                 }
                 drop(log);
-                // `ps` in the pod names the image, as it would its binary.
+                // `ps` names the image and shows the container's command
+                // line, as it would after an exec.
                 let _ = nix::sys::prctl::set_name(&std::ffi::CString::new(image)?);
+                if let Err(e) = show_command_line(&args.argv) {
+                    tracing::debug!("command line of {image} not shown: {e:#}");
+                }
                 crate::images::run(image, image_args)
             })();
             let status = match code {
