@@ -17,6 +17,10 @@ pub const DEFAULT_BRIDGE: &str = "podnet0";
 /// Where allocations are kept unless `ipam.dataDir` says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/podnet";
 
+/// `gsoMaxSize` bounds: the kernel's 64 KiB default up to its
+/// `GSO_MAX_SIZE` (what a veth's `tso_max_size` allows).
+const GSO_MAX_SIZE_RANGE: std::ops::RangeInclusive<u64> = 65536..=524280;
+
 /// One range of a range set (host-local's `range`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Range {
@@ -73,6 +77,10 @@ pub struct NetConf {
     pub mtu: u32,
     /// `hairpinMode` on the host end.
     pub hairpin: bool,
+    /// `gsoMaxSize`: the largest packet, in bytes, the veth ends build and
+    /// pass in one buffer (BIG TCP, above the kernel's 65536). Absent: the
+    /// kernel's default. Only for networks that never encapsulate.
+    pub gso_max_size: Option<u32>,
     /// `ipMasq` for traffic leaving the ranges' subnets.
     pub ip_masq: bool,
     /// `ipam`.
@@ -147,6 +155,25 @@ fn from_object(obj: &Map<String, Value>) -> Result<NetConf, CniError> {
             m as u32
         }
     };
+    let gso_max_size = match obj.get("gsoMaxSize") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let m = v
+                .as_u64()
+                .ok_or_else(|| CniError::config("gsoMaxSize", format!("{v} is not a number")))?;
+            if !(GSO_MAX_SIZE_RANGE).contains(&m) {
+                return Err(CniError::config(
+                    "gsoMaxSize",
+                    format!(
+                        "{m} is outside {}..={} (the kernel's bounds)",
+                        GSO_MAX_SIZE_RANGE.start(),
+                        GSO_MAX_SIZE_RANGE.end()
+                    ),
+                ));
+            }
+            Some(m as u32)
+        }
+    };
     let ipam_obj = match obj.get("ipam") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
@@ -213,6 +240,7 @@ fn from_object(obj: &Map<String, Value>) -> Result<NetConf, CniError> {
         is_gateway: boolean(obj, "isGateway", true)?,
         mtu,
         hairpin: boolean(obj, "hairpinMode", true)?,
+        gso_max_size,
         ip_masq: boolean(obj, "ipMasq", false)?,
         ipam,
         requested_ips,
@@ -462,6 +490,7 @@ mod tests {
         assert_eq!(c.bridge, "podnet0");
         assert_eq!(c.mtu, 1500);
         assert!(c.is_gateway && c.hairpin && !c.ip_masq);
+        assert_eq!(c.gso_max_size, None);
         let Ipam::Builtin { ranges, .. } = c.ipam else {
             panic!("builtin")
         };
@@ -485,6 +514,16 @@ mod tests {
                 r#"{"cniVersion":"1.0.0","name":"n","mtu":"x","ipam":{"subnet":"10.0.0.0/24"}}"#,
                 7,
                 "mtu",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","gsoMaxSize":1000000,"ipam":{"subnet":"10.0.0.0/24"}}"#,
+                7,
+                "gsoMaxSize",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","gsoMaxSize":"big","ipam":{"subnet":"10.0.0.0/24"}}"#,
+                7,
+                "gsoMaxSize",
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24","rangeStart":"10.0.1.5"}]]}}"#,

@@ -247,3 +247,56 @@ fn gc_releases_everything_not_listed_and_removes_their_veths() {
     assert!(!links.contains(&lost["interfaces"][1]["name"].as_str().unwrap().to_string()));
     assert_eq!(node.allocated("testnet"), [first_ip(&kept)]);
 }
+
+/// `gsoMaxSize` (BIG TCP): both veth ends carry packets of that size, for
+/// IPv6 and IPv4 alike; without it the kernel's 64 KiB stays.
+#[test]
+fn gso_max_size_lets_both_veth_ends_carry_big_tcp_packets() {
+    let node = Node::new();
+    // The big one first: it makes the bridge, which refuses BIG TCP until
+    // it has a port that takes it.
+    let mut conf = node.conf("1.1.0", "10.78.0.0/24");
+    conf["gsoMaxSize"] = json!(196608);
+    let big_pod = pod();
+    let big = node.ok("ADD", "ctr-big", &big_pod, &conf);
+    conf.as_object_mut().unwrap().remove("gsoMaxSize");
+    let plain_pod = pod();
+    let plain = node.ok("ADD", "ctr-plain", &plain_pod, &conf);
+
+    // (host namespace, name) of each end, read back through rtnetlink.
+    let sizes = |ns: &podnet_kernel::netns::NetNs, name: &str| {
+        ns.run(|| {
+            let mut nl = podnet_kernel::netlink::Netlink::open().unwrap();
+            let link = nl.link_by_name(name).unwrap().unwrap();
+            link.gso_ipv4_max_size
+        })
+        .unwrap()
+    };
+    let generic = |ns: &podnet_kernel::netns::NetNs, name: &str| -> (u64, u64) {
+        let out = sh_in(ns, &["ip", "-d", "-j", "link", "show", name]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        (
+            v[0]["gso_max_size"].as_u64().unwrap(),
+            v[0]["gro_max_size"].as_u64().unwrap(),
+        )
+    };
+    let big_host = big["interfaces"][1]["name"].as_str().unwrap();
+    let plain_host = plain["interfaces"][1]["name"].as_str().unwrap();
+    assert_eq!(sizes(&big_pod, "eth0"), Some(196608));
+    assert_eq!(sizes(&node.ns, big_host), Some(196608));
+    assert_eq!(generic(&big_pod, "eth0"), (196608, 196608));
+    assert_eq!(generic(&node.ns, big_host), (196608, 196608));
+    // The bridge carries them too: the node routes through it, and a
+    // smaller bridge would cut the packets up on their way to a pod.
+    assert_eq!(sizes(&node.ns, "pnbr0"), Some(196608));
+    assert_eq!(sizes(&plain_pod, "eth0"), Some(65536));
+    assert_eq!(sizes(&node.ns, plain_host), Some(65536));
+    assert_eq!(generic(&plain_pod, "eth0").0, 65536);
+
+    // And the two pods still talk through the bridge.
+    require("ping");
+    assert!(
+        pings(&big_pod, &first_ip(&plain)),
+        "big pod cannot reach plain pod"
+    );
+}

@@ -152,6 +152,16 @@ fn scenario(encap: &str) {
         "{trace}"
     );
 
+    // BIG TCP where nothing encapsulates: the pod's eth0 builds 192 KiB
+    // packets, as the node's uplink carries; VXLAN keeps 64 KiB.
+    let link: serde_json::Value = serde_json::from_str(&lab.kubectl(&[
+        "exec", "client", "--", "ip", "-d", "-j", "link", "show", "eth0",
+    ]))
+    .unwrap();
+    let want = if encap == "vxlan" { 65536 } else { 196608 };
+    assert_eq!(link[0]["gso_max_size"], want, "{link}");
+    assert_eq!(link[0]["gro_max_size"], want, "{link}");
+
     // Containers of a pod share localhost.
     lab.apply(TWO_CONTAINERS);
     lab.wait_ready("app=duo");

@@ -37,19 +37,44 @@ pub fn conflist_path(args: &AgentArgs) -> PathBuf {
     args.state_dir.join("cni").join("10-podnet.conflist")
 }
 
+/// The IPv4 GSO limit of the link holding the node's address, when it is
+/// above the kernel's 64 KiB: pods get BIG TCP only when their packets can
+/// leave the node as they are (as Cilium decides from its native device).
+fn uplink_gso_max_size(node_ip: std::net::Ipv4Addr) -> Option<u32> {
+    let mut nl = podnet_kernel::netlink::Netlink::open().ok()?;
+    let index = nl
+        .addresses()
+        .ok()?
+        .into_iter()
+        .find(|a| a.ip == std::net::IpAddr::V4(node_ip))?
+        .index;
+    let size = nl
+        .links()
+        .ok()?
+        .into_iter()
+        .find(|l| l.index == index)?
+        .gso_ipv4_max_size?;
+    (size > 65536).then_some(size)
+}
+
 /// Writes the node's conflist: podnet with the node's pod CIDR, chained
 /// with the reference `portmap` for `hostPort`s.
 pub fn write_cni_config(args: &AgentArgs, cidr: &Ipv4Net) -> anyhow::Result<()> {
     let mtu = if args.encap == "vxlan" { 1450 } else { 1500 };
+    let mut podnet = serde_json::json!({
+        "type": "podnet", "bridge": "podnet0", "mtu": mtu, "isGateway": true, "hairpinMode": true,
+        "ipam": {"type": "podnet", "ranges": [[{"subnet": cidr.to_string()}]],
+                 "dataDir": args.state_dir.join("ipam").display().to_string()}
+    });
+    if args.encap != "vxlan"
+        && let Some(size) = uplink_gso_max_size(args.node_ip)
+    {
+        podnet["gsoMaxSize"] = size.into();
+    }
     let conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "podnet",
-        "plugins": [
-            {"type": "podnet", "bridge": "podnet0", "mtu": mtu, "isGateway": true, "hairpinMode": true,
-             "ipam": {"type": "podnet", "ranges": [[{"subnet": cidr.to_string()}]],
-                      "dataDir": args.state_dir.join("ipam").display().to_string()}},
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ]
+        "plugins": [podnet, {"type": "portmap", "capabilities": {"portMappings": true}}]
     });
     let path = conflist_path(args);
     std::fs::create_dir_all(path.parent().unwrap())?;

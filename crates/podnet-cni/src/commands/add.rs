@@ -145,6 +145,7 @@ fn attach(
         peer_netns: netns.as_fd(),
         mtu: conf.mtu,
         master: Some(bridge.index),
+        gso_max_size: conf.gso_max_size,
     };
     let host_index = match host.create_veth(&spec) {
         Ok(i) => i,
@@ -164,6 +165,12 @@ fn attach(
     };
     if conf.hairpin {
         host.set_hairpin(host_index, true)?;
+    }
+    // The bridge accepts BIG TCP once it has a port that does (this one).
+    if let Some(size) = conf.gso_max_size
+        && bridge.gso_ipv4_max_size != Some(size)
+    {
+        host.set_gso_max_size(bridge.index, size)?;
     }
 
     let mut pod = Netlink::open_in(netns.as_fd())?;

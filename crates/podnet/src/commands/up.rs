@@ -106,7 +106,8 @@ fn bring_up(
     topology::create_underlay(&args.name)?;
     let mut nodes = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        topology::create_node(&args.name, i, name)?;
+        let big = (args.encap == lab::Encap::HostGw).then_some(topology::BIG_TCP_SIZE);
+        topology::create_node(&args.name, i, name, big)?;
         nodes.push(NodeRecord {
             name: name.clone(),
             ip: lab::node_ip(i),

@@ -38,9 +38,21 @@ pub fn create_underlay(lab: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The largest packet the underlay carries in one buffer when nothing
+/// encapsulates (BIG TCP, 192 KiB as Cilium uses): the agents see it on
+/// their `eth0` and give their pods the same. A VXLAN underlay keeps the
+/// kernel's 64 KiB, which is all a UDP datagram can describe.
+pub const BIG_TCP_SIZE: u32 = 196_608;
+
 /// Creates node `i`'s namespace, wires `eth0` to the underlay with
-/// `172.18.0.<i+2>/16`, and turns on forwarding inside it.
-pub fn create_node(lab: &str, i: usize, name: &str) -> anyhow::Result<()> {
+/// `172.18.0.<i+2>/16` (carrying `gso_max_size`-byte packets when given),
+/// and turns on forwarding inside it.
+pub fn create_node(
+    lab: &str,
+    i: usize,
+    name: &str,
+    gso_max_size: Option<u32>,
+) -> anyhow::Result<()> {
     let ul = underlay(lab);
     let addr = format!("{}/16", super::node_ip(i));
     let port = format!("node{i}");
@@ -49,12 +61,32 @@ pub fn create_node(lab: &str, i: usize, name: &str) -> anyhow::Result<()> {
     ip(&[
         "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", name,
     ])?;
+    if let Some(size) = gso_max_size {
+        // Before the port joins the bridge, which takes its limits from
+        // its ports as they join.
+        for (ns, link) in [(ul.as_str(), port.as_str()), (name, "eth0")] {
+            set_gso_max_size(ns, link, size)?;
+        }
+    }
     ip(&["-n", &ul, "link", "set", &port, "master", "underlay0", "up"])?;
     ip(&["-n", name, "addr", "add", &addr, "dev", "eth0"])?;
     ip(&["-n", name, "link", "set", "eth0", "up"])?;
     sysctl_in(name, "net/ipv4/ip_forward", "1")?;
     sysctl_in(name, "net/ipv6/conf/all/forwarding", "1")?;
     Ok(())
+}
+
+/// Sets a link's GSO/GRO limits (IPv4 ones need rtnetlink: the Debian
+/// `ip` knows only the generic ones).
+fn set_gso_max_size(ns: &str, link: &str, size: u32) -> anyhow::Result<()> {
+    let file = std::fs::File::open(Path::new("/run/netns").join(ns))?;
+    let mut nl = podnet_kernel::netlink::Netlink::open_in(std::os::fd::AsFd::as_fd(&file))?;
+    let index = nl
+        .link_by_name(link)?
+        .with_context(|| format!("{link} vanished from {ns}"))?
+        .index;
+    nl.set_gso_max_size(index, size)
+        .with_context(|| format!("BIG TCP on {link} in {ns} (needs Linux 6.3 or later)"))
 }
 
 /// Writes a sysctl inside a namespace (`/proc/sys/net` is per namespace,
