@@ -82,6 +82,16 @@ enum Helper {
     /// ended, outliving the agent.
     #[command(hide = true)]
     Shim(kubelet::shim::ShimArgs),
+    /// (internal) Fork sandboxes and shims for the agent that started it.
+    #[command(hide = true)]
+    Launcher {
+        /// The launcher's end of the agent's socket pair.
+        #[arg(long)]
+        socket_fd: i32,
+        /// Padding: room for the command lines of the helpers it forks.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        room: Vec<String>,
+    },
     /// (internal) Run one of the lab's built-in images.
     #[command(hide = true)]
     Image {
@@ -93,13 +103,50 @@ enum Helper {
     },
 }
 
+/// Runs a helper's command line in a child of the launcher, as `main`
+/// would have after an exec.
+fn dispatch(argv: Vec<String>) -> i32 {
+    let result = match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            helper: Some(Helper::Sandbox(a)),
+            ..
+        }) => kubelet::sandbox::hold(a),
+        Ok(Cli {
+            helper: Some(Helper::Shim(a)),
+            ..
+        }) => kubelet::shim::run(a),
+        Ok(_) => Err(anyhow::anyhow!(
+            "the launcher runs only sandboxes and shims"
+        )),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("podnet-agent: {e:#}");
+            1
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.helper {
         Some(Helper::Sandbox(a)) => kubelet::sandbox::hold(a),
         Some(Helper::Shim(a)) => kubelet::shim::run(a),
         Some(Helper::Image { name, args }) => images::run(&name, &args),
+        Some(Helper::Launcher { socket_fd, .. }) => kubelet::launcher::run(socket_fd, dispatch),
         None => {
+            // From the main thread, which lives as long as the agent.
+            // PODNET_LAUNCHER=exec: exec each helper instead (to compare,
+            // or to rule the launcher out).
+            let launcher = if std::env::var("PODNET_LAUNCHER").as_deref() == Ok("exec") {
+                Err(anyhow::anyhow!("PODNET_LAUNCHER=exec"))
+            } else {
+                std::env::current_exe()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|exe| kubelet::launcher::start(&exe))
+            };
             tracing_subscriber::fmt()
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .with_env_filter(
@@ -107,6 +154,9 @@ fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .init();
+            if let Err(e) = launcher {
+                tracing::warn!(error = %format!("{e:#}"), "no launcher: sandboxes and shims are exec'd");
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

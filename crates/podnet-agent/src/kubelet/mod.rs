@@ -7,6 +7,7 @@
 
 mod checkpoint;
 pub mod images;
+pub mod launcher;
 mod pod;
 pub mod sandbox;
 pub mod shim;

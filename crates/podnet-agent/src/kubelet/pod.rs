@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -384,24 +384,49 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
     }
     tracing::debug!(pod = %h.name, "network namespace made");
     let hostname = spec.hostname.clone().unwrap_or_else(|| h.name.clone());
-    let mut cmd = Command::new(&k.exe);
-    cmd.args(["sandbox", "--hostname", &hostname, "--dir"])
-        .arg(&h.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut argv = vec![
+        k.exe.clone(),
+        "sandbox".into(),
+        "--hostname".into(),
+        hostname,
+        "--dir".into(),
+        h.dir.display().to_string(),
+    ];
     if let Some(ns) = &h.netns {
-        cmd.arg("--netns").arg(Path::new("/run/netns").join(ns));
+        argv.push("--netns".into());
+        argv.push(Path::new("/run/netns").join(ns).display().to_string());
     }
-    // No pre_exec: std then spawns with posix_spawn (vfork), not fork, and
-    // the agent's page tables are not copied for every pod. The sandbox
-    // makes itself a session leader.
-    let mut child = cmd.spawn()?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    let pid = if super::launcher::available() {
+        // Close-on-exec: a CNI plugin exec'd meanwhile must not hold the
+        // write end open.
+        let (ready, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let null = File::open("/dev/null")?;
+        let pid = super::launcher::spawn(
+            &argv,
+            None,
+            [null.as_fd(), ready_w.as_fd(), std::io::stderr().as_fd()],
+        )?;
+        drop(ready_w);
+        BufReader::new(File::from(ready)).read_line(&mut line)?;
+        pid
+    } else {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // No pre_exec: std then spawns with posix_spawn (vfork), not fork,
+        // and the agent's page tables are not copied for every pod. The
+        // sandbox makes itself a session leader.
+        let mut child = cmd.spawn()?;
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        let pid = child.id() as i32;
+        std::thread::spawn(move || child.wait());
+        pid
+    };
     anyhow::ensure!(line.trim() == "ready", "the sandbox did not start");
-    *h.sandbox_pid.lock().unwrap() = Some(child.id() as i32);
-    std::thread::spawn(move || child.wait());
+    *h.sandbox_pid.lock().unwrap() = Some(pid);
     tracing::debug!(pod = %h.name, "sandbox process ready");
 
     let ip = match &h.netns {
@@ -554,11 +579,10 @@ async fn supervise(
                     Resolved::Run(argv) => spawn_container(&k, &h, &spec, &argv),
                 };
                 match spawned {
-                    Ok((child, io)) => {
-                        let shim = child.id().map(|p| p as i32).unwrap_or(0);
+                    Ok((child, io, shim)) => {
                         let pid = container_pid(&run).await;
                         let ready = spec.readiness_probe.is_none();
-                        (started, io, Some(child), shim, pid, ready)
+                        (started, io, child, shim, pid, ready)
                     }
                     Err(e) => {
                         set_state(
@@ -828,7 +852,7 @@ fn spawn_container(
     h: &PodHandle,
     spec: &Container,
     argv: &[String],
-) -> anyhow::Result<(tokio::process::Child, Arc<ContainerIo>)> {
+) -> anyhow::Result<(Option<tokio::process::Child>, Arc<ContainerIo>, i32)> {
     anyhow::ensure!(!argv.is_empty(), "empty command");
     let tty = spec.tty.unwrap_or(false);
     let wants_stdin = spec.stdin.unwrap_or(false);
@@ -877,6 +901,31 @@ fn spawn_container(
     // process group reaches it, and it outlives the agent); no pre_exec
     // here keeps the spawn a cheap posix_spawn.
     let (output, _) = broadcast::channel(256);
+    if !piped && super::launcher::available() {
+        // The shim writes the container's output to the log itself.
+        let argv: Vec<String> = std::iter::once(k.exe.clone())
+            .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+            .collect();
+        let env: Vec<(String, String)> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.to_string_lossy().into_owned(),
+                    v?.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        let null = File::open("/dev/null")?;
+        let fd = null.as_fd();
+        let shim = super::launcher::spawn(&argv, Some(env), [fd, fd, fd])?;
+        let io = Arc::new(ContainerIo {
+            input: None,
+            output,
+            tty,
+            log: Some(log_path),
+        });
+        return Ok((None, io, shim));
+    }
     let mut input = None;
     let mut pty_master: Option<OwnedFd> = None;
     if tty {
@@ -924,14 +973,16 @@ fn spawn_container(
         }
     }
     let log = (!piped).then_some(log_path);
+    let shim = child.id().map(|p| p as i32).unwrap_or(0);
     Ok((
-        child,
+        Some(child),
         Arc::new(ContainerIo {
             input,
             output,
             tty,
             log,
         }),
+        shim,
     ))
 }
 

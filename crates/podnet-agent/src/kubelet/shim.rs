@@ -172,7 +172,7 @@ fn builtin_image(argv: &[String]) -> Option<(&str, &[String])> {
 /// so `ps` and `pgrep -f` see a forked built-in image as they would an
 /// exec'd one rather than as a second copy of its shim. Goes through
 /// `/proc/self/mem`, so no raw pointer is needed.
-fn show_command_line(argv: &[String]) -> anyhow::Result<()> {
+pub(super) fn show_command_line(argv: &[String]) -> anyhow::Result<()> {
     use std::io::{Seek, SeekFrom, Write};
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     // Fields after the command name's closing parenthesis start at field 3;

@@ -1,0 +1,206 @@
+//! The launcher: a single-threaded copy of the agent, forked from it before
+//! its runtime starts, that forks sandboxes and shims on request instead of
+//! the agent exec'ing its own binary for each (an exec of this binary costs
+//! more than a millisecond of CPU: a pod start in a burst pays two).
+//!
+//! The agent sends the helper's command line, its environment and its
+//! three standard streams (SCM_RIGHTS) over a socket pair; the launcher
+//! forks, the child runs the helper as `main` would have, and the launcher
+//! answers with the child's pid. Children are reaped by the launcher
+//! (SIGCHLD ignored); the agent learns of their end through a pidfd and the
+//! shim's exit record, as it does for shims it adopted after a restart.
+//! The launcher dies with the agent (PDEATHSIG); its children do not.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::Context;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+
+/// The agent's end of the socket pair, once the launcher runs.
+static LAUNCHER: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
+
+/// Runs a helper's command line in a launched child; returns its exit code.
+pub type Dispatch = fn(Vec<String>) -> i32;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Request {
+    argv: Vec<String>,
+    /// `None`: the launcher's own environment (the agent's at start).
+    env: Option<Vec<(String, String)>>,
+}
+
+/// Room for the command lines of the helpers the launcher forks: they
+/// write theirs over the launcher's, so it is padded to this size.
+const COMMAND_LINE_ROOM: usize = 4096;
+
+/// Starts the launcher (`<exe> launcher`, one exec for the agent's life).
+/// Call it from the main thread: the launcher dies with the thread that
+/// started it (PDEATHSIG), and a runtime's worker threads come and go.
+pub fn start(exe: &std::path::Path) -> anyhow::Result<()> {
+    let (agent_end, launcher_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::empty(),
+    )
+    .context("socketpair for the launcher")?;
+    nix::fcntl::fcntl(
+        &agent_end,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    let child = std::process::Command::new(exe)
+        .arg("launcher")
+        .arg("--socket-fd")
+        .arg(launcher_end.as_raw_fd().to_string())
+        .arg(" ".repeat(COMMAND_LINE_ROOM))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .context("start the launcher")?;
+    drop(launcher_end);
+    // Reaped by a thread of its own; it only ends with the agent.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    let _ = LAUNCHER.set(Mutex::new(agent_end));
+    Ok(())
+}
+
+/// The launcher's main: serves the agent until it goes away.
+pub fn run(socket_fd: RawFd, dispatch: Dispatch) -> anyhow::Result<()> {
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid().as_raw() == 1 {
+        return Ok(());
+    }
+    // SAFETY: the fd was passed on our command line by the agent.
+    let sock = unsafe { OwnedFd::from_raw_fd(socket_fd) };
+    nix::fcntl::fcntl(
+        &sock,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    // SAFETY: single-threaded; children are reaped by the kernel.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    serve(sock, dispatch);
+    Ok(())
+}
+
+/// Whether the launcher runs (it does in the agent; not in helpers).
+pub fn available() -> bool {
+    LAUNCHER.get().is_some()
+}
+
+/// Starts `argv` (the agent's own command line: `<exe> sandbox ...` or
+/// `<exe> shim ...`) in a launched child with these standard streams.
+pub fn spawn(
+    argv: &[String],
+    env: Option<Vec<(String, String)>>,
+    stdio: [BorrowedFd<'_>; 3],
+) -> anyhow::Result<i32> {
+    let sock = LAUNCHER.get().context("no launcher")?.lock().unwrap();
+    let req = serde_json::to_vec(&Request {
+        argv: argv.to_vec(),
+        env,
+    })?;
+    let fds = stdio.map(|f| f.as_raw_fd());
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(&req)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("send to the launcher")?;
+    let mut answer = [0u8; 4];
+    let n = nix::unistd::read(sock.as_fd(), &mut answer).context("read from the launcher")?;
+    anyhow::ensure!(n == 4, "the launcher is gone");
+    let pid = i32::from_ne_bytes(answer);
+    anyhow::ensure!(
+        pid > 0,
+        "the launcher could not fork: {}",
+        std::io::Error::from_raw_os_error(-pid)
+    );
+    Ok(pid)
+}
+
+fn serve(sock: OwnedFd, dispatch: Dispatch) {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let mut space = nix::cmsg_space!([RawFd; 3]);
+        let (len, fds) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = match recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            let mut fds = Vec::new();
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(v) = c {
+                        // SAFETY: the kernel just gave us these descriptors.
+                        fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    }
+                }
+            }
+            (msg.bytes, fds)
+        };
+        if len == 0 {
+            return; // the agent is gone
+        }
+        let answer = match serde_json::from_slice::<Request>(&buf[..len]) {
+            Ok(req) if fds.len() == 3 => launch(&sock, req, fds, dispatch),
+            _ => -libc::EINVAL,
+        };
+        if nix::unistd::write(&sock, &answer.to_ne_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Forks one child; returns its pid or a negative errno.
+fn launch(sock: &OwnedFd, req: Request, fds: Vec<OwnedFd>, dispatch: Dispatch) -> i32 {
+    // SAFETY: the launcher is single-threaded.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => -(e as i32),
+        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: restoring the default for the helper (a shim waits
+            // for its container); fds we own; single-threaded child.
+            unsafe {
+                libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+                libc::close(sock.as_raw_fd());
+            }
+            let ok = nix::unistd::dup2_stdin(&fds[0]).is_ok()
+                && nix::unistd::dup2_stdout(&fds[1]).is_ok()
+                && nix::unistd::dup2_stderr(&fds[2]).is_ok();
+            drop(fds);
+            if !ok {
+                std::process::exit(127);
+            }
+            if let Some(env) = req.env {
+                for (k, _) in std::env::vars_os() {
+                    // SAFETY: single-threaded child.
+                    unsafe { std::env::remove_var(k) };
+                }
+                for (k, v) in env {
+                    // SAFETY: single-threaded child.
+                    unsafe { std::env::set_var(k, v) };
+                }
+            }
+            // `ps` (and a restarted agent adopting it) sees the command
+            // line it would have been exec'd with.
+            let _ = super::shim::show_command_line(&req.argv);
+            std::process::exit(dispatch(req.argv));
+        }
+    }
+}
