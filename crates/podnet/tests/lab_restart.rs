@@ -421,3 +421,69 @@ fn agents_killed_in_the_middle_of_a_burst_leave_every_pod_running_once() {
     assert_eq!(allocated, with_netns, "one address per pod");
     lab.down();
 }
+
+/// Every node's launcher killed (SIGKILL): pods still start, each helper
+/// exec'd by the agent instead, and each agent's log says why.
+#[test]
+fn pods_start_after_the_launchers_are_killed() {
+    let lab = Lab::up("rsl", "host-gw");
+    let nodes = ["control-plane", "worker", "worker2"].map(|n| format!("{}-{n}", lab.name));
+    // The launchers are the agents' children named on their command line.
+    let mut killed = 0;
+    for node in &nodes {
+        let agent: i32 = std::fs::read_to_string(format!(
+            "/var/lib/podnet/{}/nodes/{node}/agent.pid",
+            lab.name
+        ))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if ppid == Some(agent) && String::from_utf8_lossy(&cmd).contains("\0launcher\0") {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                killed += 1;
+            }
+        }
+    }
+    assert_eq!(killed, 3, "one launcher per agent");
+    lab.kubectl(&[
+        "create",
+        "deployment",
+        "after",
+        "--image=nginx",
+        "--replicas=6",
+    ]);
+    lab.wait_ready("app=after");
+    let pods = lab.get_json(&["pods", "-l", "app=after"]);
+    let on: std::collections::BTreeSet<&str> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap())
+        .collect();
+    for node in &on {
+        let log = std::fs::read_to_string(format!(
+            "/var/lib/podnet/{}/nodes/{node}/agent.log",
+            lab.name
+        ))
+        .unwrap();
+        assert!(
+            log.contains("the launcher is gone"),
+            "{node}'s agent did not say why it execs"
+        );
+    }
+}

@@ -89,9 +89,19 @@ pub fn run(socket_fd: RawFd, dispatch: Dispatch) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the launcher runs (it does in the agent; not in helpers).
+/// Set once the launcher is found gone: from then on helpers are exec'd.
+static GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the launcher runs (it does in the agent; not in helpers, and
+/// not once it was found gone).
 pub fn available() -> bool {
-    LAUNCHER.get().is_some()
+    LAUNCHER.get().is_some() && !GONE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn gone(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    GONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(error = %e, "the launcher is gone ({what}): sandboxes and shims are exec'd from now on");
+    anyhow::anyhow!("the launcher is gone ({what}): {e}")
 }
 
 /// Starts `argv` (the agent's own command line: `<exe> sandbox ...` or
@@ -111,13 +121,15 @@ pub fn spawn(
         sock.as_raw_fd(),
         &[IoSlice::new(&req)],
         &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
+        MsgFlags::MSG_NOSIGNAL,
         None,
     )
-    .context("send to the launcher")?;
+    .map_err(|e| gone("send", e))?;
     let mut answer = [0u8; 4];
-    let n = nix::unistd::read(sock.as_fd(), &mut answer).context("read from the launcher")?;
-    anyhow::ensure!(n == 4, "the launcher is gone");
+    let n = nix::unistd::read(sock.as_fd(), &mut answer).map_err(|e| gone("read", e))?;
+    if n != 4 {
+        return Err(gone("read", "end of stream"));
+    }
     let pid = i32::from_ne_bytes(answer);
     anyhow::ensure!(
         pid > 0,

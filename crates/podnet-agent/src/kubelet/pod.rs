@@ -397,17 +397,23 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
         argv.push(Path::new("/run/netns").join(ns).display().to_string());
     }
     let mut line = String::new();
-    let pid = if super::launcher::available() {
-        // Close-on-exec: a CNI plugin exec'd meanwhile must not hold the
-        // write end open.
-        let (ready, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let null = File::open("/dev/null")?;
-        let pid = super::launcher::spawn(
+    // Close-on-exec: a CNI plugin exec'd meanwhile must not hold the write
+    // end open.
+    let (ready, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let null = File::open("/dev/null")?;
+    let launched = if super::launcher::available() {
+        // On failure the launcher is marked gone and the exec below runs.
+        super::launcher::spawn(
             &argv,
             None,
             [null.as_fd(), ready_w.as_fd(), std::io::stderr().as_fd()],
-        )?;
-        drop(ready_w);
+        )
+        .ok()
+    } else {
+        None
+    };
+    drop(ready_w);
+    let pid = if let Some(pid) = launched {
         BufReader::new(File::from(ready)).read_line(&mut line)?;
         pid
     } else {
@@ -902,7 +908,8 @@ fn spawn_container(
     // here keeps the spawn a cheap posix_spawn.
     let (output, _) = broadcast::channel(256);
     if !piped && super::launcher::available() {
-        // The shim writes the container's output to the log itself.
+        // The shim writes the container's output to the log itself. On
+        // failure the launcher is marked gone and the exec below runs.
         let argv: Vec<String> = std::iter::once(k.exe.clone())
             .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
             .collect();
@@ -917,14 +924,15 @@ fn spawn_container(
             .collect();
         let null = File::open("/dev/null")?;
         let fd = null.as_fd();
-        let shim = super::launcher::spawn(&argv, Some(env), [fd, fd, fd])?;
-        let io = Arc::new(ContainerIo {
-            input: None,
-            output,
-            tty,
-            log: Some(log_path),
-        });
-        return Ok((None, io, shim));
+        if let Ok(shim) = super::launcher::spawn(&argv, Some(env), [fd, fd, fd]) {
+            let io = Arc::new(ContainerIo {
+                input: None,
+                output,
+                tty,
+                log: Some(log_path),
+            });
+            return Ok((None, io, shim));
+        }
     }
     let mut input = None;
     let mut pty_master: Option<OwnedFd> = None;
