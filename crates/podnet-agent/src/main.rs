@@ -2,8 +2,10 @@
 //! other nodes' pods (host-gw or VXLAN), and in the lab it is the kubelet:
 //! it runs the pods bound to its node and serves their logs and exec.
 //!
-//! The same binary carries two helpers it execs: `sandbox` (the process
-//! that holds a pod's namespaces) and `image` (the lab's built-in images).
+//! The same binary carries its helpers: `launcher` (started once; forks
+//! the others without an exec), `sandbox` (the process that holds a pod's
+//! namespaces), `shim` (one per container run) and `image` (the lab's
+//! built-in images).
 
 mod images;
 mod kubelet;
