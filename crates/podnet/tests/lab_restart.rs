@@ -352,19 +352,7 @@ fn agents_killed_in_the_middle_of_a_burst_leave_every_pod_running_once() {
     std::thread::sleep(Duration::from_millis(250));
     let nodes = ["control-plane", "worker", "worker2"].map(|n| format!("{}-{n}", lab.name));
     for node in &nodes {
-        let pid: i32 = std::fs::read_to_string(format!(
-            "/var/lib/podnet/{}/nodes/{node}/agent.pid",
-            lab.name
-        ))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        kill9(lab.agent_pid(node));
     }
     lab.wait_ready("app=burst");
     // Settle: nothing more may start once all are Ready.
@@ -431,32 +419,18 @@ fn pods_start_after_the_launchers_are_killed() {
     // The launchers are the agents' children named on their command line.
     let mut killed = 0;
     for node in &nodes {
-        let agent: i32 = std::fs::read_to_string(format!(
-            "/var/lib/podnet/{}/nodes/{node}/agent.pid",
-            lab.name
-        ))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if ppid == Some(agent) && String::from_utf8_lossy(&cmd).contains("\0launcher\0") {
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .unwrap();
-                killed += 1;
-            }
+        let found = Command::new("pgrep")
+            .args([
+                "-P",
+                &lab.agent_pid(node).to_string(),
+                "-f",
+                "^[^ ]+ launcher ",
+            ])
+            .output()
+            .unwrap();
+        for pid in String::from_utf8_lossy(&found.stdout).lines() {
+            kill9(pid.parse().unwrap());
+            killed += 1;
         }
     }
     assert_eq!(killed, 3, "one launcher per agent");
@@ -486,4 +460,12 @@ fn pods_start_after_the_launchers_are_killed() {
             "{node}'s agent did not say why it execs"
         );
     }
+}
+
+fn kill9(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 }

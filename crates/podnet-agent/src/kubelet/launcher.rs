@@ -1,7 +1,7 @@
-//! The launcher: a single-threaded copy of the agent, forked from it before
-//! its runtime starts, that forks sandboxes and shims on request instead of
-//! the agent exec'ing its own binary for each (an exec of this binary costs
-//! more than a millisecond of CPU: a pod start in a burst pays two).
+//! The launcher: a small single-threaded process of the agent's binary,
+//! exec'd once per agent, that forks sandboxes and shims on request instead
+//! of the agent exec'ing its own binary for each (an exec of this binary
+//! costs more than a millisecond of CPU: a pod start in a burst paid two).
 //!
 //! The agent sends the helper's command line, its environment and its
 //! three standard streams (SCM_RIGHTS) over a socket pair; the launcher
@@ -73,10 +73,9 @@ pub fn start(exe: &std::path::Path) -> anyhow::Result<()> {
 
 /// The launcher's main: serves the agent until it goes away.
 pub fn run(socket_fd: RawFd, dispatch: Dispatch) -> anyhow::Result<()> {
+    // An agent that died before this line closed its end of the socket:
+    // the first receive then ends the loop.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    if nix::unistd::getppid().as_raw() == 1 {
-        return Ok(());
-    }
     // SAFETY: the fd was passed on our command line by the agent.
     let sock = unsafe { OwnedFd::from_raw_fd(socket_fd) };
     nix::fcntl::fcntl(

@@ -256,6 +256,51 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
     }
 }
 
+/// Starts the sandbox process (`argv`: `<agent> sandbox ...`) through the
+/// launcher, or with an exec when there is none, and waits for its
+/// `ready`; returns its pid.
+fn start_sandbox_process(argv: &[String]) -> anyhow::Result<i32> {
+    let mut line = String::new();
+    let launched = if super::launcher::available() {
+        // Close-on-exec: a CNI plugin exec'd meanwhile must not hold the
+        // write end open.
+        let (ready, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let null = File::open("/dev/null")?;
+        let stderr = std::io::stderr();
+        let stdio = [null.as_fd(), ready_w.as_fd(), stderr.as_fd()];
+        // On failure the launcher is marked gone and the exec below runs.
+        // The write end closes here, so `ready` ends if the sandbox dies.
+        super::launcher::spawn(argv, None, stdio)
+            .ok()
+            .map(|pid| (pid, ready))
+    } else {
+        None
+    };
+    let pid = match launched {
+        Some((pid, ready)) => {
+            BufReader::new(File::from(ready)).read_line(&mut line)?;
+            pid
+        }
+        None => {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            // No pre_exec: std then spawns with posix_spawn (vfork), not
+            // fork, and the agent's page tables are not copied for every
+            // pod. The sandbox makes itself a session leader.
+            let mut child = cmd.spawn()?;
+            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+            let pid = child.id() as i32;
+            std::thread::spawn(move || child.wait());
+            pid
+        }
+    };
+    anyhow::ensure!(line.trim() == "ready", "the sandbox did not start");
+    Ok(pid)
+}
+
 fn pod_files(h: &PodHandle, ip: Option<&str>) -> anyhow::Result<()> {
     let pod = h.pod.lock().unwrap().clone();
     let spec = pod.spec.clone().unwrap_or_default();
@@ -396,43 +441,7 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
         argv.push("--netns".into());
         argv.push(Path::new("/run/netns").join(ns).display().to_string());
     }
-    let mut line = String::new();
-    // Close-on-exec: a CNI plugin exec'd meanwhile must not hold the write
-    // end open.
-    let (ready, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let null = File::open("/dev/null")?;
-    let launched = if super::launcher::available() {
-        // On failure the launcher is marked gone and the exec below runs.
-        super::launcher::spawn(
-            &argv,
-            None,
-            [null.as_fd(), ready_w.as_fd(), std::io::stderr().as_fd()],
-        )
-        .ok()
-    } else {
-        None
-    };
-    drop(ready_w);
-    let pid = if let Some(pid) = launched {
-        BufReader::new(File::from(ready)).read_line(&mut line)?;
-        pid
-    } else {
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // No pre_exec: std then spawns with posix_spawn (vfork), not fork,
-        // and the agent's page tables are not copied for every pod. The
-        // sandbox makes itself a session leader.
-        let mut child = cmd.spawn()?;
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-        let pid = child.id() as i32;
-        std::thread::spawn(move || child.wait());
-        pid
-    };
-    anyhow::ensure!(line.trim() == "ready", "the sandbox did not start");
-    *h.sandbox_pid.lock().unwrap() = Some(pid);
+    *h.sandbox_pid.lock().unwrap() = Some(start_sandbox_process(&argv)?);
     tracing::debug!(pod = %h.name, "sandbox process ready");
 
     let ip = match &h.netns {
@@ -871,69 +880,63 @@ fn spawn_container(
     let _ = std::fs::remove_file(super::shim::pid_file(&run));
     let _ = std::fs::remove_file(super::shim::exit_file(&run));
     let log_path = h.log_path(&spec.name);
-    let mut cmd = Command::new(&k.exe);
-    cmd.arg("shim")
-        .arg("--sandbox-pid")
-        .arg(sandbox.to_string())
-        .arg("--run")
-        .arg(&run);
+    let mut shim = vec![
+        k.exe.clone(),
+        "shim".into(),
+        "--sandbox-pid".into(),
+        sandbox.to_string(),
+        "--run".into(),
+        run.display().to_string(),
+    ];
     if let Some(dir) = &spec.working_dir {
-        cmd.args(["--workdir", dir]);
+        shim.extend(["--workdir".into(), dir.clone()]);
     }
     if tty {
-        cmd.arg("--tty");
+        shim.push("--tty".into());
     }
     let piped = tty || wants_stdin;
     if !piped {
-        cmd.arg("--log").arg(&log_path);
+        shim.extend(["--log".into(), log_path.display().to_string()]);
     }
-    cmd.arg("--").args(argv);
-    cmd.env_clear();
-    cmd.env(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    );
-    cmd.env("HOME", "/root");
+    shim.push("--".into());
+    shim.extend(argv.iter().cloned());
+    let mut env = vec![
+        (
+            "PATH".to_string(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ),
+        ("HOME".into(), "/root".into()),
+    ];
     if tty {
-        cmd.env("TERM", "xterm");
+        env.push(("TERM".into(), "xterm".into()));
     }
-    cmd.env("HOSTNAME", spec_hostname(h));
+    env.push(("HOSTNAME".into(), spec_hostname(h)));
     for e in spec.env.clone().unwrap_or_default() {
         if let Some(v) = e.value {
-            cmd.env(e.name, v);
+            env.push((e.name, v));
         }
     }
-    // The shim makes itself a session leader (nothing aimed at the agent's
-    // process group reaches it, and it outlives the agent); no pre_exec
-    // here keeps the spawn a cheap posix_spawn.
     let (output, _) = broadcast::channel(256);
     if !piped && super::launcher::available() {
         // The shim writes the container's output to the log itself. On
         // failure the launcher is marked gone and the exec below runs.
-        let argv: Vec<String> = std::iter::once(k.exe.clone())
-            .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
-            .collect();
-        let env: Vec<(String, String)> = cmd
-            .get_envs()
-            .filter_map(|(k, v)| {
-                Some((
-                    k.to_string_lossy().into_owned(),
-                    v?.to_string_lossy().into_owned(),
-                ))
-            })
-            .collect();
         let null = File::open("/dev/null")?;
         let fd = null.as_fd();
-        if let Ok(shim) = super::launcher::spawn(&argv, Some(env), [fd, fd, fd]) {
+        if let Ok(pid) = super::launcher::spawn(&shim, Some(env.clone()), [fd, fd, fd]) {
             let io = Arc::new(ContainerIo {
                 input: None,
                 output,
                 tty,
                 log: Some(log_path),
             });
-            return Ok((None, io, shim));
+            return Ok((None, io, pid));
         }
     }
+    // The shim makes itself a session leader (nothing aimed at the agent's
+    // process group reaches it, and it outlives the agent); no pre_exec
+    // here keeps the spawn a cheap posix_spawn.
+    let mut cmd = Command::new(&shim[0]);
+    cmd.args(&shim[1..]).env_clear().envs(env);
     let mut input = None;
     let mut pty_master: Option<OwnedFd> = None;
     if tty {

@@ -79,28 +79,23 @@ pub fn run(args: ShimArgs) -> anyhow::Result<()> {
         .map(std::ffi::CString::new)
         .transpose()
         .context("workingDir")?;
+    let log = args
+        .log
+        .as_ref()
+        .map(|log| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("open {}", log.display()))
+        })
+        .transpose()?;
     if let Some((image, image_args)) = builtin_image(&args.argv) {
-        let log = args
-            .log
-            .as_ref()
-            .map(|log| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log)
-                    .with_context(|| format!("open {}", log.display()))
-            })
-            .transpose()?;
         return run_builtin(&args, image, image_args, &raw, workdir.as_deref(), log);
     }
     let mut cmd = Command::new(&args.argv[0]);
     cmd.args(&args.argv[1..]);
-    if let Some(log) = &args.log {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("open {}", log.display()))?;
+    if let Some(f) = log {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone()?))
             .stderr(Stdio::from(f));
@@ -108,21 +103,7 @@ pub fn run(args: ShimArgs) -> anyhow::Result<()> {
     let tty = args.tty;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
-        cmd.pre_exec(move || {
-            super::sandbox::enter_pre_exec(&raw)?;
-            if let Some(dir) = &workdir
-                && libc::chdir(dir.as_ptr()) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::signal(libc::SIGHUP, libc::SIG_DFL);
-            libc::setsid();
-            if tty {
-                libc::ioctl(0, libc::TIOCSCTTY, 0);
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || enter_container(&raw, workdir.as_deref(), tty));
     }
     let spawned = cmd.spawn();
     drop(fds);
@@ -136,11 +117,7 @@ pub fn run(args: ShimArgs) -> anyhow::Result<()> {
                 126
             };
             eprintln!("podnet: cannot run {:?}: {e}", args.argv[0]);
-            super::write_atomic(
-                &exit_file(&args.run),
-                format!("{code} {}\n", now()).as_bytes(),
-            )?;
-            return Ok(());
+            return write_exit(&args.run, code);
         }
     };
     super::write_atomic(&pid_file(&args.run), format!("{}\n", child.id()).as_bytes())?;
@@ -148,10 +125,41 @@ pub fn run(args: ShimArgs) -> anyhow::Result<()> {
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    super::write_atomic(
-        &exit_file(&args.run),
-        format!("{code} {}\n", now()).as_bytes(),
-    )?;
+    write_exit(&args.run, code)
+}
+
+/// Records how a run ended (the code, as a shell reports it, and when).
+fn write_exit(run: &Path, code: i32) -> anyhow::Result<()> {
+    super::write_atomic(&exit_file(run), format!("{code} {}\n", now()).as_bytes())?;
+    Ok(())
+}
+
+/// Puts the calling process into the container: the sandbox's namespaces,
+/// the working directory, default signal dispositions, a session of its
+/// own and, with `tty`, stdin as its controlling terminal. Runs between
+/// fork and exec (or in a forked built-in image), so only async-signal-safe
+/// calls.
+fn enter_container(
+    ns: &[std::os::fd::RawFd; 3],
+    workdir: Option<&std::ffi::CStr>,
+    tty: bool,
+) -> std::io::Result<()> {
+    super::sandbox::enter_pre_exec(ns)?;
+    // SAFETY: chdir to a NUL-terminated path; resetting dispositions,
+    // starting a session and taking a terminal are always sound.
+    unsafe {
+        if let Some(dir) = workdir
+            && libc::chdir(dir.as_ptr()) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::signal(libc::SIGHUP, libc::SIG_DFL);
+        libc::setsid();
+        if tty {
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+        }
+    }
     Ok(())
 }
 
@@ -169,8 +177,9 @@ fn builtin_image(argv: &[String]) -> Option<(&str, &[String])> {
 }
 
 /// Writes `argv` over this process's own command line (padding with NULs),
-/// so `ps` and `pgrep -f` see a forked built-in image as they would an
-/// exec'd one rather than as a second copy of its shim. Goes through
+/// so `ps`, `pgrep -f` and a restarted agent's adoption checks see a forked
+/// process (a built-in image, a launched sandbox or shim) as they would an
+/// exec'd one rather than as a copy of its parent. Goes through
 /// `/proc/self/mem`, so no raw pointer is needed.
 pub(super) fn show_command_line(argv: &[String]) -> anyhow::Result<()> {
     use std::io::{Seek, SeekFrom, Write};
@@ -225,19 +234,7 @@ fn run_builtin(
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
             let code = (|| -> anyhow::Result<()> {
-                super::sandbox::enter_pre_exec(ns)?;
-                if let Some(dir) = workdir {
-                    nix::unistd::chdir(dir)?;
-                }
-                // SAFETY: restoring default dispositions and starting a session.
-                unsafe {
-                    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-                    libc::signal(libc::SIGHUP, libc::SIG_DFL);
-                    libc::setsid();
-                    if args.tty {
-                        libc::ioctl(0, libc::TIOCSCTTY, 0);
-                    }
-                }
+                enter_container(ns, workdir, args.tty)?;
                 if let Some(f) = &log {
                     let null = std::fs::File::open("/dev/null")?;
                     nix::unistd::dup2_stdin(&null)?;
@@ -274,11 +271,7 @@ fn run_builtin(
                     Err(e) => return Err(e).context("wait for the container"),
                 }
             };
-            super::write_atomic(
-                &exit_file(&args.run),
-                format!("{code} {}\n", now()).as_bytes(),
-            )?;
-            Ok(())
+            write_exit(&args.run, code)
         }
     }
 }

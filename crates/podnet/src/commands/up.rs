@@ -105,8 +105,8 @@ fn bring_up(
     step("making the underlay and the nodes' namespaces");
     topology::create_underlay(&args.name)?;
     let mut nodes = Vec::new();
+    let big = (args.encap == lab::Encap::HostGw).then_some(topology::BIG_TCP_SIZE);
     for (i, name) in names.iter().enumerate() {
-        let big = (args.encap == lab::Encap::HostGw).then_some(topology::BIG_TCP_SIZE);
         topology::create_node(&args.name, i, name, big)?;
         nodes.push(NodeRecord {
             name: name.clone(),

@@ -62,8 +62,8 @@ pub fn create_node(
         "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", name,
     ])?;
     if let Some(size) = gso_max_size {
-        // Before the port joins the bridge, which takes its limits from
-        // its ports as they join.
+        // Both ends: the node sends and receives such packets on `eth0`
+        // (its agent reads the limit there), the underlay forwards them.
         for (ns, link) in [(ul.as_str(), port.as_str()), (name, "eth0")] {
             set_gso_max_size(ns, link, size)?;
         }
@@ -79,7 +79,7 @@ pub fn create_node(
 /// Sets a link's GSO/GRO limits (IPv4 ones need rtnetlink: the Debian
 /// `ip` knows only the generic ones).
 fn set_gso_max_size(ns: &str, link: &str, size: u32) -> anyhow::Result<()> {
-    let file = std::fs::File::open(Path::new("/run/netns").join(ns))?;
+    let file = std::fs::File::open(Path::new(podnet_kernel::netns::NETNS_DIR).join(ns))?;
     let mut nl = podnet_kernel::netlink::Netlink::open_in(std::os::fd::AsFd::as_fd(&file))?;
     let index = nl
         .link_by_name(link)?

@@ -237,6 +237,16 @@ impl Lab {
             .collect()
     }
 
+    /// The pid of node `node`'s agent (its supervisor's record).
+    pub fn agent_pid(&self, node: &str) -> i32 {
+        let path = format!("/var/lib/podnet/{}/nodes/{node}/agent.pid", self.name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// `podnet down`.
     pub fn down(&self) -> Output {
         Command::new(podnet())
