@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSo
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -469,7 +469,7 @@ pub fn probe_once(to: Ipv4Addr, p: Probe) -> bool {
     match p.proto {
         Proto::Tcp => TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
         Proto::Udp => {
-            let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+            let Some(s) = fresh_udp_socket() else {
                 return false;
             };
             let _ = s.set_read_timeout(Some(Duration::from_millis(1500)));
@@ -481,6 +481,39 @@ pub fn probe_once(to: Ipv4Addr, p: Probe) -> bool {
         }
         Proto::Sctp => panic!("this kernel has no SCTP"),
     }
+}
+
+/// Next source port for a UDP probe, shared by every probe of the test
+/// binary.
+static NEXT_UDP_SOURCE_PORT: AtomicU16 = AtomicU16::new(UDP_SOURCE_PORTS.0);
+
+/// Source ports of UDP probes: below the kernel's ephemeral range, so the
+/// servers' own sockets never hold one.
+const UDP_SOURCE_PORTS: (u16, u16) = (2000, 32000);
+
+/// A UDP socket on a source port no earlier probe of this binary used (until
+/// the 30,000 ports wrap). A kernel-chosen port can repeat one of an earlier
+/// probe to the same server; the 5-tuple then still has its conntrack entry
+/// from before the policy changed, and the probe measures that old flow
+/// (established, let through) instead of a new connection's verdict.
+fn fresh_udp_socket() -> Option<UdpSocket> {
+    for _ in 0..64 {
+        let port = NEXT_UDP_SOURCE_PORT
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(if p + 1 >= UDP_SOURCE_PORTS.1 {
+                    UDP_SOURCE_PORTS.0
+                } else {
+                    p + 1
+                })
+            })
+            .expect("the update always returns Some");
+        match UdpSocket::bind(("0.0.0.0", port)) {
+            Ok(s) => return Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Starts a pod's servers: sockets made inside the pod, served by one
