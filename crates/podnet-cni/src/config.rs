@@ -43,6 +43,21 @@ pub struct RouteConf {
     pub gw: Option<IpAddr>,
 }
 
+/// One `runtimeConfig.portMappings` entry: a container's `hostPort`, which
+/// the plugin forwards from the node's addresses to the pod (the reference
+/// `portmap` plugin's capability, served without a second plugin exec).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortMapping {
+    /// The node's port.
+    pub host_port: u16,
+    /// The pod's port it reaches.
+    pub container_port: u16,
+    /// `tcp`, `udp` or `sctp`, as nft names them.
+    pub protocol: &'static str,
+    /// The one node address it listens on; None for all of them.
+    pub host_ip: Option<IpAddr>,
+}
+
 /// How addresses are obtained.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ipam {
@@ -89,6 +104,8 @@ pub struct NetConf {
     pub requested_ips: Vec<IpAddr>,
     /// `runtimeConfig.mac`: the pod interface's MAC.
     pub requested_mac: Option<[u8; 6]>,
+    /// `runtimeConfig.portMappings`: the pod's hostPorts.
+    pub port_mappings: Vec<PortMapping>,
     /// `prevResult`, as given.
     pub prev_result: Option<Value>,
     /// GC's `cni.dev/valid-attachments`: (containerID, ifname).
@@ -183,6 +200,7 @@ fn from_object(obj: &Map<String, Value>) -> Result<NetConf, CniError> {
 
     let mut requested_ips = Vec::new();
     let mut requested_mac = None;
+    let mut port_mappings = Vec::new();
     if let Some(rc) = obj.get("runtimeConfig") {
         let rc = rc
             .as_object()
@@ -205,6 +223,17 @@ fn from_object(obj: &Map<String, Value>) -> Result<NetConf, CniError> {
                 .ok_or_else(|| CniError::config("runtimeConfig.mac", "not a string"))?;
             requested_mac =
                 Some(parse_mac(s).map_err(|e| CniError::config("runtimeConfig.mac", e))?);
+        }
+        if let Some(pm) = rc.get("portMappings").filter(|v| !v.is_null()) {
+            let pm = pm
+                .as_array()
+                .ok_or_else(|| CniError::config("runtimeConfig.portMappings", "not an array"))?;
+            for (i, m) in pm.iter().enumerate() {
+                port_mappings.push(parse_port_mapping(
+                    m,
+                    &format!("runtimeConfig.portMappings[{i}]"),
+                )?);
+            }
         }
     }
     let valid_attachments = match obj.get("cni.dev/valid-attachments") {
@@ -245,8 +274,63 @@ fn from_object(obj: &Map<String, Value>) -> Result<NetConf, CniError> {
         ipam,
         requested_ips,
         requested_mac,
+        port_mappings,
         prev_result: obj.get("prevResult").cloned().filter(|v| !v.is_null()),
         valid_attachments,
+    })
+}
+
+/// One portMappings entry, each error naming its field.
+fn parse_port_mapping(m: &Value, field: &str) -> Result<PortMapping, CniError> {
+    let m = m
+        .as_object()
+        .ok_or_else(|| CniError::config(field, "not an object"))?;
+    let port = |key: &str| -> Result<u16, CniError> {
+        let f = format!("{field}.{key}");
+        let v = m.get(key).ok_or_else(|| CniError::config(&f, "missing"))?;
+        v.as_u64()
+            .filter(|p| (1..=65535).contains(p))
+            .map(|p| p as u16)
+            .ok_or_else(|| CniError::config(&f, format!("{v} is not a port (1..65535)")))
+    };
+    let host_port = port("hostPort")?;
+    let container_port = port("containerPort")?;
+    let protocol = match m.get("protocol") {
+        None | Some(Value::Null) => "tcp",
+        Some(v) => match v.as_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("tcp" | "") => "tcp",
+            Some("udp") => "udp",
+            Some("sctp") => "sctp",
+            _ => {
+                return Err(CniError::config(
+                    &format!("{field}.protocol"),
+                    format!("{v} is not tcp, udp or sctp"),
+                ));
+            }
+        },
+    };
+    let host_ip = match m.get("hostIP") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let f = format!("{field}.hostIP");
+            let s = v
+                .as_str()
+                .ok_or_else(|| CniError::config(&f, "not a string"))?;
+            if s.is_empty() {
+                None
+            } else {
+                let ip: IpAddr = s
+                    .parse()
+                    .map_err(|_| CniError::config(&f, format!("{s:?} is not an IP address")))?;
+                (!ip.is_unspecified()).then_some(ip)
+            }
+        }
+    };
+    Ok(PortMapping {
+        host_port,
+        container_port,
+        protocol,
+        host_ip,
     })
 }
 
@@ -545,12 +629,65 @@ mod tests {
                 7,
                 "bridge",
             ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80},{"hostPort":70000,"containerPort":80}]}}"#,
+                7,
+                "runtimeConfig.portMappings[1].hostPort",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"hostPort":8080}]}}"#,
+                7,
+                "runtimeConfig.portMappings[0].containerPort: missing",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"icmp"}]}}"#,
+                7,
+                "runtimeConfig.portMappings[0].protocol",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"hostIP":"node"}]}}"#,
+                7,
+                "runtimeConfig.portMappings[0].hostIP",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":{}}}"#,
+                7,
+                "runtimeConfig.portMappings",
+            ),
         ];
         for (json, code, needle) in cases {
             let e = conf(json).unwrap_err();
             assert_eq!(e.code, code, "{json}: {e}");
             assert!(e.msg.contains(needle), "{json}: {} lacks {needle}", e.msg);
         }
+    }
+
+    #[test]
+    fn port_mappings_default_to_tcp_on_every_address() {
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.0.0.0/24"},"runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80},{"hostPort":53,"containerPort":5353,"protocol":"UDP","hostIP":"172.18.0.3"},{"hostPort":81,"containerPort":81,"hostIP":"0.0.0.0"}]}}"#,
+        )
+        .unwrap();
+        let got: Vec<(u16, u16, &str, Option<String>)> = c
+            .port_mappings
+            .iter()
+            .map(|m| {
+                (
+                    m.host_port,
+                    m.container_port,
+                    m.protocol,
+                    m.host_ip.map(|i| i.to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (8080, 80, "tcp", None),
+                (53, 5353, "udp", Some("172.18.0.3".into())),
+                (81, 81, "tcp", None)
+            ]
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub mod code {
     pub const RANGE_EXHAUSTED: u32 = 100;
     /// podnet: a requested address is taken or outside every range.
     pub const ADDRESS_UNAVAILABLE: u32 = 101;
+    /// podnet: a hostPort is already forwarded to another pod on this node.
+    pub const HOST_PORT_IN_USE: u32 = 102;
     /// podnet: CHECK found the network different from prevResult.
     pub const CHECK_FAILED: u32 = 110;
     /// podnet: the kernel refused a link, address or route operation.

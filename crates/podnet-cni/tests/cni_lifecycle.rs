@@ -300,3 +300,129 @@ fn gso_max_size_lets_both_veth_ends_carry_big_tcp_packets() {
         "big pod cannot reach plain pod"
     );
 }
+
+/// What `curl` from `ns` gets from `url` within a few tries (empty when
+/// nothing answers).
+fn fetch(ns: &podnet_kernel::netns::NetNs, url: &str, tries: usize) -> String {
+    for _ in 0..tries {
+        let out = ns
+            .command("curl")
+            .args(["-s", "--max-time", "1", url])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !body.is_empty() {
+            return body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    String::new()
+}
+
+/// `portMappings` (hostPorts) without the portmap plugin: the node's
+/// address on the host port reaches the pod from the node, from another
+/// pod and from the pod itself; a second pod cannot take the same port;
+/// CHECK sees a lost mapping; DEL frees the port for the next pod.
+#[test]
+fn host_ports_reach_the_pod_and_leave_with_it() {
+    require("busybox");
+    require("curl");
+    require("nft");
+    let node = Node::new();
+    // The agent turns this on in every node (Services need it too): a
+    // reply bridged straight back to a pod on the same bridge then meets
+    // the connection's reverse translation.
+    node.sh(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    let plain = node.conf("1.1.0", "10.79.0.0/24");
+    let mut mapped = plain.clone();
+    mapped["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]});
+
+    let server = pod();
+    let a = node.ok("ADD", "ctr-web", &server, &mapped);
+    let client = pod();
+    node.ok("ADD", "ctr-client", &client, &plain);
+
+    let www = std::env::temp_dir().join(format!("pncni-hp-www-{}", std::process::id()));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello through the host port\n").unwrap();
+    let mut httpd = server
+        .command("busybox")
+        .args(["httpd", "-f", "-p", "8080", "-h"])
+        .arg(&www)
+        .spawn()
+        .unwrap();
+    let url = "http://10.79.0.1:18080/";
+    let from_node = fetch(&node.ns, url, 50);
+    let from_pod = fetch(&client, url, 20);
+    let hairpin = fetch(&server, url, 20);
+    // Loopback is not forwarded (see the module doc of hostport.rs).
+    let loopback = fetch(&node.ns, "http://127.0.0.1:18080/", 1);
+
+    // A second pod asking for the same port fails cleanly and keeps nothing.
+    let rival = pod();
+    let e = node.err(
+        "ADD",
+        "ctr-rival",
+        &rival.path().display().to_string(),
+        "eth0",
+        &mapped,
+    );
+    assert_eq!(e["code"], 102, "{e}");
+    assert!(
+        e["msg"].as_str().unwrap().contains("18080/tcp"),
+        "the error names the port: {e}"
+    );
+    assert_eq!(links_in(&rival), ["lo"]);
+    assert_eq!(node.allocated("testnet"), ["10.79.0.2", "10.79.0.3"]);
+
+    // CHECK passes, then names the mapping once it is gone.
+    let mut check = mapped.clone();
+    check["prevResult"] = a.clone();
+    node.ok("CHECK", "ctr-web", &server, &check);
+    node.sh(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "podnet-cni",
+        "hostport_any",
+        "{ tcp . 18080 }",
+    ]);
+    let e = node.err(
+        "CHECK",
+        "ctr-web",
+        &server.path().display().to_string(),
+        "eth0",
+        &check,
+    );
+    assert!(
+        e["msg"]
+            .as_str()
+            .unwrap()
+            .contains("hostPort 18080/tcp is not forwarded to 10.79.0.2:8080"),
+        "{e}"
+    );
+    // ADD again restores it (a retried ADD is idempotent).
+    node.ok("ADD", "ctr-web", &server, &mapped);
+    let again = fetch(&node.ns, url, 20);
+
+    node.ok("DEL", "ctr-web", &server, &mapped);
+    let after_del = fetch(&node.ns, url, 1);
+    let table = node.sh(&["nft", "list", "table", "ip", "podnet-cni"]);
+    // The port is free for the next pod.
+    let next = pod();
+    node.ok("ADD", "ctr-next", &next, &mapped);
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+    let _ = std::fs::remove_dir_all(&www);
+
+    let want = "hello through the host port\n";
+    assert_eq!(from_node, want, "from the node");
+    assert_eq!(from_pod, want, "from another pod on the bridge");
+    assert_eq!(hairpin, want, "from the pod itself");
+    assert_eq!(loopback, "", "127.0.0.1 is not forwarded");
+    assert_eq!(again, want, "after ADD restored the mapping");
+    assert_eq!(after_del, "", "DEL left the mapping");
+    assert!(!table.contains("10.79.0.2"), "{table}");
+}

@@ -3,7 +3,8 @@
 //! subresource, as kube-scheduler does.
 //!
 //! Filters: node Ready and schedulable, nodeSelector and required node
-//! affinity, NoSchedule/NoExecute taints against the pod's tolerations.
+//! affinity, NoSchedule/NoExecute taints against the pod's tolerations, and
+//! free host ports (no two pods on a node claim the same `hostPort`).
 //! Score: fewest pods of the same owner on the node, then fewest pods, then
 //! the node's name, so replicas spread and ties are stable. A pod that fits
 //! nowhere gets `PodScheduled=False` (reason `Unschedulable`) and a
@@ -43,6 +44,45 @@ const PARALLEL_BINDS: usize = 32;
 pub struct Load {
     total: HashMap<String, usize>,
     by_owner: HashMap<(String, String), usize>,
+    host_ports: HashMap<String, Vec<HostPort>>,
+}
+
+/// A `hostPort` a pod claims on its node, as kube-scheduler's NodePorts
+/// filter compares them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    protocol: String,
+    /// The node address it is bound to; empty for all of them.
+    ip: String,
+    port: i32,
+}
+
+impl HostPort {
+    fn conflicts(&self, other: &HostPort) -> bool {
+        let any = |ip: &str| matches!(ip, "" | "0.0.0.0" | "::");
+        self.port == other.port
+            && self.protocol == other.protocol
+            && (self.ip == other.ip || any(&self.ip) || any(&other.ip))
+    }
+}
+
+/// The host ports a pod's containers claim.
+pub fn host_ports(p: &Pod) -> Vec<HostPort> {
+    let Some(spec) = &p.spec else {
+        return Vec::new();
+    };
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|cp| {
+            let port = cp.host_port.filter(|p| *p > 0)?;
+            Some(HostPort {
+                protocol: cp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                ip: cp.host_ip.clone().unwrap_or_default(),
+                port,
+            })
+        })
+        .collect()
 }
 
 impl Load {
@@ -57,6 +97,7 @@ impl Load {
                 .filter(|n| !n.is_empty())
             {
                 l.add(node, owner_uid(p));
+                l.claim(node, host_ports(p));
             }
         }
         l
@@ -71,6 +112,23 @@ impl Load {
                 .entry((o.to_string(), node.to_string()))
                 .or_default() += 1;
         }
+    }
+
+    /// Records host ports as taken on `node`.
+    pub fn claim(&mut self, node: &str, ports: Vec<HostPort>) {
+        if !ports.is_empty() {
+            self.host_ports
+                .entry(node.to_string())
+                .or_default()
+                .extend(ports);
+        }
+    }
+
+    /// Whether any of `wanted` is already taken on `node`.
+    fn ports_taken(&self, node: &str, wanted: &[HostPort]) -> bool {
+        self.host_ports
+            .get(node)
+            .is_some_and(|taken| wanted.iter().any(|w| taken.iter().any(|t| t.conflicts(w))))
     }
 
     fn score(&self, node: &str, owner: Option<&str>) -> (usize, usize) {
@@ -159,11 +217,16 @@ pub fn pick_node(pod: &Pod, nodes: &[Arc<Node>], load: &Load) -> Result<String, 
         return Err("no nodes available to schedule pods".into());
     }
     let owner = owner_uid(pod);
+    let wanted_ports = host_ports(pod);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<((usize, usize), &str)> = None;
     for n in nodes {
         let name = n.metadata.name.as_deref().unwrap_or("");
-        match filter(pod, n) {
+        let why_not = filter(pod, n).or_else(|| {
+            load.ports_taken(name, &wanted_ports)
+                .then(|| "node(s) didn't have free ports for the requested pod ports".to_string())
+        });
+        match why_not {
             Some(r) => *reasons.entry(r).or_default() += 1,
             None => {
                 let key = (load.score(name, owner), name);
@@ -211,7 +274,7 @@ pub async fn run_with(caches: Arc<Caches>, resync: Duration) -> Result<(), Error
 struct Scheduler {
     caches: Arc<Caches>,
     /// Pods we bound that the cache does not show bound yet: uid -> (node, owner, when).
-    assumed: HashMap<String, (String, Option<String>, Instant)>,
+    assumed: HashMap<String, (String, Option<String>, Vec<HostPort>, Instant)>,
     /// Bindings in flight (aborted if the scheduler is dropped).
     binding: tokio::task::JoinSet<(String, Outcome)>,
     /// Bounds the bindings in flight.
@@ -236,14 +299,15 @@ impl Scheduler {
             .iter()
             .filter_map(|p| Some((p.metadata.uid.as_deref()?, p)))
             .collect();
-        self.assumed.retain(|uid, (_, _, at)| {
+        self.assumed.retain(|uid, (_, _, _, at)| {
             by_uid
                 .get(uid.as_str())
                 .is_some_and(|p| wants_scheduling(p))
                 && at.elapsed() < ASSUME_TTL
         });
-        for (node, owner, _) in self.assumed.values() {
+        for (node, owner, ports, _) in self.assumed.values() {
             load.add(node, owner.as_deref());
+            load.claim(node, ports.clone());
         }
         let mut pending: Vec<&Arc<Pod>> = pods
             .iter()
@@ -273,9 +337,11 @@ impl Scheduler {
                 Ok(node) => {
                     let owner = owner_uid(p).map(str::to_string);
                     load.add(&node, owner.as_deref());
+                    let ports = host_ports(p);
+                    load.claim(&node, ports.clone());
                     self.assumed.insert(
                         p.metadata.uid.clone().unwrap_or_default(),
-                        (node.clone(), owner, Instant::now()),
+                        (node.clone(), owner, ports, Instant::now()),
                     );
                     binds.push(((**p).clone(), node));
                 }
@@ -575,6 +641,58 @@ mod tests {
             pick_node(&p, &[], &Load::default()).unwrap_err(),
             "no nodes available to schedule pods"
         );
+    }
+
+    fn with_host_port(mut p: Pod, port: i32, ip: Option<&str>) -> Pod {
+        p.spec.as_mut().unwrap().containers = vec![k8s_openapi::api::core::v1::Container {
+            name: "c".into(),
+            ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+                container_port: 80,
+                host_port: Some(port),
+                host_ip: ip.map(String::from),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }];
+        p
+    }
+
+    #[test]
+    fn a_host_port_is_taken_once_per_node() {
+        let nodes = vec![node("a", true, &[], vec![]), node("b", true, &[], vec![])];
+        let mut load = Load::default();
+        let web = with_host_port(pod(None), 8080, None);
+        load.claim("a", host_ports(&web));
+        // The same port goes to the other node, another port anywhere.
+        assert_eq!(pick_node(&web, &nodes, &load).unwrap(), "b");
+        assert_eq!(
+            pick_node(&with_host_port(pod(None), 8081, None), &nodes, &load).unwrap(),
+            "a"
+        );
+        load.claim("b", host_ports(&web));
+        assert_eq!(
+            pick_node(&web, &nodes, &load).unwrap_err(),
+            "0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports."
+        );
+        // A wildcard claim conflicts with a specific address; UDP does not
+        // conflict with TCP.
+        let on_ip = with_host_port(pod(None), 8080, Some("172.18.0.2"));
+        assert!(pick_node(&on_ip, &nodes, &load).is_err());
+        let mut udp = with_host_port(pod(None), 8080, None);
+        udp.spec.as_mut().unwrap().containers[0]
+            .ports
+            .as_mut()
+            .unwrap()[0]
+            .protocol = Some("UDP".into());
+        assert_eq!(pick_node(&udp, &nodes, &load).unwrap(), "a");
+        // Two specific addresses do not conflict.
+        let mut specific = Load::default();
+        specific.claim(
+            "a",
+            host_ports(&with_host_port(pod(None), 9090, Some("10.0.0.1"))),
+        );
+        let other_ip = with_host_port(pod(None), 9090, Some("10.0.0.2"));
+        assert!(!specific.ports_taken("a", &host_ports(&other_ip)));
     }
 
     #[test]

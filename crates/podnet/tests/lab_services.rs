@@ -21,6 +21,7 @@ const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.47";
 fn nftables_proxy_serves_node_ports_and_survives_endpoint_churn() {
     let lab = Lab::up("sn", "vxlan");
     node_ports(&lab);
+    host_ports(&lab);
     churn(&lab);
 }
 
@@ -28,6 +29,7 @@ fn nftables_proxy_serves_node_ports_and_survives_endpoint_churn() {
 fn iptables_proxy_serves_node_ports_and_survives_endpoint_churn() {
     let lab = Lab::up_with("si", "host-gw", &["--proxy-mode", "iptables"]);
     node_ports(&lab);
+    host_ports(&lab);
     churn(&lab);
 }
 
@@ -146,6 +148,77 @@ fn node_ports(lab: &Lab) {
         body, "np",
         "ClusterIP from {cp} under Local NodePort policy"
     );
+}
+
+const HOST_PORT_DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hp}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: hp}}
+  template:
+    metadata: {labels: {app: hp}}
+    spec:
+      containers:
+      - name: web
+        image: registry.k8s.io/e2e-test-images/agnhost:2.47
+        args: [netexec, --http-port=8080]
+        ports: [{containerPort: 8080, hostPort: 18080}]
+"#;
+
+/// hostPort, as an operator expects it: one replica per node holds the
+/// port and the fourth cannot be placed and says why; every node's
+/// InternalIP on the port reaches the replica of that node, asked from
+/// another node. (The CNI plugin forwards it; no portmap plugin runs.)
+fn host_ports(lab: &Lab) {
+    let nodes = lab.nodes();
+    lab.apply(HOST_PORT_DEPLOYMENT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (on_node, pending) = loop {
+        let pods = lab.get_json(&["pods", "-l", "app=hp"]);
+        let mut on_node = BTreeMap::new();
+        let mut pending = Vec::new();
+        for p in pods["items"].as_array().unwrap() {
+            let name = p["metadata"]["name"].as_str().unwrap().to_string();
+            let conds = p["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let cond = |t: &str| conds.iter().find(|c| c["type"] == t).cloned();
+            if cond("Ready").is_some_and(|c| c["status"] == "True") {
+                on_node.insert(p["spec"]["nodeName"].as_str().unwrap().to_string(), name);
+            } else if let Some(c) = cond("PodScheduled").filter(|c| c["status"] == "False") {
+                pending.push((name, c["message"].as_str().unwrap_or("").to_string()));
+            }
+        }
+        if on_node.len() == 3 && pending.len() == 1 {
+            break (on_node, pending);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "want one Ready replica per node and one unschedulable: {on_node:?} {pending:?}\n{}",
+            lab.kubectl(&["get", "pods", "-o", "wide"])
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        pending[0]
+            .1
+            .contains("3 node(s) didn't have free ports for the requested pod ports"),
+        "{pending:?}"
+    );
+    for (i, (node, ip, _)) in nodes.iter().enumerate() {
+        let from = &nodes[(i + 1) % nodes.len()].0;
+        let want = &on_node[node];
+        let url = format!("http://{ip}:18080/hostname");
+        let (code, body) = await_body(from, &url, |b| b == want.as_str());
+        assert_eq!(
+            &body, want,
+            "hostPort on {node} ({url}) from {from}: curl exit {code:?}"
+        );
+    }
+    lab.kubectl(&["delete", "deployment", "hp"]);
 }
 
 const CHURN_SERVICE: &str = r#"

@@ -58,12 +58,14 @@ fn uplink_gso_max_size(node_ip: std::net::Ipv4Addr) -> Option<u32> {
     (size > 65536).then_some(size)
 }
 
-/// Writes the node's conflist: podnet with the node's pod CIDR, chained
-/// with the reference `portmap` for `hostPort`s.
+/// Writes the node's conflist: podnet with the node's pod CIDR, serving
+/// `hostPort`s itself (the `portMappings` capability), so a pod start is one
+/// plugin exec; the reference `portmap` could be chained instead.
 pub fn write_cni_config(args: &AgentArgs, cidr: &Ipv4Net) -> anyhow::Result<()> {
     let mtu = if args.encap == "vxlan" { 1450 } else { 1500 };
     let mut podnet = serde_json::json!({
         "type": "podnet", "bridge": "podnet0", "mtu": mtu, "isGateway": true, "hairpinMode": true,
+        "capabilities": {"portMappings": true},
         "ipam": {"type": "podnet", "ranges": [[{"subnet": cidr.to_string()}]],
                  "dataDir": args.state_dir.join("ipam").display().to_string()}
     });
@@ -75,7 +77,7 @@ pub fn write_cni_config(args: &AgentArgs, cidr: &Ipv4Net) -> anyhow::Result<()> 
     let conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "podnet",
-        "plugins": [podnet, {"type": "portmap", "capabilities": {"portMappings": true}}]
+        "plugins": [podnet]
     });
     let path = conflist_path(args);
     std::fs::create_dir_all(path.parent().unwrap())?;

@@ -489,10 +489,14 @@ fn attachment(h: &PodHandle, ns: &str) -> Attachment {
     for c in pod.spec.map(|s| s.containers).unwrap_or_default() {
         for p in c.ports.unwrap_or_default() {
             if let Some(hp) = p.host_port.filter(|p| *p > 0) {
-                mappings.push(json!({
+                let mut m = json!({
                     "hostPort": hp, "containerPort": p.container_port,
                     "protocol": p.protocol.unwrap_or_else(|| "TCP".into()).to_lowercase(),
-                }));
+                });
+                if let Some(ip) = p.host_ip.filter(|ip| !ip.is_empty()) {
+                    m["hostIP"] = ip.into();
+                }
+                mappings.push(m);
             }
         }
     }

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use podnet_kernel::netlink::{Netlink, VethSpec};
 use serde_json::Value;
 
-use super::{enable_forwarding, masq, release_builtin};
+use super::{enable_forwarding, hostport, masq, release_builtin};
 use crate::config::{Ipam, NetConf, RouteConf};
 use crate::env::CniEnv;
 use crate::error::{CniError, code};
@@ -198,6 +198,7 @@ fn attach(
     if conf.ip_masq {
         masq::add(conf, ips)?;
     }
+    hostport::add(conf, ips)?;
 
     Ok(CniResult {
         interfaces: vec![

@@ -1,7 +1,7 @@
 //! CHECK: the attachment still looks like `prevResult` says: the pod
 //! interface with its MAC and MTU, every address, every route, the host end
-//! on the bridge, and the allocation in IPAM. The error lists every
-//! difference, not just the first.
+//! on the bridge, the allocation in IPAM and the hostPorts. The error lists
+//! every difference, not just the first.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -113,6 +113,12 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             }
         }
     }
+
+    let pod_v4 = prev.ips.iter().find_map(|i| match i.address.addr() {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(_) => None,
+    });
+    diffs.extend(super::hostport::check(conf, pod_v4));
 
     if diffs.is_empty() {
         Ok(())

@@ -1,5 +1,6 @@
 //! DEL: the pod is cut off first (its host veth set down, so the bridge
-//! stops forwarding to it), then its address is released, then the veth pair
+//! stops forwarding to it), its hostPorts stop leading to it, then its
+//! address is released, then the veth pair
 //! is deleted. The kernel takes 15-30 ms of RCU grace periods to delete a
 //! veth, longer than everything else a DEL does together, so that last step
 //! runs in a detached child that deletes by interface index (never a newer
@@ -7,12 +8,13 @@
 
 use podnet_kernel::netlink::Netlink;
 
-use super::{masq, release_builtin};
+use super::{hostport, masq, release_builtin};
 use crate::config::{Ipam, NetConf};
 use crate::env::CniEnv;
 use crate::error::CniError;
 use crate::ipam::{delegate, store::LockedStore};
 use crate::naming;
+use crate::result::CniResult;
 
 /// Runs DEL.
 pub fn del(env: &CniEnv, conf: &NetConf, raw: &[u8]) -> Result<(), CniError> {
@@ -23,14 +25,27 @@ pub fn del(env: &CniEnv, conf: &NetConf, raw: &[u8]) -> Result<(), CniError> {
     }
     match &conf.ipam {
         Ipam::Builtin { data_dir, .. } => {
-            if conf.ip_masq {
+            if conf.ip_masq || !conf.port_mappings.is_empty() {
                 let held =
                     LockedStore::held_ips(data_dir, &conf.name, &env.container_id, &env.ifname)?;
-                masq::remove(conf, &held);
+                if conf.ip_masq {
+                    masq::remove(conf, &held);
+                }
+                if !conf.port_mappings.is_empty() {
+                    hostport::remove(&held);
+                }
             }
             release_builtin(conf, env)?;
         }
         Ipam::Delegate { plugin } => {
+            // The delegate keeps the addresses; prevResult names them.
+            if !conf.port_mappings.is_empty()
+                && let Some(prev) = &conf.prev_result
+                && let Ok(prev) = CniResult::from_json(prev, "prevResult")
+            {
+                let ips: Vec<_> = prev.ips.iter().map(|i| i.address.addr()).collect();
+                hostport::remove(&ips);
+            }
             delegate::run(env, plugin, "DEL", raw)?;
         }
     }

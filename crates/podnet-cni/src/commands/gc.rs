@@ -1,6 +1,6 @@
 //! GC: every allocation not named in `cni.dev/valid-attachments` is
-//! released, and every podnet host veth on this network's bridge that
-//! belongs to no valid attachment is removed.
+//! released with its hostPorts, and every podnet host veth on this
+//! network's bridge that belongs to no valid attachment is removed.
 
 use std::collections::HashSet;
 
@@ -27,10 +27,12 @@ pub fn gc(env: &CniEnv, conf: &NetConf, raw: &[u8]) -> Result<(), CniError> {
             if !freed.is_empty() {
                 store.commit()?;
             }
+            let ips: Vec<_> = freed.iter().map(|a| a.ip).collect();
             if conf.ip_masq {
-                let ips: Vec<_> = freed.iter().map(|a| a.ip).collect();
                 super::masq::remove(conf, &ips);
             }
+            // hostPorts of a pod whose DEL never came would hold the port.
+            super::hostport::remove(&ips);
         }
         Ipam::Delegate { plugin } => {
             // Delegates older than 1.1 may not know GC; what they hold is

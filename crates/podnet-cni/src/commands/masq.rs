@@ -12,7 +12,7 @@ use crate::error::CniError;
 use crate::naming;
 use crate::result::IpConfig;
 
-const TABLE: &str = "podnet-cni";
+use super::NFT_TABLE as TABLE;
 
 /// Adds the pod's IPv4 addresses to its network's masquerade set.
 pub fn add(conf: &NetConf, ips: &[IpConfig]) -> Result<(), CniError> {

@@ -4,6 +4,7 @@ mod add;
 mod check;
 mod del;
 mod gc;
+mod hostport;
 mod masq;
 mod status;
 
@@ -57,6 +58,9 @@ fn unsupported_verb(verb: &str, v: &str, since: &str) -> CniError {
         format!("{verb} needs cniVersion {since} or later; the configuration says {v}"),
     )
 }
+
+/// The plugin's nft table in the node's namespace (ipMasq, hostPorts).
+const NFT_TABLE: &str = "podnet-cni";
 
 /// Releases a builtin allocation (used by DEL and by ADD's rollback).
 fn release_builtin(conf: &NetConf, env: &CniEnv) -> Result<bool, CniError> {
