@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::process::Command;
 
 use support::*;
 
@@ -161,6 +162,21 @@ fn scenario(encap: &str) {
     let want = if encap == "vxlan" { 65536 } else { 196608 };
     assert_eq!(link[0]["gso_max_size"], want, "{link}");
     assert_eq!(link[0]["gro_max_size"], want, "{link}");
+    // Every node's eth0 hands what it receives to CPU 0 (RPS), as a NIC's
+    // interrupt would, so a cross-node flow runs on two CPUs.
+    for node in ip_of.keys() {
+        let out = Command::new("ip")
+            .args(["netns", "exec", node, "cat"])
+            .arg("/sys/class/net/eth0/queues/rx-0/rps_cpus")
+            .output()
+            .unwrap();
+        let mask = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            mask.trim_start_matches(['0', ',']).trim(),
+            "1",
+            "{node}'s eth0 receive steering: {mask:?}"
+        );
+    }
 
     // Containers of a pod share localhost.
     lab.apply(TWO_CONTAINERS);

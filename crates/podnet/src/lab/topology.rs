@@ -70,10 +70,63 @@ pub fn create_node(
     }
     ip(&["-n", &ul, "link", "set", &port, "master", "underlay0", "up"])?;
     ip(&["-n", name, "addr", "add", &addr, "dev", "eth0"])?;
+    steer_receive(name, "eth0", RECEIVE_CPUS)?;
     ip(&["-n", name, "link", "set", "eth0", "up"])?;
     sysctl_in(name, "net/ipv4/ip_forward", "1")?;
     sysctl_in(name, "net/ipv6/conf/all/forwarding", "1")?;
     Ok(())
+}
+
+/// The CPUs (a mask) that handle what a node receives on `eth0`: CPU 0,
+/// for every node.
+///
+/// A veth hands a packet to its peer on the sending CPU, so without this
+/// one CPU carries a cross-node flow through both nodes: sender's stack,
+/// bridge, routing, encapsulation, the underlay, decapsulation, bridge and
+/// receiver's stack. A NIC does not: its interrupt runs the receiving half
+/// on a CPU of its own. Steering the node's receive work (RPS) to one CPU
+/// does the same here, so the two halves of a flow run in parallel. One
+/// CPU for every node, not one per node: a flow's ACKs and its data then
+/// meet on the same CPU instead of fighting over the sender's socket from
+/// two (measured: VXLAN across nodes 15.5 Gbit/s against 12.2 without, and
+/// 12.5 when each node had a CPU of its own).
+pub const RECEIVE_CPUS: &str = "1";
+
+/// Writes a link's RPS mask (`queues/rx-0/rps_cpus`). sysfs shows the
+/// links of the namespace it was mounted in, so the write happens on a
+/// thread with a mount namespace of its own (private, so nothing reaches
+/// the host's mounts) and a sysfs mounted there, as `ip netns exec` does.
+fn steer_receive(ns: &str, link: &str, cpus: &str) -> anyhow::Result<()> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    use nix::sched::{CloneFlags, setns, unshare};
+    let file = std::fs::File::open(Path::new(podnet_kernel::netns::NETNS_DIR).join(ns))?;
+    let path = format!("/sys/class/net/{link}/queues/rx-0/rps_cpus");
+    std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<()> {
+            setns(&file, CloneFlags::CLONE_NEWNET)?;
+            unshare(CloneFlags::CLONE_NEWNS).context("a mount namespace for sysfs")?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .context("making / private")?;
+            umount2("/sys", MntFlags::MNT_DETACH).context("unmounting /sys")?;
+            mount(
+                Some("sysfs"),
+                "/sys",
+                Some("sysfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .context("mounting sysfs")?;
+            std::fs::write(&path, cpus).with_context(|| format!("write {path} in {ns}"))
+        })
+        .join()
+        .expect("sysfs thread")
+    })
 }
 
 /// Sets a link's GSO/GRO limits (IPv4 ones need rtnetlink: the Debian
