@@ -297,13 +297,7 @@ fn an_interface_name_clash_in_the_pod_leaks_nothing() {
         ],
     );
     let links_before = node.links();
-    let e = node.err(
-        "ADD",
-        "clash",
-        &p.path().display().to_string(),
-        "eth0",
-        &conf,
-    );
+    let e = node.err_in("ADD", "clash", &p, &conf);
     assert_eq!(e["code"], 120, "{e}");
     assert!(e["msg"].as_str().unwrap().contains("eth0"), "{e}");
     assert_eq!(node.links(), links_before);

@@ -71,32 +71,9 @@ fn chained_with_portmap_and_bandwidth() {
     );
 
     // portmap forwards the node's port 18080 to the pod's 8080.
-    let www = std::env::temp_dir().join(format!("pncni-www-{}", std::process::id()));
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "hello from the pod\n").unwrap();
-    let mut server = p
-        .command("busybox")
-        .args(["httpd", "-f", "-p", "8080", "-h"])
-        .arg(&www)
-        .spawn()
-        .unwrap();
-    let mut body = String::new();
-    for _ in 0..50 {
-        let out = node
-            .ns
-            .command("curl")
-            .args(["-s", "--max-time", "2", "http://10.86.0.1:18080/"])
-            .output()
-            .unwrap();
-        body = String::from_utf8_lossy(&out.stdout).into_owned();
-        if body.contains("hello") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = server.kill();
-    let _ = server.wait();
-    let _ = std::fs::remove_dir_all(&www);
+    let server = Httpd::serve(&p, 8080, "hello from the pod\n");
+    let body = fetch(&node.ns, "http://10.86.0.1:18080/", 50);
+    drop(server);
     assert_eq!(body, "hello from the pod\n");
 
     // CHECK through the chain, then DEL in reverse order.

@@ -85,13 +85,7 @@ fn add_gives_interface_address_route_mtu_and_connectivity() {
     node.ok("CHECK", "ctr-a", &pod_a, &check);
     // ...and fails, naming the route, once the route is gone.
     sh_in(&pod_a, &["ip", "route", "del", "default"]);
-    let e = node.err(
-        "CHECK",
-        "ctr-a",
-        &pod_a.path().display().to_string(),
-        "eth0",
-        &check,
-    );
+    let e = node.err_in("CHECK", "ctr-a", &pod_a, &check);
     assert_eq!(e["code"], 110);
     let msg = e["msg"].as_str().unwrap();
     assert!(
@@ -205,13 +199,7 @@ fn exhausting_a_29_gives_a_clean_error_and_status_reports_it() {
     let links_before = node.links();
     let state_before = node.state("testnet");
     let extra = pod();
-    let e = node.err(
-        "ADD",
-        "ex-last",
-        &extra.path().display().to_string(),
-        "eth0",
-        &conf,
-    );
+    let e = node.err_in("ADD", "ex-last", &extra, &conf);
     assert_eq!(e["code"], 100);
     assert!(e["msg"].as_str().unwrap().contains("10.80.0.0/29"), "{e}");
     assert_eq!(node.links(), links_before, "a failed ADD left links behind");
@@ -301,24 +289,6 @@ fn gso_max_size_lets_both_veth_ends_carry_big_tcp_packets() {
     );
 }
 
-/// What `curl` from `ns` gets from `url` within a few tries (empty when
-/// nothing answers).
-fn fetch(ns: &podnet_kernel::netns::NetNs, url: &str, tries: usize) -> String {
-    for _ in 0..tries {
-        let out = ns
-            .command("curl")
-            .args(["-s", "--max-time", "1", url])
-            .output()
-            .unwrap();
-        let body = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !body.is_empty() {
-            return body;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    String::new()
-}
-
 /// `portMappings` (hostPorts) without the portmap plugin: the node's
 /// address on the host port reaches the pod from the node, from another
 /// pod and from the pod itself; a second pod cannot take the same port;
@@ -337,21 +307,15 @@ fn host_ports_reach_the_pod_and_leave_with_it() {
     let mut mapped = plain.clone();
     mapped["runtimeConfig"] =
         json!({"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]});
+    // With ipMasq too, so a failed ADD must take back its masquerade entry.
+    mapped["ipMasq"] = json!(true);
 
     let server = pod();
     let a = node.ok("ADD", "ctr-web", &server, &mapped);
     let client = pod();
     node.ok("ADD", "ctr-client", &client, &plain);
 
-    let www = std::env::temp_dir().join(format!("pncni-hp-www-{}", std::process::id()));
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "hello through the host port\n").unwrap();
-    let mut httpd = server
-        .command("busybox")
-        .args(["httpd", "-f", "-p", "8080", "-h"])
-        .arg(&www)
-        .spawn()
-        .unwrap();
+    let httpd = Httpd::serve(&server, 8080, "hello through the host port\n");
     let url = "http://10.79.0.1:18080/";
     let from_node = fetch(&node.ns, url, 50);
     let from_pod = fetch(&client, url, 20);
@@ -361,13 +325,7 @@ fn host_ports_reach_the_pod_and_leave_with_it() {
 
     // A second pod asking for the same port fails cleanly and keeps nothing.
     let rival = pod();
-    let e = node.err(
-        "ADD",
-        "ctr-rival",
-        &rival.path().display().to_string(),
-        "eth0",
-        &mapped,
-    );
+    let e = node.err_in("ADD", "ctr-rival", &rival, &mapped);
     assert_eq!(e["code"], 102, "{e}");
     assert!(
         e["msg"].as_str().unwrap().contains("18080/tcp"),
@@ -375,6 +333,11 @@ fn host_ports_reach_the_pod_and_leave_with_it() {
     );
     assert_eq!(links_in(&rival), ["lo"]);
     assert_eq!(node.allocated("testnet"), ["10.79.0.2", "10.79.0.3"]);
+    let table = node.sh(&["nft", "list", "table", "ip", "podnet-cni"]);
+    assert!(
+        !table.contains("10.79.0.4"),
+        "the failed ADD left its address in a set: {table}"
+    );
 
     // CHECK passes, then names the mapping once it is gone.
     let mut check = mapped.clone();
@@ -389,13 +352,7 @@ fn host_ports_reach_the_pod_and_leave_with_it() {
         "hostport_any",
         "{ tcp . 18080 }",
     ]);
-    let e = node.err(
-        "CHECK",
-        "ctr-web",
-        &server.path().display().to_string(),
-        "eth0",
-        &check,
-    );
+    let e = node.err_in("CHECK", "ctr-web", &server, &check);
     assert!(
         e["msg"]
             .as_str()
@@ -413,9 +370,7 @@ fn host_ports_reach_the_pod_and_leave_with_it() {
     // The port is free for the next pod.
     let next = pod();
     node.ok("ADD", "ctr-next", &next, &mapped);
-    let _ = httpd.kill();
-    let _ = httpd.wait();
-    let _ = std::fs::remove_dir_all(&www);
+    drop(httpd);
 
     let want = "hello through the host port\n";
     assert_eq!(from_node, want, "from the node");

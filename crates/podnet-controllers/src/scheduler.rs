@@ -96,8 +96,7 @@ impl Load {
                 .and_then(|s| s.node_name.as_deref())
                 .filter(|n| !n.is_empty())
             {
-                l.add(node, owner_uid(p));
-                l.claim(node, host_ports(p));
+                l.add_pod(node, p);
             }
         }
         l
@@ -112,6 +111,12 @@ impl Load {
                 .entry((o.to_string(), node.to_string()))
                 .or_default() += 1;
         }
+    }
+
+    /// Counts `p` on `node`, with the host ports it takes there.
+    pub fn add_pod(&mut self, node: &str, p: &Pod) {
+        self.add(node, owner_uid(p));
+        self.claim(node, host_ports(p));
     }
 
     /// Records host ports as taken on `node`.
@@ -273,8 +278,8 @@ pub async fn run_with(caches: Arc<Caches>, resync: Duration) -> Result<(), Error
 
 struct Scheduler {
     caches: Arc<Caches>,
-    /// Pods we bound that the cache does not show bound yet: uid -> (node, owner, when).
-    assumed: HashMap<String, (String, Option<String>, Vec<HostPort>, Instant)>,
+    /// Pods we bound that the cache does not show bound yet: uid -> (node, when).
+    assumed: HashMap<String, (String, Instant)>,
     /// Bindings in flight (aborted if the scheduler is dropped).
     binding: tokio::task::JoinSet<(String, Outcome)>,
     /// Bounds the bindings in flight.
@@ -299,15 +304,18 @@ impl Scheduler {
             .iter()
             .filter_map(|p| Some((p.metadata.uid.as_deref()?, p)))
             .collect();
-        self.assumed.retain(|uid, (_, _, _, at)| {
+        self.assumed.retain(|uid, (_, at)| {
             by_uid
                 .get(uid.as_str())
                 .is_some_and(|p| wants_scheduling(p))
                 && at.elapsed() < ASSUME_TTL
         });
-        for (node, owner, ports, _) in self.assumed.values() {
-            load.add(node, owner.as_deref());
-            load.claim(node, ports.clone());
+        // What an assumption counts is read from the pod itself: the
+        // retain above kept only pods still in the cache.
+        for (uid, (node, _)) in &self.assumed {
+            if let Some(p) = by_uid.get(uid.as_str()) {
+                load.add_pod(node, p);
+            }
         }
         let mut pending: Vec<&Arc<Pod>> = pods
             .iter()
@@ -335,13 +343,10 @@ impl Scheduler {
         for p in pending {
             match pick_node(p, &nodes, &load) {
                 Ok(node) => {
-                    let owner = owner_uid(p).map(str::to_string);
-                    load.add(&node, owner.as_deref());
-                    let ports = host_ports(p);
-                    load.claim(&node, ports.clone());
+                    load.add_pod(&node, p);
                     self.assumed.insert(
                         p.metadata.uid.clone().unwrap_or_default(),
-                        (node.clone(), owner, ports, Instant::now()),
+                        (node.clone(), Instant::now()),
                     );
                     binds.push(((**p).clone(), node));
                 }

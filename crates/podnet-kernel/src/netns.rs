@@ -87,19 +87,45 @@ impl NetNs {
     /// Runs `f` on a fresh thread that has entered this namespace, so the
     /// caller's own thread never changes namespace.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R, NetNsError> {
-        let fd = self.file.as_fd();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| NetNsError::Enter {
-                    path: self.path(),
-                    source: e.into(),
-                })?;
-                Ok(f())
-            })
-            .join()
-            .expect("namespace thread panicked")
-        })
+        run_in(self.file.as_fd(), &self.path(), f)
     }
+}
+
+/// Runs `f` on a fresh thread that has entered the namespace open at `ns`
+/// (`path` names it in errors), for namespaces no [`NetNs`] guard owns,
+/// such as a lab's nodes. The caller's thread never changes namespace.
+pub fn run_in<R: Send>(
+    ns: BorrowedFd<'_>,
+    path: &Path,
+    f: impl FnOnce() -> R + Send,
+) -> Result<R, NetNsError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| NetNsError::Enter {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
+            Ok(f())
+        })
+        .join()
+        .expect("namespace thread panicked")
+    })
+}
+
+/// Gives the calling thread a mount namespace of its own in which nothing
+/// mounted propagates back to the host (`/` made private, recursively):
+/// the first step of anything that mounts inside a sandbox or a node.
+pub fn private_mount_namespace() -> std::io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    Ok(())
 }
 
 impl Drop for NetNs {

@@ -34,16 +34,9 @@ pub fn hold(args: SandboxArgs) -> anyhow::Result<()> {
         let f = std::fs::File::open(ns).with_context(|| format!("open {}", ns.display()))?;
         setns(&f, CloneFlags::CLONE_NEWNET).context("enter the pod's network namespace")?;
     }
-    unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS).context("unshare UTS and mount")?;
+    unshare(CloneFlags::CLONE_NEWUTS).context("unshare UTS")?;
     // Nothing mounted here may propagate back to the node.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("make / private")?;
+    podnet_kernel::netns::private_mount_namespace().context("a private mount namespace")?;
     nix::unistd::sethostname(&args.hostname).context("sethostname")?;
     for f in ["hosts", "resolv.conf", "hostname"] {
         let src = args.dir.join(f);

@@ -30,7 +30,7 @@ pub fn add(env: &CniEnv, conf: &NetConf, raw: &[u8]) -> Result<Value, CniError> 
             Ok(result.to_json(&conf.cni_version))
         }
         Err(e) => {
-            rollback(env, conf, raw);
+            rollback(env, conf, raw, &ips);
             Err(e)
         }
     }
@@ -277,11 +277,20 @@ fn ensure_bridge(
     Ok(link)
 }
 
-/// Undoes a failed ADD: the host veth (and with it the pod end) and the
-/// allocation. Errors here are secondary to the one being reported.
-fn rollback(env: &CniEnv, conf: &NetConf, raw: &[u8]) {
+/// Undoes a failed ADD: the host veth (and with it the pod end), the
+/// addresses' masquerade and hostPort entries (a later step may have
+/// failed after they were made), and the allocation. Errors here are
+/// secondary to the one being reported.
+fn rollback(env: &CniEnv, conf: &NetConf, raw: &[u8], ips: &[IpConfig]) {
     if let Ok(mut host) = Netlink::open() {
         let _ = host.delete_link(&naming::host_veth(&env.container_id, &env.ifname));
+    }
+    let addrs: Vec<IpAddr> = ips.iter().map(|i| i.address.addr()).collect();
+    if conf.ip_masq {
+        masq::remove(conf, &addrs);
+    }
+    if !conf.port_mappings.is_empty() {
+        hostport::remove(&addrs);
     }
     match &conf.ipam {
         Ipam::Builtin { .. } => {

@@ -135,6 +135,11 @@ impl Node {
         })
     }
 
+    /// [`Node::err`] for a pod namespace and `eth0`.
+    pub fn err_in(&self, verb: &str, id: &str, pod: &NetNs, conf: &Value) -> Value {
+        self.err(verb, id, &pod.path().display().to_string(), "eth0", conf)
+    }
+
     /// Link names in the node namespace.
     pub fn links(&self) -> Vec<String> {
         links_in(&self.ns)
@@ -253,4 +258,58 @@ pub fn command_exists(cmd: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// What `curl` from `ns` gets from `url` within `tries` tries, 100 ms
+/// apart (empty when nothing answers).
+pub fn fetch(ns: &NetNs, url: &str, tries: usize) -> String {
+    for _ in 0..tries {
+        let out = ns
+            .command("curl")
+            .args(["-s", "--max-time", "1", url])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !body.is_empty() {
+            return body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    String::new()
+}
+
+/// busybox httpd serving one page inside a pod; stopped, and its page
+/// removed, on drop.
+pub struct Httpd {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Httpd {
+    /// Serves `page` as `/` on `port` inside `pod`.
+    pub fn serve(pod: &NetNs, port: u16, page: &str) -> Httpd {
+        require("busybox");
+        let dir = std::env::temp_dir().join(format!(
+            "pncni-www-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.html"), page).unwrap();
+        let child = pod
+            .command("busybox")
+            .args(["httpd", "-f", "-p", &port.to_string(), "-h"])
+            .arg(&dir)
+            .spawn()
+            .unwrap();
+        Httpd { child, dir }
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

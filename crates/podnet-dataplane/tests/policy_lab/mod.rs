@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSo
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -483,13 +483,13 @@ pub fn probe_once(to: Ipv4Addr, p: Probe) -> bool {
     }
 }
 
-/// Next source port for a UDP probe, shared by every probe of the test
-/// binary.
-static NEXT_UDP_SOURCE_PORT: AtomicU16 = AtomicU16::new(UDP_SOURCE_PORTS.0);
+/// UDP probes made so far by this test binary: each takes the next source
+/// port.
+static UDP_PROBES: AtomicU32 = AtomicU32::new(0);
 
 /// Source ports of UDP probes: below the kernel's ephemeral range, so the
 /// servers' own sockets never hold one.
-const UDP_SOURCE_PORTS: (u16, u16) = (2000, 32000);
+const UDP_SOURCE_PORTS: std::ops::Range<u32> = 2000..32000;
 
 /// A UDP socket on a source port no earlier probe of this binary used (until
 /// the 30,000 ports wrap). A kernel-chosen port can repeat one of an earlier
@@ -498,16 +498,9 @@ const UDP_SOURCE_PORTS: (u16, u16) = (2000, 32000);
 /// (established, let through) instead of a new connection's verdict.
 fn fresh_udp_socket() -> Option<UdpSocket> {
     for _ in 0..64 {
-        let port = NEXT_UDP_SOURCE_PORT
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
-                Some(if p + 1 >= UDP_SOURCE_PORTS.1 {
-                    UDP_SOURCE_PORTS.0
-                } else {
-                    p + 1
-                })
-            })
-            .expect("the update always returns Some");
-        match UdpSocket::bind(("0.0.0.0", port)) {
+        let n = UDP_PROBES.fetch_add(1, Ordering::Relaxed);
+        let port = UDP_SOURCE_PORTS.start + n % UDP_SOURCE_PORTS.len() as u32;
+        match UdpSocket::bind(("0.0.0.0", port as u16)) {
             Ok(s) => return Some(s),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
             Err(_) => return None,

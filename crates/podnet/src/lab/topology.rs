@@ -100,40 +100,37 @@ pub fn create_node(
 pub const RECEIVE_CPUS: &str = "1";
 
 /// Writes a link's RPS mask (`queues/rx-0/rps_cpus`). sysfs shows the
-/// links of the namespace it was mounted in, so the write happens on a
-/// thread with a mount namespace of its own (private, so nothing reaches
-/// the host's mounts) and a sysfs mounted there, as `ip netns exec` does.
+/// links of the namespace it was mounted in, so the write happens with a
+/// sysfs mounted in a private mount namespace of the node's thread, as `ip
+/// netns exec` does; the thread's mounts end with it.
 fn steer_receive(ns: &str, link: &str, cpus: &str) -> anyhow::Result<()> {
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
-    use nix::sched::{CloneFlags, setns, unshare};
-    let file = std::fs::File::open(Path::new(podnet_kernel::netns::NETNS_DIR).join(ns))?;
     let path = format!("/sys/class/net/{link}/queues/rx-0/rps_cpus");
-    std::thread::scope(|s| {
-        s.spawn(|| -> anyhow::Result<()> {
-            setns(&file, CloneFlags::CLONE_NEWNET)?;
-            unshare(CloneFlags::CLONE_NEWNS).context("a mount namespace for sysfs")?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .context("making / private")?;
-            umount2("/sys", MntFlags::MNT_DETACH).context("unmounting /sys")?;
-            mount(
-                Some("sysfs"),
-                "/sys",
-                Some("sysfs"),
-                MsFlags::empty(),
-                None::<&str>,
-            )
-            .context("mounting sysfs")?;
-            std::fs::write(&path, cpus).with_context(|| format!("write {path} in {ns}"))
-        })
-        .join()
-        .expect("sysfs thread")
-    })
+    in_node(ns, || -> anyhow::Result<()> {
+        podnet_kernel::netns::private_mount_namespace().context("a mount namespace for sysfs")?;
+        umount2("/sys", MntFlags::MNT_DETACH).context("unmounting /sys")?;
+        mount(
+            Some("sysfs"),
+            "/sys",
+            Some("sysfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting sysfs")?;
+        std::fs::write(&path, cpus).with_context(|| format!("write {path} in {ns}"))
+    })?
+}
+
+/// Runs `f` on a short-lived thread inside node (or underlay) namespace
+/// `ns`.
+fn in_node<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> anyhow::Result<R> {
+    let path = Path::new(podnet_kernel::netns::NETNS_DIR).join(ns);
+    let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    Ok(podnet_kernel::netns::run_in(
+        std::os::fd::AsFd::as_fd(&file),
+        &path,
+        f,
+    )?)
 }
 
 /// Sets a link's GSO/GRO limits (IPv4 ones need rtnetlink: the Debian
@@ -153,17 +150,8 @@ fn set_gso_max_size(ns: &str, link: &str, size: u32) -> anyhow::Result<()> {
 /// resolved when the file is opened, so the write runs on a thread that
 /// entered it).
 pub fn sysctl_in(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
-    let file = std::fs::File::open(Path::new("/run/netns").join(ns))?;
     let path = format!("/proc/sys/{key}");
-    let value = value.to_string();
-    std::thread::scope(|s| {
-        s.spawn(|| -> anyhow::Result<()> {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            std::fs::write(&path, &value).with_context(|| format!("write {path} in {ns}"))
-        })
-        .join()
-        .expect("sysctl thread")
-    })
+    in_node(ns, || std::fs::write(&path, value))?.with_context(|| format!("write {path} in {ns}"))
 }
 
 /// Every namespace that belongs to the lab (by name).
