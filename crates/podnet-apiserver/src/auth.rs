@@ -157,10 +157,9 @@ impl BoundTokens {
         Ok(())
     }
 
-    /// The record of a token, if it was issued and has not expired.
+    /// The record of a token, if it was issued (expired or not).
     pub fn get(&self, token: &str) -> Option<Arc<TokenRecord>> {
-        let r = self.map.read().expect("tokens lock").get(token).cloned()?;
-        (r.expires > now()).then_some(r)
+        self.map.read().expect("tokens lock").get(token).cloned()
     }
 }
 
@@ -211,7 +210,7 @@ impl Authenticator {
     }
 
     fn service_account_user(&self, r: &TokenRecord, audience: &str) -> Option<User> {
-        if !r.audiences.iter().any(|a| a == audience) {
+        if r.expires <= now() || !r.audiences.iter().any(|a| a == audience) {
             return None;
         }
         let sa = self
