@@ -95,10 +95,15 @@ impl ApiError {
             .iter()
             .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
             .collect();
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut e = ApiError::new(
             422,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {joined}"),
+            format!("{qualified} \"{name}\" is invalid: {joined}"),
         );
         e.details = Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}));
         e
@@ -176,7 +181,8 @@ pub fn parse_query(q: Option<&str>) -> Query {
     out
 }
 
-fn pct_decode(s: &str) -> String {
+/// Percent-decodes a query component ('+' as space).
+pub fn pct_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -327,7 +333,12 @@ pub struct Api {
     pub store: Arc<Store>,
     /// Settings.
     pub cfg: ApiConfig,
+    /// The cluster CA (PEM), published in every namespace's `kube-root-ca.crt`.
+    pub ca_pem: String,
 }
+
+/// The ConfigMap every namespace gets with the cluster CA.
+pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
 
 /// How the response should be shaped (from the Accept header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1269,7 +1280,10 @@ impl Api {
         if res.kind == "Namespace" && !dry {
             let me = self.clone();
             let ns = name.clone();
-            tokio::spawn(async move { me.ensure_default_sa(&ns).await });
+            tokio::spawn(async move {
+                me.ensure_default_sa(&ns).await;
+                me.ensure_root_ca(&ns).await;
+            });
         }
         Ok(with_warnings(
             self.render_one(t, &created, headers, q, StatusCode::CREATED),
@@ -1297,6 +1311,51 @@ impl Api {
                 },
             )
             .await;
+    }
+
+    /// Publishes the cluster CA as ConfigMap `kube-root-ca.crt` in a
+    /// namespace (restoring it if changed), as kube-controller-manager's
+    /// root CA publisher does, so pods can verify the API server.
+    pub async fn ensure_root_ca(&self, ns: &str) {
+        if self
+            .store
+            .get("namespaces", "", ns)
+            .is_none_or(|n| n.value["metadata"]["deletionTimestamp"].is_string())
+        {
+            return;
+        }
+        let data = json!({"ca.crt": self.ca_pem});
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ROOT_CA_CONFIGMAP, "namespace": ns, "uid": new_uid(), "creationTimestamp": now_rfc3339(),
+            "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+            "data": data});
+        let r = self
+            .store
+            .mutate(
+                "configmaps",
+                ns,
+                ROOT_CA_CONFIGMAP,
+                false,
+                |cur, _| -> Result<Change, ApiError> {
+                    Ok(match cur {
+                        Some(c) if c.value["data"] == data && c.value["binaryData"].is_null() => {
+                            Change::Keep
+                        }
+                        Some(c) => {
+                            let mut v = c.value.clone();
+                            v["data"] = data;
+                            if let Some(m) = v.as_object_mut() {
+                                m.remove("binaryData");
+                            }
+                            Change::Put(v)
+                        }
+                        None => Change::Put(cm),
+                    })
+                },
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(namespace = ns, error = %e.message, "publishing kube-root-ca.crt failed");
+        }
     }
 
     /// The shared update path: `propose` turns the current object into the
@@ -1861,8 +1920,16 @@ impl Api {
             tokio::select! {
                 _ = tick.tick() => self.reap_pods().await,
                 ev = async { match rx.as_mut() { Some(r) => r.recv().await.ok(), None => std::future::pending().await } } => {
-                    if let Some(ev) = ev && ev.kind == EventType::Deleted {
-                        self.collect_dependents(&ev).await;
+                    if let Some(ev) = ev {
+                        if ev.kind == EventType::Deleted {
+                            self.collect_dependents(&ev).await;
+                        }
+                        if &*ev.resource == "configmaps"
+                            && ev.kind != EventType::Added
+                            && obj_name(&ev.obj.value) == ROOT_CA_CONFIGMAP
+                        {
+                            self.ensure_root_ca(ev.namespace()).await;
+                        }
                     }
                 }
             }
@@ -1962,8 +2029,17 @@ impl Api {
                     },
                 )
                 .await?;
-            self.ensure_default_sa(ns).await;
         }
+        let (namespaces, _) = self.store.list("namespaces", None);
+        for n in namespaces {
+            let ns = obj_name(&n.value);
+            if n.value["metadata"]["deletionTimestamp"].is_string() {
+                continue;
+            }
+            self.ensure_default_sa(ns).await;
+            self.ensure_root_ca(ns).await;
+        }
+        crate::rbac::bootstrap(&self.store, &now_rfc3339(), new_uid).await?;
         let first = Ipv4Addr::from(u32::from(self.cfg.service_cidr.network()) + 1).to_string();
         let mut svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default", "uid": new_uid(), "creationTimestamp": now_rfc3339(),
             "labels": {"component": "apiserver", "provider": "kubernetes"}},

@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use crate::api::json_response;
-use crate::resources::{GROUPS, RESOURCES, Resource, VERBS, sub_verbs};
+use crate::resources::{GROUPS, RESOURCES, Resource, sub_verbs};
 
 /// The Kubernetes version this server speaks.
 pub const GIT_VERSION: &str = "v1.33.0-podnet";
@@ -34,7 +34,7 @@ pub fn resource_list(group: &str) -> Option<Value> {
     }
     let mut out = Vec::new();
     for r in group_resources(group) {
-        let mut e = json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": VERBS});
+        let mut e = json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": r.verbs});
         if !r.short_names.is_empty() {
             e["shortNames"] = json!(r.short_names);
         }
@@ -65,6 +65,7 @@ pub fn resource_list(group: &str) -> Option<Value> {
 fn sub_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static str) {
     match sub {
         "scale" => ("Scale", "autoscaling", "v1"),
+        "token" => ("TokenRequest", "authentication.k8s.io", "v1"),
         "binding" => ("Binding", "", ""),
         "log" | "exec" | "attach" => (
             match sub {
@@ -139,7 +140,7 @@ fn aggregated_group(group: &str) -> Value {
                 })
                 .collect();
             let mut e = json!({"resource": r.plural, "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
-                "scope": if r.namespaced { "Namespaced" } else { "Cluster" }, "singularResource": r.singular, "verbs": VERBS});
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" }, "singularResource": r.singular, "verbs": r.verbs});
             if !r.short_names.is_empty() {
                 e["shortNames"] = json!(r.short_names);
             }
@@ -215,6 +216,14 @@ pub fn openapi_v3_doc(key: &str) -> Option<Value> {
             format!("{}/{}", r.gv_path(), r.plural)
         };
         let op = |action: &str, p: &[&str], g: &Value| json!({"x-kubernetes-action": action, "x-kubernetes-group-version-kind": g, "parameters": params(p), "responses": ok, "operationId": format!("{action}{}", r.kind)});
+        if !r.verbs.contains(&"get") {
+            // A review: created and answered, never stored.
+            paths.insert(
+                base,
+                json!({"post": op("post", &["dryRun", "fieldManager", "fieldValidation"], &gvk)}),
+            );
+            continue;
+        }
         paths.insert(
             base.clone(),
             json!({
@@ -233,10 +242,12 @@ pub fn openapi_v3_doc(key: &str) -> Option<Value> {
             }),
         );
         for sub in r.subresources {
-            let g = if *sub == "scale" {
-                json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
-            } else {
-                gvk.clone()
+            let g = match *sub {
+                "scale" => json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
+                "token" => {
+                    json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"})
+                }
+                _ => gvk.clone(),
             };
             let mut item = serde_json::Map::new();
             for verb in sub_verbs(sub) {
@@ -248,6 +259,11 @@ pub fn openapi_v3_doc(key: &str) -> Option<Value> {
                         &["dryRun", "fieldManager", "fieldValidation", "force"],
                     ),
                     "update" => ("put", "put", &["dryRun", "fieldManager", "fieldValidation"]),
+                    "create" if *sub == "token" || *sub == "binding" => (
+                        "post",
+                        "post",
+                        &["dryRun", "fieldManager", "fieldValidation"],
+                    ),
                     "create" => (
                         "post",
                         "connect",

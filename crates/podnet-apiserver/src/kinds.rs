@@ -66,7 +66,7 @@ fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String
 pub fn typed_view(kind: &str, v: &Value) -> Result<Value, String> {
     use k8s_openapi::api::{
         apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
-        networking::v1 as net,
+        networking::v1 as net, rbac::v1 as rbac,
     };
     let v = &quantities_as_strings(v.clone());
     match kind {
@@ -84,6 +84,10 @@ pub fn typed_view(kind: &str, v: &Value) -> Result<Value, String> {
         "ReplicaSet" => roundtrip::<apps::ReplicaSet>(v),
         "DaemonSet" => roundtrip::<apps::DaemonSet>(v),
         "Lease" => roundtrip::<coord::Lease>(v),
+        "Role" => roundtrip::<rbac::Role>(&rbac_required(v)),
+        "ClusterRole" => roundtrip::<rbac::ClusterRole>(&rbac_required(v)),
+        "RoleBinding" => roundtrip::<rbac::RoleBinding>(&rbac_required(v)),
+        "ClusterRoleBinding" => roundtrip::<rbac::ClusterRoleBinding>(&rbac_required(v)),
         "Binding" => roundtrip::<core::Binding>(v),
         "Scale" => roundtrip::<k8s_openapi::api::autoscaling::v1::Scale>(v),
         "DeleteOptions" => {
@@ -91,6 +95,45 @@ pub fn typed_view(kind: &str, v: &Value) -> Result<Value, String> {
         }
         _ => Ok(v.clone()),
     }
+}
+
+/// The RBAC types' required fields, filled with zero values when missing so
+/// that their absence is a 422 naming the field (as kube-apiserver, whose
+/// decoder takes zero values, answers), not a decoding error.
+fn rbac_required(v: &Value) -> Value {
+    let mut v = v.clone();
+    if v.get("roleRef")
+        .is_some_and(|r| !r.is_object() && !r.is_null())
+    {
+        return v;
+    }
+    if v["kind"] == "RoleBinding" || v["kind"] == "ClusterRoleBinding" {
+        if v["roleRef"].is_null() {
+            v["roleRef"] = json!({});
+        }
+        for k in ["apiGroup", "kind", "name"] {
+            if v["roleRef"][k].is_null() {
+                v["roleRef"][k] = json!("");
+            }
+        }
+    }
+    if let Some(subjects) = v.get_mut("subjects").and_then(Value::as_array_mut) {
+        for s in subjects.iter_mut().filter(|s| s.is_object()) {
+            for k in ["kind", "name"] {
+                if s[k].is_null() {
+                    s[k] = json!("");
+                }
+            }
+        }
+    }
+    if let Some(rules) = v.get_mut("rules").and_then(Value::as_array_mut) {
+        for r in rules.iter_mut().filter(|r| r.is_object()) {
+            if r["verbs"].is_null() {
+                r["verbs"] = json!([]);
+            }
+        }
+    }
+    v
 }
 
 /// Quantities may be written as numbers (`cpu: 1`); kube-apiserver stores
@@ -233,9 +276,168 @@ pub fn validate_name(kind: &str, name: &str) -> Option<String> {
                 Some("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".into())
             }
         }
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => rbac_name(name),
         _ if is_dns_subdomain(name) => None,
         _ => Some("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into()),
     }
+}
+
+/// RBAC names are path segments (`system:node` is one).
+fn rbac_name(name: &str) -> Option<String> {
+    if name == "." || name == ".." {
+        return Some(format!("may not be '{name}'"));
+    }
+    for bad in ["/", "%"] {
+        if name.contains(bad) {
+            return Some(format!("may not contain '{bad}'"));
+        }
+    }
+    None
+}
+
+fn not_supported(field: impl Into<String>, got: &Value, supported: &[&str]) -> FieldError {
+    let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
+    let got = match got {
+        Value::String(s) => format!("\"{s}\""),
+        Value::Null => "\"\"".to_string(),
+        o => o.to_string(),
+    };
+    FieldError {
+        reason: "FieldValueNotSupported",
+        field: field.into(),
+        message: format!(
+            "Unsupported value: {got}: supported values: {}",
+            list.join(", ")
+        ),
+    }
+}
+
+fn required_because(field: impl Into<String>, why: &str) -> FieldError {
+    FieldError {
+        reason: "FieldValueRequired",
+        field: field.into(),
+        message: format!("Required value: {why}"),
+    }
+}
+
+fn check_rules(obj: &Value, namespaced: bool, errs: &mut Vec<FieldError>) {
+    let empty = |v: &Value| v.as_array().is_none_or(Vec::is_empty);
+    for (i, r) in obj["rules"].as_array().into_iter().flatten().enumerate() {
+        let p = format!("rules[{i}]");
+        if empty(&r["verbs"]) {
+            errs.push(required_because(
+                format!("{p}.verbs"),
+                "verbs must contain at least one value",
+            ));
+        }
+        if !empty(&r["nonResourceURLs"]) {
+            if namespaced {
+                errs.push(FieldError::invalid(
+                    format!("{p}.nonResourceURLs"),
+                    &r["nonResourceURLs"],
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if !empty(&r["apiGroups"]) || !empty(&r["resources"]) || !empty(&r["resourceNames"]) {
+                errs.push(FieldError::invalid(
+                    format!("{p}.nonResourceURLs"),
+                    &r["nonResourceURLs"],
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+            continue;
+        }
+        if empty(&r["apiGroups"]) {
+            errs.push(required_because(
+                format!("{p}.apiGroups"),
+                "resource rules must supply at least one api group",
+            ));
+        }
+        if empty(&r["resources"]) {
+            errs.push(required_because(
+                format!("{p}.resources"),
+                "resource rules must supply at least one resource",
+            ));
+        }
+    }
+}
+
+fn check_binding(kind: &str, obj: &Value, errs: &mut Vec<FieldError>) {
+    let rr = &obj["roleRef"];
+    if rr["apiGroup"] != crate::resources::RBAC_GROUP {
+        errs.push(not_supported(
+            "roleRef.apiGroup",
+            &rr["apiGroup"],
+            &[crate::resources::RBAC_GROUP],
+        ));
+    }
+    let kinds: &[&str] = if kind == "RoleBinding" {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    if !rr["kind"].as_str().is_some_and(|k| kinds.contains(&k)) {
+        errs.push(not_supported("roleRef.kind", &rr["kind"], kinds));
+    }
+    match rr["name"].as_str() {
+        None | Some("") => errs.push(FieldError::required("roleRef.name")),
+        Some(n) => {
+            if let Some(msg) = rbac_name(n) {
+                errs.push(FieldError::invalid("roleRef.name", &rr["name"], &msg));
+            }
+        }
+    }
+    for (i, s) in obj["subjects"].as_array().into_iter().flatten().enumerate() {
+        let p = format!("subjects[{i}]");
+        let name = s["name"].as_str().unwrap_or("");
+        if name.is_empty() {
+            errs.push(FieldError::required(format!("{p}.name")));
+        }
+        let group = s["apiGroup"].as_str().unwrap_or("");
+        match s["kind"].as_str().unwrap_or("") {
+            "ServiceAccount" => {
+                if !name.is_empty() && !is_dns_subdomain(name) {
+                    errs.push(FieldError::invalid(format!("{p}.name"), &s["name"], "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"));
+                }
+                if !group.is_empty() {
+                    errs.push(not_supported(
+                        format!("{p}.apiGroup"),
+                        &s["apiGroup"],
+                        &[""],
+                    ));
+                }
+                if kind == "ClusterRoleBinding" && s["namespace"].as_str().is_none_or(str::is_empty)
+                {
+                    errs.push(FieldError::required(format!("{p}.namespace")));
+                }
+            }
+            "User" | "Group" => {
+                if group != crate::resources::RBAC_GROUP {
+                    errs.push(not_supported(
+                        format!("{p}.apiGroup"),
+                        &s["apiGroup"],
+                        &[crate::resources::RBAC_GROUP],
+                    ));
+                }
+            }
+            _ => errs.push(not_supported(
+                format!("{p}.kind"),
+                &s["kind"],
+                &["ServiceAccount", "User", "Group"],
+            )),
+        }
+    }
+}
+
+/// Go's `%#v` of an rbac.RoleRef, as kube-apiserver prints it.
+fn role_ref_text(r: &Value) -> String {
+    let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+    format!(
+        "rbac.RoleRef{{APIGroup:{:?}, Kind:{:?}, Name:{:?}}}",
+        s("apiGroup"),
+        s("kind"),
+        s("name")
+    )
 }
 
 fn label_value_ok(v: &str) -> bool {
@@ -422,6 +624,9 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<FieldError> {
         "Event" if obj["involvedObject"].is_null() => {
             errs.push(FieldError::required("involvedObject"));
         }
+        "Role" => check_rules(obj, true, &mut errs),
+        "ClusterRole" => check_rules(obj, false, &mut errs),
+        "RoleBinding" | "ClusterRoleBinding" => check_binding(kind, obj, &mut errs),
         _ => {}
     }
     errs
@@ -470,6 +675,16 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> 
                 &new["spec"]["selector"],
                 "field is immutable",
             ));
+        }
+        "RoleBinding" | "ClusterRoleBinding" if old["roleRef"] != new["roleRef"] => {
+            errs.push(FieldError {
+                reason: "FieldValueInvalid",
+                field: "roleRef".into(),
+                message: format!(
+                    "Invalid value: {}: cannot change roleRef",
+                    role_ref_text(&new["roleRef"])
+                ),
+            });
         }
         "EndpointSlice" if old["addressType"] != new["addressType"] => {
             errs.push(FieldError::invalid(
@@ -686,6 +901,30 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
             if let Some(ps) = obj.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ps {
                     set_default(p, "protocol", json!("TCP"));
+                }
+            }
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            if obj["roleRef"].is_null() {
+                obj["roleRef"] = json!({"kind": "", "name": ""});
+            }
+            if obj["roleRef"].is_object()
+                && obj["roleRef"]["apiGroup"]
+                    .as_str()
+                    .is_none_or(str::is_empty)
+            {
+                obj["roleRef"]["apiGroup"] = json!(crate::resources::RBAC_GROUP);
+            }
+            for s in obj
+                .get_mut("subjects")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let k = s["kind"].as_str().unwrap_or("");
+                if (k == "User" || k == "Group") && s["apiGroup"].as_str().is_none_or(str::is_empty)
+                {
+                    s["apiGroup"] = json!(crate::resources::RBAC_GROUP);
                 }
             }
         }

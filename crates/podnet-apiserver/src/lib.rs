@@ -9,10 +9,12 @@
 //! clients (kube-rs), or use [`Server::store`] in-process.
 
 pub mod api;
+pub mod auth;
 pub mod discovery;
 pub mod kinds;
 pub mod patch;
 pub mod protobuf;
+pub mod rbac;
 pub mod resources;
 pub mod security;
 pub mod selector;
@@ -33,6 +35,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::api::{Api, ApiConfig, ApiError, json_response};
+use crate::auth::{Authenticator, BoundTokens};
+use crate::rbac::Rbac;
 use crate::security::{Ca, Tokens};
 use crate::store::Store;
 
@@ -100,7 +104,8 @@ pub enum Error {
 
 struct Shared {
     api: Arc<Api>,
-    tokens: Tokens,
+    authn: Authenticator,
+    rbac: Arc<Rbac>,
     node_token: String,
     server_url: String,
 }
@@ -123,8 +128,13 @@ pub struct Server {
     pub api: Arc<Api>,
     /// Tokens, to issue node tokens in-process.
     pub tokens: Tokens,
+    /// ServiceAccount tokens (what TokenRequest issues).
+    pub service_account_tokens: BoundTokens,
+    /// The authorizer (RBAC), for in-process checks.
+    pub rbac: Arc<Rbac>,
     task: tokio::task::JoinHandle<()>,
     upkeep: tokio::task::JoinHandle<()>,
+    rbac_task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -136,6 +146,7 @@ impl Server {
         let store = Store::open_with(&dir, config.event_log_len)?;
         let ca = Ca::load_or_create(&dir)?;
         let tokens = Tokens::load_or_create(&dir)?;
+        let bound = BoundTokens::load(&dir)?;
         let admin_token = tokens.token_of("kubernetes-admin").expect("made at load");
         let node_token_path = dir.join("kubelet-client.token");
         let node_client_token = match std::fs::read_to_string(&node_token_path) {
@@ -169,10 +180,13 @@ impl Server {
                 service_cidr: config.service_cidr,
                 node_ports: config.node_ports,
             },
+            ca_pem: ca.cert_pem.clone(),
         });
         api.bootstrap(config.advertise_address, addr.port())
             .await
             .map_err(|e| Error::Bootstrap(e.message))?;
+        let rbac = Arc::new(Rbac::new());
+        rbac.sync(&api.store).await;
         let kubeconfig = dir.join("admin.kubeconfig");
         security::write_kubeconfig(
             &kubeconfig,
@@ -211,13 +225,15 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             api: api.clone(),
-            tokens: tokens.clone(),
+            authn: Authenticator::new(tokens.clone(), bound.clone(), api.store.clone()),
+            rbac: rbac.clone(),
             node_token: node_client_token.clone(),
             server_url: url.clone(),
         });
         let router = axum::Router::new().fallback(dispatch).with_state(shared);
         let task = tokio::spawn(accept_loop(listener, tls, router));
         let upkeep = tokio::spawn(api.clone().upkeep());
+        let rbac_task = tokio::spawn(rbac.clone().run(api.store.clone()));
         tracing::info!(%url, state = %dir.display(), "podnet-apiserver serving");
         Ok(Server {
             addr,
@@ -228,9 +244,33 @@ impl Server {
             node_client_token,
             api,
             tokens,
+            service_account_tokens: bound,
+            rbac,
             task,
             upkeep,
+            rbac_task,
         })
+    }
+
+    /// Issues a token for ServiceAccount `namespace/name`, in-process, as
+    /// `POST /api/v1/namespaces/{namespace}/serviceaccounts/{name}/token`
+    /// does over HTTP: `spec` is a TokenRequestSpec (`audiences`,
+    /// `expirationSeconds`, `boundObjectRef`); the answer is the
+    /// TokenRequest with `status.token`.
+    pub async fn request_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: &serde_json::Value,
+    ) -> Result<serde_json::Value, ApiError> {
+        auth::request_token(
+            &self.api.store,
+            &self.service_account_tokens,
+            namespace,
+            name,
+            spec,
+        )
+        .await
     }
 
     /// The store, for in-process controllers.
@@ -254,6 +294,7 @@ impl Server {
     pub fn shutdown(self) {
         self.task.abort();
         self.upkeep.abort();
+        self.rbac_task.abort();
     }
 }
 
@@ -353,11 +394,47 @@ async fn dispatch(State(sh): State<Arc<Shared>>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let user = token.and_then(|t| sh.tokens.check(t));
-    let Some(user) = user else {
+    let user = token.and_then(|t| sh.authn.authenticate(t));
+    let Some(mut user) = user else {
         return ApiError::unauthorized().into_response();
     };
+    if auth::wants_impersonation(req.headers()) {
+        user = match auth::impersonate(&sh.rbac, &user, req.headers()) {
+            Ok(u) => u,
+            Err(e) => return e.into_response(),
+        };
+    }
     tracing::debug!(user = %user.name, %method, %path, "request");
+    // system:masters is allowed everything before RBAC is asked (as
+    // kube-apiserver's privileged group authorizer): nothing to derive.
+    if !user.in_group(rbac::MASTERS) {
+        let q = api::parse_query(Some(&raw_query));
+        let mut attrs = auth::request_info(&method, &path, &q);
+        let d = sh.rbac.authorize(&user, &attrs);
+        if !d.allowed {
+            return auth::forbidden(&user.name, &attrs, &d.reason).into_response();
+        }
+        // A WebSocket exec/attach is a GET; kube-apiserver also asks for
+        // `create` on it, as for the POST that SPDY sends.
+        let upgrade = req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if upgrade
+            && attrs.verb == "get"
+            && attrs.resource == "pods"
+            && matches!(
+                attrs.subresource.as_str(),
+                "exec" | "attach" | "portforward"
+            )
+        {
+            attrs.verb = "create".into();
+            let d = sh.rbac.authorize(&user, &attrs);
+            if !d.allowed {
+                return auth::forbidden(&user.name, &attrs, &d.reason).into_response();
+            }
+        }
+    }
     let headers = req.headers().clone();
     match path.trim_end_matches('/') {
         "/api" => {
@@ -433,6 +510,9 @@ async fn dispatch(State(sh): State<Arc<Shared>>, req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let q = api::parse_query(Some(&raw_query));
+    if target.res.verbs == ["create"] || target.sub.as_deref() == Some("token") {
+        return answer_create_only(&sh, &user, &method, target, req).await;
+    }
     if target.res.kind == "Pod"
         && let (Some(name), Some(sub @ ("log" | "exec" | "attach"))) =
             (target.name.clone(), target.sub.as_deref())
@@ -491,5 +571,64 @@ async fn dispatch(State(sh): State<Arc<Shared>>, req: Request) -> Response {
             .into_response();
         }
     };
-    sh.api.handle(&method, target, q, &headers, body).await
+    let rbac_write = target.res.group == resources::RBAC_GROUP && method != Method::GET;
+    let r = sh.api.handle(&method, target, q, &headers, body).await;
+    if rbac_write && r.status().is_success() {
+        // Read-your-writes: the next request sees the new rules.
+        sh.rbac.sync(&sh.api.store).await;
+    }
+    r
+}
+
+/// Reviews and TokenRequest: POST only, answered, not stored.
+async fn answer_create_only(
+    sh: &Shared,
+    user: &security::User,
+    method: &Method,
+    target: api::Target,
+    req: Request,
+) -> Response {
+    if *method != Method::POST || (target.name.is_some() && target.sub.is_none()) {
+        return ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )
+        .into_response();
+    }
+    let headers = req.headers().clone();
+    let body = match axum::body::to_bytes(req.into_body(), api::MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("Request entity too large: limit is {}", api::MAX_BODY),
+            )
+            .into_response();
+        }
+    };
+    let r = match (&target.name, target.sub.as_deref()) {
+        (Some(name), Some("token")) => {
+            auth::token_request_endpoint(
+                &sh.api.store,
+                &sh.authn.bound,
+                target.ns.as_deref().unwrap_or(""),
+                name,
+                &headers,
+                &body,
+            )
+            .await
+        }
+        _ => auth::review(
+            &sh.rbac,
+            &sh.authn,
+            user,
+            target.res,
+            target.ns.as_deref().filter(|_| target.res.namespaced),
+            &headers,
+            &body,
+        ),
+    };
+    r.unwrap_or_else(IntoResponse::into_response)
 }

@@ -1,6 +1,7 @@
 //! Decoding of Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`)
 //! into JSON, for the objects kubectl's generator commands send
-//! (`kubectl create namespace|configmap|serviceaccount|deployment|service`):
+//! (`kubectl create namespace|configmap|serviceaccount|deployment|service|
+//! role|clusterrole|rolebinding|clusterrolebinding|token`, `kubectl auth`):
 //! the `k8s\0` envelope, `runtime.Unknown`, and the messages below by their
 //! field numbers in k8s.io/api's generated.proto. A field this table does not
 //! know is refused (415), never dropped.
@@ -168,6 +169,97 @@ const SERVICE: &[F] = &[
     (3, "status", K::Msg(EMPTY)),
 ];
 
+const RULE: &[F] = &[
+    (1, "verbs", K::RepStr),
+    (2, "apiGroups", K::RepStr),
+    (3, "resources", K::RepStr),
+    (4, "resourceNames", K::RepStr),
+    (5, "nonResourceURLs", K::RepStr),
+];
+const ROLE: &[F] = &[(1, "metadata", K::Msg(META)), (2, "rules", K::RepMsg(RULE))];
+const AGGREGATION: &[F] = &[(1, "clusterRoleSelectors", K::RepMsg(SELECTOR))];
+const CLUSTER_ROLE: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "rules", K::RepMsg(RULE)),
+    (3, "aggregationRule", K::Msg(AGGREGATION)),
+];
+const SUBJECT: &[F] = &[
+    (1, "kind", K::Str),
+    (2, "apiGroup", K::Str),
+    (3, "name", K::Str),
+    (4, "namespace", K::Str),
+];
+const ROLE_REF: &[F] = &[
+    (1, "apiGroup", K::Str),
+    (2, "kind", K::Str),
+    (3, "name", K::Str),
+];
+const BINDING: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "subjects", K::RepMsg(SUBJECT)),
+    (3, "roleRef", K::Msg(ROLE_REF)),
+];
+const BOUND_REF: &[F] = &[
+    (1, "kind", K::Str),
+    (2, "apiVersion", K::Str),
+    (3, "name", K::Str),
+    (4, "uid", K::Str),
+];
+const TOKEN_SPEC: &[F] = &[
+    (1, "audiences", K::RepStr),
+    (3, "boundObjectRef", K::Msg(BOUND_REF)),
+    (4, "expirationSeconds", K::Int),
+];
+const TOKEN_REQUEST: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(TOKEN_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
+];
+const TOKEN_REVIEW_SPEC: &[F] = &[(1, "token", K::Str), (2, "audiences", K::RepStr)];
+const TOKEN_REVIEW: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(TOKEN_REVIEW_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
+];
+const SELF_REVIEW: &[F] = &[(1, "metadata", K::Msg(META)), (2, "status", K::Msg(EMPTY))];
+const RES_ATTRS: &[F] = &[
+    (1, "namespace", K::Str),
+    (2, "verb", K::Str),
+    (3, "group", K::Str),
+    (4, "version", K::Str),
+    (5, "resource", K::Str),
+    (6, "subresource", K::Str),
+    (7, "name", K::Str),
+];
+const NON_RES_ATTRS: &[F] = &[(1, "path", K::Str), (2, "verb", K::Str)];
+const SSAR_SPEC: &[F] = &[
+    (1, "resourceAttributes", K::Msg(RES_ATTRS)),
+    (2, "nonResourceAttributes", K::Msg(NON_RES_ATTRS)),
+];
+const SAR_SPEC: &[F] = &[
+    (1, "resourceAttributes", K::Msg(RES_ATTRS)),
+    (2, "nonResourceAttributes", K::Msg(NON_RES_ATTRS)),
+    (3, "user", K::Str),
+    (4, "groups", K::RepStr),
+    (6, "uid", K::Str),
+];
+const SSAR: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(SSAR_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
+];
+const SAR: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(SAR_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
+];
+const SSRR_SPEC: &[F] = &[(1, "namespace", K::Str)];
+const SSRR: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(SSRR_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
+];
+
 fn schema(kind: &str) -> Option<&'static [F]> {
     Some(match kind {
         "Namespace" => NAMESPACE,
@@ -175,6 +267,15 @@ fn schema(kind: &str) -> Option<&'static [F]> {
         "ServiceAccount" => SA,
         "Deployment" => DEPLOYMENT,
         "Service" => SERVICE,
+        "Role" => ROLE,
+        "ClusterRole" => CLUSTER_ROLE,
+        "RoleBinding" | "ClusterRoleBinding" => BINDING,
+        "TokenRequest" => TOKEN_REQUEST,
+        "TokenReview" => TOKEN_REVIEW,
+        "SelfSubjectReview" => SELF_REVIEW,
+        "SelfSubjectAccessReview" => SSAR,
+        "SubjectAccessReview" | "LocalSubjectAccessReview" => SAR,
+        "SelfSubjectRulesReview" => SSRR,
         _ => return None,
     })
 }

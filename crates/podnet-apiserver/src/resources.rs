@@ -24,6 +24,8 @@ pub struct Resource {
     pub has_status: bool,
     /// Whether it belongs to the `all` category.
     pub in_all: bool,
+    /// The verbs it serves (reviews only `create`).
+    pub verbs: &'static [&'static str],
 }
 
 impl Resource {
@@ -76,6 +78,29 @@ const fn r(
         subresources,
         has_status,
         in_all,
+        verbs: VERBS,
+    }
+}
+
+/// A review: created, answered, never stored.
+const fn review(
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+) -> Resource {
+    Resource {
+        group,
+        version: "v1",
+        kind,
+        plural,
+        singular: "",
+        namespaced,
+        short_names: &[],
+        subresources: &[],
+        has_status: false,
+        in_all: false,
+        verbs: &["create"],
     }
 }
 
@@ -149,7 +174,7 @@ pub static RESOURCES: &[Resource] = &[
         "serviceaccount",
         true,
         &["sa"],
-        &[],
+        &["token"],
         false,
     ),
     r(
@@ -212,12 +237,85 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         false,
     ),
+    r(
+        RBAC_GROUP,
+        "ClusterRole",
+        "clusterroles",
+        "clusterrole",
+        false,
+        &[],
+        &[],
+        false,
+    ),
+    r(
+        RBAC_GROUP,
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        false,
+        &[],
+        &[],
+        false,
+    ),
+    r(RBAC_GROUP, "Role", "roles", "role", true, &[], &[], false),
+    r(
+        RBAC_GROUP,
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        true,
+        &[],
+        &[],
+        false,
+    ),
+    review(
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        false,
+    ),
+    review(
+        "authentication.k8s.io",
+        "TokenReview",
+        "tokenreviews",
+        false,
+    ),
+    review(
+        "authorization.k8s.io",
+        "LocalSubjectAccessReview",
+        "localsubjectaccessreviews",
+        true,
+    ),
+    review(
+        "authorization.k8s.io",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        false,
+    ),
+    review(
+        "authorization.k8s.io",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        false,
+    ),
+    review(
+        "authorization.k8s.io",
+        "SubjectAccessReview",
+        "subjectaccessreviews",
+        false,
+    ),
 ];
+
+/// The RBAC API group.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// The API groups in discovery order (core first).
 pub static GROUPS: &[&str] = &[
     "",
     "apps",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "rbac.authorization.k8s.io",
     "discovery.k8s.io",
     "networking.k8s.io",
     "coordination.k8s.io",
@@ -245,6 +343,7 @@ pub fn sub_verbs(sub: &str) -> &'static [&'static str] {
         "finalize" => &["update"],
         "log" => &["get"],
         "exec" | "attach" => &["create", "get"],
+        "token" => &["create"],
         _ => &[],
     }
 }

@@ -136,12 +136,23 @@ impl Ca {
 }
 
 /// Who a token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct User {
     /// User name ("kubernetes-admin", "system:node:worker").
     pub name: String,
+    /// A unique id (the token file's uid column; a ServiceAccount's uid).
+    pub uid: String,
     /// Groups ("system:masters", "system:nodes").
     pub groups: Vec<String>,
+    /// Extra attributes (a bound token's pod name and uid).
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl User {
+    /// Whether the user is in `group`.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
 }
 
 /// The bearer tokens the server accepts, backed by `tokens.csv` in the state
@@ -175,7 +186,7 @@ fn parse_tokens(path: &Path) -> Result<HashMap<String, User>, SecurityError> {
             continue;
         }
         let mut parts = line.splitn(4, ',');
-        let (Some(tok), Some(user), Some(_uid)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(tok), Some(user), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(SecurityError::Token {
                 path: path.to_path_buf(),
                 line: n + 1,
@@ -193,7 +204,9 @@ fn parse_tokens(path: &Path) -> Result<HashMap<String, User>, SecurityError> {
             tok.to_string(),
             User {
                 name: user.to_string(),
+                uid: uid.to_string(),
                 groups,
+                extra: Default::default(),
             },
         );
     }
@@ -248,7 +261,9 @@ impl Tokens {
             token.clone(),
             User {
                 name: user.to_string(),
+                uid: user.to_string(),
                 groups: groups.iter().map(|g| g.to_string()).collect(),
+                extra: Default::default(),
             },
         );
         let mut text = String::new();

@@ -516,8 +516,50 @@ pub fn columns(kind: &str) -> Vec<Value> {
             ),
             c("Age", "string", 0),
         ],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let what = if kind == "RoleBinding" {
+                "roleBinding"
+            } else {
+                "clusterRoleBinding"
+            };
+            vec![
+                c("Name", "string", 0),
+                col(
+                    "Role",
+                    "string",
+                    0,
+                    "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error. This field is immutable.",
+                ),
+                c("Age", "string", 0),
+                col("Users", "string", 1, &format!("Users in the {what}")),
+                col("Groups", "string", 1, &format!("Groups in the {what}")),
+                col(
+                    "ServiceAccounts",
+                    "string",
+                    1,
+                    &format!("ServiceAccounts in the {what}"),
+                ),
+            ]
+        }
+        // kube-apiserver's default table (no printer for these kinds).
+        "Role" | "ClusterRole" => vec![c("Name", "string", 0), col("Created At", "date", 0, AGE)],
         _ => vec![c("Name", "string", 0), c("Age", "string", 0)],
     }
+}
+
+/// Users, groups and ServiceAccounts ("ns/name") of a binding.
+fn subjects(o: &Value) -> [String; 3] {
+    let mut out: [Vec<String>; 3] = Default::default();
+    for sub in o["subjects"].as_array().into_iter().flatten() {
+        let name = s(&sub["name"]);
+        match s(&sub["kind"]) {
+            "User" => out[0].push(name.to_string()),
+            "Group" => out[1].push(name.to_string()),
+            "ServiceAccount" => out[2].push(format!("{}/{name}", s(&sub["namespace"]))),
+            _ => {}
+        }
+    }
+    out.map(|v| v.join(", "))
 }
 
 fn pod_cells(o: &Value, now: i64) -> Vec<Value> {
@@ -1007,6 +1049,12 @@ pub fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
             age,
         ],
         "Lease" => vec![name, json!(s(&o["spec"]["holderIdentity"])), age],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let [u, g, sa] = subjects(o);
+            let role = format!("{}/{}", s(&o["roleRef"]["kind"]), s(&o["roleRef"]["name"]));
+            vec![name, json!(role), age, json!(u), json!(g), json!(sa)]
+        }
+        "Role" | "ClusterRole" => vec![name, o["metadata"]["creationTimestamp"].clone()],
         _ => vec![name, age],
     }
 }

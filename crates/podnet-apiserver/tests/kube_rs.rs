@@ -88,7 +88,11 @@ fn watcher_sees_everything_in_order_across_restarts_and_410() {
         }
     });
     assert_eq!(next(&crt, &mut rx), Seen::Init);
-    // kube-root-ca.crt is not served; the namespace starts empty.
+    // The namespace starts with the cluster CA, as on any cluster.
+    assert_eq!(
+        next(&crt, &mut rx),
+        Seen::InitApply("kube-root-ca.crt".into())
+    );
     assert_eq!(next(&crt, &mut rx), Seen::InitDone);
 
     crt.block_on(async {
@@ -181,7 +185,7 @@ fn watcher_sees_everything_in_order_across_restarts_and_410() {
     names.sort();
     let mut want: Vec<String> = (0..20)
         .map(|i| format!("d{i}"))
-        .chain(["b".to_string(), "c".to_string()])
+        .chain(["b", "c", "kube-root-ca.crt"].map(String::from))
         .collect();
     want.sort();
     assert_eq!(names, want);
