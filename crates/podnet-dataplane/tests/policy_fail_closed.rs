@@ -193,20 +193,35 @@ impl Knock {
         let addr = SocketAddrV4::new(to, port);
         match proto {
             Proto::Tcp => {
-                use nix::sys::socket::{
-                    AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket,
+                use std::os::fd::FromRawFd;
+                // SAFETY: plain socket(2); the descriptor is owned at once.
+                let raw = unsafe {
+                    libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
                 };
-                let fd = socket(
-                    AddressFamily::Inet,
-                    SockType::Stream,
-                    SockFlag::SOCK_NONBLOCK,
-                    None,
-                )
-                .expect("tcp socket");
-                match connect(fd.as_raw_fd(), &SockaddrIn::from(addr)) {
-                    Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
-                    Err(e) => panic!("connect to {addr}: {e}"),
-                }
+                assert!(raw >= 0, "tcp socket: {}", std::io::Error::last_os_error());
+                // SAFETY: `raw` is a fresh descriptor nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                let sa = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(to).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: `sa` is a valid sockaddr_in of the length given.
+                let r = unsafe {
+                    libc::connect(
+                        fd.as_raw_fd(),
+                        (&raw const sa).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                };
+                let e = std::io::Error::last_os_error();
+                assert!(
+                    r == 0 || e.raw_os_error() == Some(libc::EINPROGRESS),
+                    "connect to {addr}: {e}"
+                );
                 Knock::Tcp(fd)
             }
             Proto::Udp => {
@@ -224,8 +239,10 @@ impl Knock {
     fn answered(&self) -> bool {
         match self {
             Knock::Tcp(fd) => {
-                nix::sys::socket::getpeername::<nix::sys::socket::SockaddrIn>(fd.as_raw_fd())
-                    .is_ok()
+                // SAFETY: getpeername(2) into storage of the length given.
+                let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                unsafe { libc::getpeername(fd.as_raw_fd(), (&raw mut sa).cast(), &mut len) == 0 }
             }
             Knock::Udp(s) => {
                 let mut buf = [0u8; 16];
