@@ -60,7 +60,10 @@ fn bad_requests_are_refused_and_change_nothing() {
         if want >= 400 {
             // Every refusal names what it refuses: an empty part would
             // match any message.
-            assert!(!msg.is_empty(), "{method} {path}: the case names no message part");
+            assert!(
+                !msg.is_empty(),
+                "{method} {path}: the case names no message part"
+            );
             let s = status(&text);
             assert_eq!(s["kind"], "Status");
             assert_eq!(s["code"], want);

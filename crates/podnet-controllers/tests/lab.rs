@@ -303,15 +303,21 @@ async fn scheduler_spreads_over_ready_nodes_and_explains_misfits() -> Result<()>
     )
     .await?;
     for seen in ["zz-seen-1", "zz-seen-2"] {
-        pods.create(&PostParams::default(), &pod_json(seen, json!({}), json!({})))
-            .await?;
-        eventually(&format!("{seen} bound after `other` was created"), || async {
-            Ok(if node_of(&pods.get(seen).await?).is_empty() {
-                Err("unbound".to_string())
-            } else {
-                Ok(())
-            })
-        })
+        pods.create(
+            &PostParams::default(),
+            &pod_json(seen, json!({}), json!({})),
+        )
+        .await?;
+        eventually(
+            &format!("{seen} bound after `other` was created"),
+            || async {
+                Ok(if node_of(&pods.get(seen).await?).is_empty() {
+                    Err("unbound".to_string())
+                } else {
+                    Ok(())
+                })
+            },
+        )
         .await?;
     }
     assert_eq!(

@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use podnet_dataplane::policy::{PolicyApplier, SyncKind};
 use podnet_core::policy::Proto;
+use podnet_dataplane::policy::{PolicyApplier, SyncKind};
 use policy_lab::{Lab, PROBES, agents, fresh_udp_socket, netpol, table_text};
 use serde_json::json;
 

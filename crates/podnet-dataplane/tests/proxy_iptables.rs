@@ -168,7 +168,9 @@ fn endpoint_churn_under_a_steady_stream_fails_no_request() {
         let name = &lab.pods[pod].name;
         assert!(
             run.requests.iter().any(|r| r.begun >= first
-                && r.answer.as_ref().is_ok_and(|b| b.starts_with(&format!("{name} ")))),
+                && r.answer
+                    .as_ref()
+                    .is_ok_and(|b| b.starts_with(&format!("{name} ")))),
             "{name} never answered during the churn"
         );
     }

@@ -191,9 +191,9 @@ fn malformed_tcp_streams_do_not_hang_the_server() {
             {
                 closed += 1;
             }
-            Err(e) => panic!(
-                "{what}: the server neither answered nor closed the stream within 5 s ({e})"
-            ),
+            Err(e) => {
+                panic!("{what}: the server neither answered nor closed the stream within 5 s ({e})")
+            }
         }
     }
     assert!(

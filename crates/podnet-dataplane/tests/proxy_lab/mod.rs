@@ -433,8 +433,11 @@ impl Churn {
     pub fn wrong(&self, initial: &[usize], pods: &[Pod]) -> Vec<String> {
         // Each set with the span it may be in force: from the start of the
         // change that makes it to the end of the change that replaces it.
-        let mut spans: Vec<(Option<std::time::Instant>, Option<std::time::Instant>, &[usize])> =
-            Vec::new();
+        let mut spans: Vec<(
+            Option<std::time::Instant>,
+            Option<std::time::Instant>,
+            &[usize],
+        )> = Vec::new();
         spans.push((None, self.changes.first().map(|c| c.1), initial));
         for (i, c) in self.changes.iter().enumerate() {
             spans.push((Some(c.0), self.changes.get(i + 1).map(|n| n.1), &c.2));
