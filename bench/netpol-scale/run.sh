@@ -3,8 +3,7 @@
 # anchor, in namespaces of its own (root; needs nft, ip, iptables-legacy).
 # Env: SECONDS_PER_RUN (default 1.0), ROUNDS (default 3), CARGO_TARGET_DIR.
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-# Same dependency versions as the workspace.
-[ -f "$here/Cargo.lock" ] || cp "$here/../../Cargo.lock" "$here/Cargo.lock"
-cargo build --release --manifest-path "$here/Cargo.toml"
-exec "${CARGO_TARGET_DIR:-$here/target}/release/netpol-scale"
+root=$(cd "$(dirname "$0")/../.." && pwd)
+# A workspace member: the workspace's lock file and target directory.
+cargo build --release --manifest-path "$root/Cargo.toml" -p netpol-scale
+exec "${CARGO_TARGET_DIR:-$root/target}/release/netpol-scale"

@@ -7,8 +7,7 @@
 # many services; at 10,000 x 10 its restore takes many minutes),
 # CARGO_TARGET_DIR.
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-# Same dependency versions as the workspace.
-[ -f "$here/Cargo.lock" ] || cp "$here/../../Cargo.lock" "$here/Cargo.lock"
-cargo build --release --manifest-path "$here/Cargo.toml"
-exec "${CARGO_TARGET_DIR:-$here/target}/release/proxy-scale" "$@"
+root=$(cd "$(dirname "$0")/../.." && pwd)
+# A workspace member: the workspace's lock file and target directory.
+cargo build --release --manifest-path "$root/Cargo.toml" -p proxy-scale
+exec "${CARGO_TARGET_DIR:-$root/target}/release/proxy-scale" "$@"

@@ -351,7 +351,7 @@ fn main() -> Result<()> {
         let mut proxy = NftProxy::new(Target::namespace(&ns.path())?);
         proxy.sync(&state)?;
         let mut times = Vec::new();
-        for round in 0..11 {
+        for round in 0usize..11 {
             let slice = slices.last_mut().expect("a slice");
             slice.endpoints[3].addresses = vec![
                 if round.is_multiple_of(2) {

@@ -35,7 +35,7 @@ fn bad_requests_are_refused_and_change_nothing() {
         ("PUT", format!("{pods}/p"), "application/json", br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","resourceVersion":"1"},"spec":{"containers":[{"name":"c","image":"busybox:2"}]}}"#.to_vec(), true, 409, "the object has been modified"),
         ("PUT", format!("{pods}/p"), "application/json", br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"other"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#.to_vec(), true, 400, "does not match the name on the URL"),
         ("PATCH", format!("{pods}/p"), "application/merge-patch+json", br#"{"spec":{"restartPolicy":"Never"}}"#.to_vec(), true, 422, "pod updates may not change fields"),
-        ("PATCH", format!("{pods}/p"), "application/json-patch+json", br#"[{"op":"test","path":"/metadata/name","value":"x"}]"#.to_vec(), true, 422, ""),
+        ("PATCH", format!("{pods}/p"), "application/json-patch+json", br#"[{"op":"test","path":"/metadata/name","value":"x"}]"#.to_vec(), true, 422, "/metadata/name"),
         ("PATCH", format!("{pods}/p"), "text/plain", b"{}".to_vec(), true, 415, "unknown format"),
         ("POST", pods.into(), "application/json", vec![b' '; 4 * 1024 * 1024], true, 413, "Request entity too large"),
         ("POST", pods.into(), "application/json", good.to_vec(), false, 401, "Unauthorized"),
@@ -58,6 +58,12 @@ fn bad_requests_are_refused_and_change_nothing() {
         let (code, text) = lab.curl(method, &path, ct, b, token);
         assert_eq!(code, want, "{method} {path}: {text}");
         if want >= 400 {
+            // Every refusal names what it refuses: an empty part would
+            // match any message.
+            assert!(
+                !msg.is_empty(),
+                "{method} {path}: the case names no message part"
+            );
             let s = status(&text);
             assert_eq!(s["kind"], "Status");
             assert_eq!(s["code"], want);

@@ -97,19 +97,25 @@ fn add_gives_interface_address_route_mtu_and_connectivity() {
     node.ok("DEL", "ctr-a", &pod_a, &conf);
     // Once DEL returns the pod is cut off (host end down) and its address
     // is free; the veth pair itself goes right after.
+    // Either way the host end no longer carries traffic: gone, or down.
     let detail = node.sh(&["ip", "-j", "link", "show"]);
     let links: Value = serde_json::from_str(&detail).unwrap();
-    if let Some(l) = links
+    match links
         .as_array()
         .unwrap()
         .iter()
         .find(|l| l["ifname"] == host_name)
     {
-        assert!(
+        None => {} // already deleted
+        Some(l) => assert!(
             !l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
-            "{l}"
-        );
+            "host end {host_name} still up after DEL returned: {l}"
+        ),
     }
+    assert!(
+        !pings(&pod_a, "10.77.0.1"),
+        "the pod still reaches its gateway after DEL returned"
+    );
     node.ok("DEL", "ctr-a", &pod_a, &conf);
     assert!(
         node.wait_link_gone(&host_name),

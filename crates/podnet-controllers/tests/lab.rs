@@ -291,13 +291,35 @@ async fn scheduler_spreads_over_ready_nodes_and_explains_misfits() -> Result<()>
     .await?;
     assert_eq!(node_of(&p), "node-b");
 
-    // A pod for another scheduler is left alone.
+    // A pod for another scheduler is left alone. The proof that the
+    // scheduler saw it: pods of ours created after it get bound. The
+    // scheduler's cache follows one watch in order, so the pass that binds
+    // "zz-seen-1" had "other" in hand too (and, by creation time then name,
+    // would have started binding it first); "zz-seen-2", created once
+    // "zz-seen-1" is bound, is bound by a later pass still.
     pods.create(
         &PostParams::default(),
         &pod_json("other", json!({}), json!({"schedulerName": "someone-else"})),
     )
     .await?;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for seen in ["zz-seen-1", "zz-seen-2"] {
+        pods.create(
+            &PostParams::default(),
+            &pod_json(seen, json!({}), json!({})),
+        )
+        .await?;
+        eventually(
+            &format!("{seen} bound after `other` was created"),
+            || async {
+                Ok(if node_of(&pods.get(seen).await?).is_empty() {
+                    Err("unbound".to_string())
+                } else {
+                    Ok(())
+                })
+            },
+        )
+        .await?;
+    }
     assert_eq!(
         node_of(&pods.get("other").await?),
         "",
@@ -1039,13 +1061,37 @@ async fn orphaned_pods_are_collected_and_others_kept() -> Result<()> {
         })
     })
     .await?;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The proof that the collector had judged "bare" and "job-pod" and
+    // kept them: orphans created after them are collected, one after the
+    // other. The collector's pod cache follows one watch in order, so the
+    // pass that collects "late-1" had both in hand; "late-2", created once
+    // "late-1" is gone, is collected by a later pass, so that one has run
+    // to its end (its deletions are made one by one).
+    for late in ["late-1", "late-2"] {
+        pods.create(
+            &PostParams::default(),
+            &owned_by(late, "ReplicaSet", "apps/v1"),
+        )
+        .await?;
+        eventually(&format!("{late} collected"), || async {
+            Ok(if pods.get_opt(late).await?.is_none() {
+                Ok(())
+            } else {
+                Err("still there".to_string())
+            })
+        })
+        .await?;
+    }
     let names: Vec<String> = lab
         .pods("default", "gc=test")
         .await?
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
-    assert_eq!(names, ["bare", "job-pod"]);
+    assert_eq!(
+        names,
+        ["bare", "job-pod"],
+        "the collector kept a pod without owners and one owned by a kind it does not know"
+    );
     Ok(())
 }

@@ -47,6 +47,7 @@ fn binary_serves_a_zone_file_and_reloads_on_sighup() {
     let zone = dir.join("zone.json");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cluster.json");
     std::fs::copy(&fixture, &zone).unwrap();
+    let log = dir.join("stderr");
     let ip = "127.0.0.4";
     let dns: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
     let http: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
@@ -59,7 +60,8 @@ fn binary_serves_a_zone_file_and_reloads_on_sighup() {
         ])
         .args(["--no-forward", "--zone-from-file"])
         .arg(&zone)
-        .stderr(Stdio::null())
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("podnet-dns starts");
     let p = Proc(child);
@@ -112,10 +114,19 @@ fn binary_serves_a_zone_file_and_reloads_on_sighup() {
             .unwrap()
             .success()
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait for the server to say it tried and refused the file, then ask.
+    let refused = "reload failed; keeping the index in force";
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(refused)),
+        "no `{refused}` in the log 10 s after SIGHUP with a broken file:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert_eq!(
         short(dns, &["dual2.default.svc.cluster.local"]),
-        ["10.96.0.20"]
+        ["10.96.0.20"],
+        "the index in force before the broken file still answers"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -828,6 +828,21 @@ pub struct ElementWriter {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
+    traffic: Traffic,
+}
+
+/// What an [`ElementWriter`] has sent to and received from the kernel over
+/// its life: a change that reads a set would show the set's size here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Netlink datagrams sent.
+    pub sent_datagrams: u64,
+    /// Bytes sent.
+    pub sent_bytes: u64,
+    /// Netlink datagrams received.
+    pub received_datagrams: u64,
+    /// Bytes received.
+    pub received_bytes: u64,
 }
 
 impl fmt::Debug for ElementWriter {
@@ -868,7 +883,13 @@ impl ElementWriter {
             socket,
             seq,
             buf: vec![0; 64 * 1024],
+            traffic: Traffic::default(),
         })
+    }
+
+    /// What this writer has exchanged with the kernel so far.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
     }
 
     /// Applies `batch` as one transaction and waits for the kernel's answer
@@ -892,6 +913,8 @@ impl ElementWriter {
             .socket
             .send(&enc.bytes, 0)
             .map_err(ElementError::Socket)?;
+        self.traffic.sent_datagrams += 1;
+        self.traffic.sent_bytes += sent as u64;
         if sent != enc.bytes.len() {
             return Err(ElementError::Protocol(format!(
                 "sent {sent} of {} bytes",
@@ -928,6 +951,8 @@ impl ElementWriter {
                     Err(e) => return Err(ElementError::Socket(e)),
                 }
             };
+            self.traffic.received_datagrams += 1;
+            self.traffic.received_bytes += n as u64;
             for reply in replies(&self.buf[..n])? {
                 let errno = reply.errno;
                 if reply.seq == enc.begin_seq && errno != 0 {

@@ -496,7 +496,7 @@ const UDP_SOURCE_PORTS: std::ops::Range<u32> = 2000..32000;
 /// probe to the same server; the 5-tuple then still has its conntrack entry
 /// from before the policy changed, and the probe measures that old flow
 /// (established, let through) instead of a new connection's verdict.
-fn fresh_udp_socket() -> Option<UdpSocket> {
+pub fn fresh_udp_socket() -> Option<UdpSocket> {
     for _ in 0..64 {
         let n = UDP_PROBES.fetch_add(1, Ordering::Relaxed);
         let port = UDP_SOURCE_PORTS.start + n % UDP_SOURCE_PORTS.len() as u32;

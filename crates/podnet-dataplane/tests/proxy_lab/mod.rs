@@ -394,3 +394,164 @@ pub fn normalized_table(ns: &NetNs, family: &str) -> String {
     blocks.sort();
     blocks.join("\n")
 }
+
+/// One request of a churn stream: when its connection was begun and made
+/// (the proxy picks the endpoint at the first packet, in between), and the
+/// body that came back or why none did.
+#[derive(Debug)]
+pub struct Request {
+    pub begun: std::time::Instant,
+    pub connected: std::time::Instant,
+    pub answer: Result<String, String>,
+}
+
+/// What [`churn`] saw.
+#[derive(Debug)]
+pub struct Churn {
+    /// Every request, in order.
+    pub requests: Vec<Request>,
+    /// Each change: (applying begun, applied, the endpoint pods after it).
+    pub changes: Vec<(std::time::Instant, std::time::Instant, Vec<usize>)>,
+}
+
+impl Churn {
+    /// Requests made entirely between the first change and the last.
+    pub fn during(&self) -> usize {
+        let (Some(first), Some(last)) = (self.changes.first(), self.changes.last()) else {
+            return 0;
+        };
+        self.requests
+            .iter()
+            .filter(|r| r.begun >= first.0 && r.connected <= last.1)
+            .count()
+    }
+
+    /// Requests that failed, or that a pod answered which was an endpoint
+    /// at no moment while the connection was being made (during a change,
+    /// both the sets before and after it count). `initial` is the set in
+    /// force before the first change; `pods` names the lab's pods.
+    pub fn wrong(&self, initial: &[usize], pods: &[Pod]) -> Vec<String> {
+        // Each set with the span it may be in force: from the start of the
+        // change that makes it to the end of the change that replaces it.
+        let mut spans: Vec<(
+            Option<std::time::Instant>,
+            Option<std::time::Instant>,
+            &[usize],
+        )> = Vec::new();
+        spans.push((None, self.changes.first().map(|c| c.1), initial));
+        for (i, c) in self.changes.iter().enumerate() {
+            spans.push((Some(c.0), self.changes.get(i + 1).map(|n| n.1), &c.2));
+        }
+        let mut wrong = Vec::new();
+        for (n, r) in self.requests.iter().enumerate() {
+            let body = match &r.answer {
+                Ok(b) => b,
+                Err(e) => {
+                    wrong.push(format!("request {n}: {e}"));
+                    continue;
+                }
+            };
+            let name = body.split_whitespace().next().unwrap_or("");
+            let Some(pod) = pods.iter().position(|p| p.name == name) else {
+                wrong.push(format!("request {n}: answered by no pod: {body:?}"));
+                continue;
+            };
+            let endpoint = spans.iter().any(|(from, until, set)| {
+                set.contains(&pod)
+                    && from.is_none_or(|f| f <= r.connected)
+                    && until.is_none_or(|u| u >= r.begun)
+            });
+            if !endpoint {
+                wrong.push(format!(
+                    "request {n}: answered by {name}, which was not an endpoint while it connected"
+                ));
+            }
+        }
+        wrong
+    }
+}
+
+/// Endpoint churn under a steady stream: pod `client` opens one connection
+/// after another to `vip`:80 (GET, read the answer) from before the first
+/// change until after the last, while `apply` is called with each of
+/// `sets` in turn, `changes` times, `pause` apart.
+pub fn churn(
+    lab: &Lab,
+    client: usize,
+    vip: &str,
+    sets: &[&[usize]],
+    changes: usize,
+    pause: Duration,
+    mut apply: impl FnMut(&[usize]),
+) -> Churn {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Instant;
+    let addr: std::net::SocketAddr = format!("{vip}:80").parse().unwrap();
+    let done = AtomicBool::new(false);
+    let made = AtomicUsize::new(0);
+    let mut log = Vec::new();
+    let requests = std::thread::scope(|s| {
+        let stream = s.spawn(|| {
+            lab.pods[client]
+                .ns
+                .run(|| {
+                    let mut v = Vec::new();
+                    // a few requests after the churn too
+                    let mut after = 0;
+                    while after < 10 {
+                        if done.load(Ordering::Relaxed) {
+                            after += 1;
+                        }
+                        let begun = Instant::now();
+                        let c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+                        let connected = Instant::now();
+                        let answer = c
+                            .and_then(|mut c| {
+                                c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                                c.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                                let mut r = String::new();
+                                c.read_to_string(&mut r)?;
+                                Ok(r)
+                            })
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| match r.split_once("\r\n\r\n") {
+                                Some((head, body)) if head.starts_with("HTTP/1.0 200") => {
+                                    Ok(body.trim().to_string())
+                                }
+                                _ => Err(format!("not a 200: {r:?}")),
+                            });
+                        v.push(Request {
+                            begun,
+                            connected,
+                            answer,
+                        });
+                        made.fetch_add(1, Ordering::Relaxed);
+                    }
+                    v
+                })
+                .expect("enter the client's namespace")
+        });
+        // The stream is flowing before the first change.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while made.load(Ordering::Relaxed) < 10 {
+            assert!(
+                Instant::now() < deadline && !stream.is_finished(),
+                "the request stream did not start"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 0..changes {
+            let set = sets[i % sets.len()];
+            let begun = Instant::now();
+            apply(set);
+            log.push((begun, Instant::now(), set.to_vec()));
+            std::thread::sleep(pause);
+        }
+        done.store(true, Ordering::Relaxed);
+        stream.join().unwrap()
+    });
+    Churn {
+        requests,
+        changes: log,
+    }
+}
