@@ -44,7 +44,7 @@ enum Proto {
     Tcp,
     Udp,
 }
-use Proto::{Tcp as TCP, Udp as UDP};
+use Proto::Tcp as TCP;
 
 /// A probed (or expected) truth table, as `podnet connectivity -o json`
 /// prints it.
