@@ -15,9 +15,11 @@
 //! ```text
 //! case <the upstream case's name>
 //! source upstream | podnet            # podnet: not an upstream case
-//! policy <ns>/<name> <JSON spec>      # indented lines continue the JSON;
-//!                                     # ${ip:<ns>/<pod>} is that pod's IP
-//! apply <ns>/<name>                   # create or replace (same name)
+//! policy <ns>/<name>[@tag] <JSON>   # the spec; indented lines continue
+//!                                     # it; ${ip:<ns>/<pod>} is that pod's
+//!                                     # IP; @tag names one version of a
+//!                                     # policy a case updates
+//! apply <ns>/<name>[@tag]             # create, or replace the same name
 //! delete <ns>/<name>
 //! label ns <ns> <key>=<value>
 //! label pod <ns>/<pod> <key>=<value>
