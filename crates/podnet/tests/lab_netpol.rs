@@ -1,25 +1,37 @@
 //! NetworkPolicy on a real lab, driven with the real kubectl: the upstream
 //! Kubernetes e2e cases (test/e2e/network/netpol/network_policy.go) on
-//! namespaces x, y, z with pods a, b, c serving TCP and UDP on 80 and 81,
-//! each probed with `podnet connectivity --expect -o json` (kernel == model
-//! on every cell and protocol, plus the cells the upstream case asserts);
+//! namespaces x, y, z with pods a, b, c serving TCP and UDP on 80 and 81;
 //! the drop counters on the agent's `/metrics`; and 100 pods appearing and
 //! disappearing under a deny-all policy, none of them sending or receiving
 //! a packet at any moment of its life.
 //!
+//! The cases are the data of `crates/podnet-dataplane/tests/netpol_cases/`
+//! (read by `netpol_oracle`, which shares no code with podnet-core): their
+//! policies go in with `kubectl apply`, their labels with `kubectl label`,
+//! and at each checkpoint `podnet connectivity --expect -o json` probes the
+//! 9x9 matrix on TCP/UDP 80/81. Three things must hold: the probed kernel
+//! equals the data, podnet's model (the `expected` of that output) equals
+//! the data, and the kernel equals the model (`--expect`'s own verdict,
+//! which names the planner when only the planner is wrong). `--expect`
+//! alone could not catch a misreading of the API that the model and the
+//! planner share; the data can.
+//!
 //! One lab serves every case, one case after the other (tests in one binary
 //! run in parallel and a lab per case would cost minutes): the single
-//! `#[test]` runs every case, collects the failures by the upstream case's
-//! name and reports them all at the end. SCTP is not probed: this kernel
-//! has no SCTP (docs/design.md); the SCTP case checks that an SCTP-only
-//! rule does not open TCP or UDP.
+//! `#[test]` runs every case, collects the failures by the case's name and
+//! reports them all at the end. SCTP is not probed: this kernel has no SCTP
+//! (docs/design.md); the SCTP cells of the data are left to the dataplane
+//! test's model check, and the SCTP cases still hold TCP and UDP here.
 
+#[path = "../../podnet-dataplane/tests/netpol_oracle/mod.rs"]
+mod netpol_oracle;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use netpol_oracle::{Case, Checkpoint, Op, all_ids};
 use serde_json::{Value, json};
 use support::{Lab, podnet};
 
@@ -32,7 +44,7 @@ enum Proto {
     Tcp,
     Udp,
 }
-use Proto::{Tcp as TCP, Udp as UDP};
+use Proto::Tcp as TCP;
 
 /// A probed (or expected) truth table, as `podnet connectivity -o json`
 /// prints it.
@@ -96,6 +108,30 @@ impl Truth {
             .expect("probe");
         self.cells[(i(from) * self.pods.len() + i(to)) * self.probes.len() + p]
     }
+
+    /// The cell for a probe of the data; `None` if this table has no such
+    /// pod or probe (SCTP is never probed here).
+    fn cell(&self, from: &str, to: &str, probe: netpol_oracle::Probe) -> Option<bool> {
+        let proto = match probe.proto {
+            netpol_oracle::Proto::Tcp => Proto::Tcp,
+            netpol_oracle::Proto::Udp => Proto::Udp,
+            netpol_oracle::Proto::Sctp => return None,
+        };
+        let i = |k: &str| self.pods.iter().position(|p| p == k);
+        let p = self
+            .probes
+            .iter()
+            .position(|&(pr, po)| pr == proto && po == probe.port)?;
+        Some(self.cells[(i(from)? * self.pods.len() + i(to)?) * self.probes.len() + p])
+    }
+}
+
+/// One `podnet connectivity --expect -o json`: the probed table, the
+/// model's, and the disagreements `--expect` reported (if they persisted).
+struct Probed {
+    probed: Truth,
+    model: Truth,
+    mismatch: Option<String>,
 }
 
 /// The lab with x, y, z and a few helpers a case needs.
@@ -121,8 +157,19 @@ impl Ctx {
     /// second apart) before it counts, so a case is not failed by a
     /// slow scheduler, only by a kernel that keeps disagreeing.
     fn truth(&self) -> Result<Truth, String> {
+        let p = self.probe()?;
+        match p.mismatch {
+            None => Ok(p.probed),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// `podnet connectivity --expect -o json`, as [`Ctx::truth`] runs it,
+    /// returning both tables even when they keep disagreeing.
+    fn probe(&self) -> Result<Probed, String> {
         std::thread::sleep(Duration::from_millis(1000));
         let mut last = String::new();
+        let mut seen = None;
         for attempt in 0..3 {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(1000));
@@ -157,6 +204,7 @@ impl Ctx {
             };
             let mismatches = v["mismatches"].as_array().cloned().unwrap_or_default();
             let probed = Truth::parse(&v["probed"]);
+            let model = Truth::parse(&v["expected"]);
             if probed.pods.len() != 9 {
                 return Err(format!(
                     "expected 9 pods in the matrix, got {:?}",
@@ -164,7 +212,11 @@ impl Ctx {
                 ));
             }
             if mismatches.is_empty() && out.status.success() {
-                return Ok(probed);
+                return Ok(Probed {
+                    probed,
+                    model,
+                    mismatch: None,
+                });
             }
             last = format!(
                 "kernel and model disagree on {} cells: {}",
@@ -185,8 +237,46 @@ impl Ctx {
                     .collect::<Vec<_>>()
                     .join("; ")
             );
+            seen = Some((probed, model));
         }
-        Err(last)
+        match seen {
+            Some((probed, model)) => Ok(Probed {
+                probed,
+                model,
+                mismatch: Some(last),
+            }),
+            None => Err(last),
+        }
+    }
+
+    /// One checkpoint of a case: the kernel and the model each against the
+    /// data, and the kernel against the model.
+    fn checkpoint(&self, cp: &Checkpoint) -> Result<(), String> {
+        let p = self.probe()?;
+        let mut errors = Vec::new();
+        for (what, table) in [("the kernel", &p.probed), ("the model", &p.model)] {
+            let wrong = cp.judge(|f, t, probe| table.cell(f, t, probe));
+            if !wrong.is_empty() {
+                errors.push(format!(
+                    "{what} disagrees with the data on {} cells: {}",
+                    wrong.len(),
+                    wrong
+                        .iter()
+                        .take(12)
+                        .map(|w| w.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+            }
+        }
+        if let Some(e) = p.mismatch {
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// The truth table, then the cells the upstream case itself asserts.
@@ -212,21 +302,31 @@ impl Ctx {
         }
     }
 
-    fn cidr_of(&self, pod: &str) -> String {
-        format!("{}/32", self.ip[pod])
-    }
-
-    /// Removes every policy and the labels cases add, so the next case
+    /// Removes every policy and the labels `case` added, so the next case
     /// starts from the open cluster.
-    fn reset(&self) {
+    fn reset(&self, case: Option<&Case>) {
         for ns in NAMESPACES {
             self.lab
                 .kubectl(&["delete", "networkpolicy", "--all", "-n", ns, "--wait=false"]);
         }
-        self.lab.kubectl(&["label", "namespace", "y", "ns2-"]);
-        self.lab.kubectl(&["label", "pod", "-n", "x", "b", "pod2-"]);
-        self.lab
-            .kubectl(&["label", "pod", "-n", "x", "a", "target-"]);
+        for op in case
+            .iter()
+            .flat_map(|c| &c.checkpoints)
+            .flat_map(|cp| &cp.ops)
+        {
+            match op {
+                Op::LabelNamespace { ns, key, .. } => {
+                    self.lab
+                        .kubectl(&["label", "namespace", ns, &format!("{key}-")]);
+                }
+                Op::LabelPod { pod, key, .. } => {
+                    let (ns, name) = pod.split_once('/').unwrap();
+                    self.lab
+                        .kubectl(&["label", "pod", "-n", ns, name, &format!("{key}-")]);
+                }
+                Op::Apply { .. } | Op::Delete { .. } => {}
+            }
+        }
     }
 }
 
@@ -248,16 +348,6 @@ fn deny_ingress_x() -> Value {
         "x",
         "deny-ingress",
         json!({"podSelector": {}, "ingress": []}),
-    )
-}
-
-fn allow_y_on(port: u16, name: &str) -> Value {
-    netpol(
-        "x",
-        name,
-        json!({"podSelector": {"matchLabels": {"pod": "a"}},
-               "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}],
-                            "ports": [{"port": port, "protocol": "TCP"}]}]}),
     )
 }
 
@@ -292,661 +382,103 @@ fn xyz_manifest(lab: &str) -> String {
     multi(&docs)
 }
 
-type CaseFn = fn(&Ctx) -> Result<(), String>;
-
-/// Every case, named after the upstream case it mirrors.
-fn cases() -> Vec<(&'static str, CaseFn)> {
-    vec![
-        ("should support a default-deny ingress policy", |c| {
-            c.apply(&[deny_ingress_x()]);
-            c.check(&[
-                ("y/a", "x/a", 80, TCP, false),
-                ("x/b", "x/a", 80, UDP, false),
-                ("x/a", "y/a", 80, TCP, true),
-                ("y/a", "y/b", 80, TCP, true),
-            ])?;
-            Ok(())
-        }),
-        ("should support a default-deny-all policy", |c| {
-            c.apply(&[netpol(
-                "x",
-                "deny-all",
-                json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-            )]);
-            c.check(&[
-                ("x/a", "y/a", 80, TCP, false),
-                ("y/a", "x/a", 80, TCP, false),
-                ("x/a", "x/b", 81, UDP, false),
-                ("y/a", "z/c", 80, TCP, true),
-            ])?;
-            Ok(())
-        }),
-        (
-            "should enforce policy to allow traffic from pods within server namespace based on PodSelector",
-            |c| {
-                c.apply(&[netpol(
-                    "x",
-                    "x-a-allows-x-b",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
-                )]);
-                c.check(&[
-                    ("x/b", "x/a", 80, TCP, true),
-                    ("x/c", "x/a", 80, TCP, false),
-                    ("y/b", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce policy to allow ingress traffic for a target",
-            |c| {
-                c.apply(&[
-                    deny_ingress_x(),
-                    netpol(
-                        "x",
-                        "allow-all-to-a",
-                        json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"podSelector": {}, "namespaceSelector": {}}]}]}),
-                    ),
-                ]);
-                c.check(&[
-                    ("z/c", "x/a", 80, TCP, true),
-                    ("x/b", "x/a", 81, UDP, true),
-                    ("x/a", "x/b", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce policy to allow ingress traffic from pods in all namespaces",
-            |c| {
-                c.apply(&[netpol(
-                    "x",
-                    "allow-from-another-ns",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {}}}]}]}),
-                )]);
-                let t = c.check(&[])?;
-                if t.cells.iter().all(|c| *c) {
-                    Ok(())
-                } else {
-                    Err("every cell must be allowed".into())
+/// Runs one case of the data: its operations through kubectl, and every
+/// checkpoint held to the data.
+fn run_case(c: &Ctx, case: &Case) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for (k, cp) in case.checkpoints.iter().enumerate() {
+        for op in &cp.ops {
+            match op {
+                Op::Apply { ns, name, tag } => {
+                    let ip = |pod: &str| c.ip[pod].clone();
+                    c.lab.apply(&case.policy(ns, name, tag, &ip).to_string());
                 }
-            },
-        ),
-        (
-            "should enforce policy to allow traffic only from a different namespace, based on NamespaceSelector",
-            |c| {
-                c.apply(&[netpol("x", "allow-client-a-via-ns-selector", json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}]}]}))]);
-                c.check(&[
-                    ("y/c", "x/a", 80, TCP, true),
-                    ("x/b", "x/a", 80, TCP, false),
-                    ("z/a", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce policy based on PodSelector with MatchExpressions",
-            |c| {
-                c.apply(&[netpol("x", "x-a-allows-x-b", json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b"]}]}}]}]}))]);
-                c.check(&[
-                    ("x/b", "x/a", 80, TCP, true),
-                    ("y/a", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce policy based on NamespaceSelector with MatchExpressions",
-            |c| {
-                c.apply(&[netpol("x", "allow-ns-y-match-selector", json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [
-                    {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["y"]}]}}]}]}))]);
-                c.check(&[
-                    ("y/a", "x/a", 80, TCP, true),
-                    ("z/a", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce policy based on PodSelector or NamespaceSelector",
-            |c| {
-                c.apply(&[netpol("x", "allow-ns-y-match-selector", json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [
-                    {"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["x"]}]}},
-                    {"podSelector": {"matchLabels": {"pod": "b"}}}]}]}))]);
-                c.check(&[
-                    ("x/b", "x/a", 80, TCP, true),
-                    ("y/a", "x/a", 80, TCP, true),
-                    ("x/c", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce policy based on PodSelector and NamespaceSelector",
-            |c| {
-                c.apply(&[netpol("x", "allow-ns-y-podselector-and-nsselector", json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{
-                    "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["x"]}]},
-                    "podSelector": {"matchLabels": {"pod": "b"}}}]}]}))]);
-                c.check(&[
-                    ("y/b", "x/a", 80, TCP, true),
-                    ("z/b", "x/a", 80, TCP, true),
-                    ("x/b", "x/a", 80, TCP, false),
-                    ("y/a", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce policy based on Multiple PodSelectors and NamespaceSelectors",
-            |c| {
-                c.apply(&[netpol("x", "allow-ns-y-z-pod-b-c", json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{
-                    "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["x"]}]},
-                    "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]}}]}]}))]);
-                c.check(&[
-                    ("y/b", "x/a", 80, TCP, true),
-                    ("y/c", "x/a", 80, TCP, true),
-                    ("x/b", "x/a", 80, TCP, false),
-                    ("y/a", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        ("should enforce policy based on any PodSelectors", |c| {
-            c.apply(&[netpol(
-                "x",
-                "allow-ns-x-pod-b-c",
-                json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}},
-                                      {"podSelector": {"matchLabels": {"pod": "c"}}}]}]}),
-            )]);
-            c.check(&[
-                ("x/b", "x/a", 80, TCP, true),
-                ("x/c", "x/a", 80, TCP, true),
-                ("y/b", "x/a", 80, TCP, false),
-            ])?;
-            Ok(())
-        }),
-        (
-            "should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
-            |c| {
-                c.apply(&[netpol(
-                    "x",
-                    "allow-ns-y-pod-a-via-namespace-pod-selector",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}},
-                    "podSelector": {"matchLabels": {"pod": "a"}}}]}]}),
-                )]);
-                c.check(&[
-                    ("y/a", "x/a", 80, TCP, true),
-                    ("y/b", "x/a", 80, TCP, false),
-                    ("z/a", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        ("should enforce policy based on Ports", |c| {
-            c.apply(&[allow_y_on(81, "allow-client-a-via-ns-selector")]);
-            c.check(&[
-                ("y/a", "x/a", 81, TCP, true),
-                ("y/a", "x/a", 80, TCP, false),
-                ("y/a", "x/a", 81, UDP, false),
-                ("z/a", "x/a", 81, TCP, false),
-            ])?;
-            Ok(())
-        }),
-        (
-            "should enforce multiple, stacked policies with overlapping podSelectors",
-            |c| {
-                c.apply(&[allow_y_on(81, "allow-client-a-via-ns-selector")]);
-                c.check(&[
-                    ("y/a", "x/a", 80, TCP, false),
-                    ("y/a", "x/a", 81, TCP, true),
-                ])?;
-                c.apply(&[allow_y_on(80, "allow-client-a-via-ns-selector-80")]);
-                c.check(&[
-                    ("y/a", "x/a", 80, TCP, true),
-                    ("y/b", "x/a", 81, TCP, true),
-                    ("z/a", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        ("should support allow-all policy", |c| {
-            c.apply(&[netpol(
-                "x",
-                "allow-all",
-                json!({"podSelector": {}, "ingress": [{}]}),
-            )]);
-            let t = c.check(&[])?;
-            if t.cells.iter().all(|c| *c) {
-                Ok(())
-            } else {
-                Err("every cell must be allowed".into())
+                Op::Delete { ns, name } => {
+                    c.lab.kubectl(&["delete", "networkpolicy", "-n", ns, name]);
+                }
+                Op::LabelNamespace { ns, key, value } => {
+                    c.lab.kubectl(&[
+                        "label",
+                        "namespace",
+                        ns,
+                        &format!("{key}={value}"),
+                        "--overwrite",
+                    ]);
+                }
+                Op::LabelPod { pod, key, value } => {
+                    let (ns, name) = pod.split_once('/').unwrap();
+                    c.lab.kubectl(&[
+                        "label",
+                        "pod",
+                        "-n",
+                        ns,
+                        name,
+                        &format!("{key}={value}"),
+                        "--overwrite",
+                    ]);
+                }
             }
-        }),
-        ("should allow ingress access on one named port", |c| {
-            c.apply(&[netpol(
-                "x",
-                "allow-all",
-                json!({"podSelector": {}, "ingress": [{"ports": [{"port": "serve-81-tcp"}]}]}),
-            )]);
-            c.check(&[
-                ("y/a", "x/a", 81, TCP, true),
-                ("x/b", "x/a", 81, TCP, true),
-                ("y/a", "x/a", 80, TCP, false),
-                ("y/a", "x/b", 81, UDP, false),
-            ])?;
-            Ok(())
-        }),
-        (
-            "should allow ingress access from namespace on one named port",
-            |c| {
-                c.apply(&[netpol("x", "allow-client-a-via-ns-selector-80", json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}],
-                             "ports": [{"port": "serve-80-tcp", "protocol": "TCP"}]}]}))]);
-                c.check(&[
-                    ("y/a", "x/a", 80, TCP, true),
-                    ("y/a", "x/a", 81, TCP, false),
-                    ("z/a", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
+        }
+        if let Err(e) = c.checkpoint(cp) {
+            let ops: Vec<String> = cp.ops.iter().map(|o| o.to_string()).collect();
+            errors.push(format!("checkpoint {k} (after {}): {e}", ops.join(", ")));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// Not an upstream case: the drop counters of issue #8 on /metrics (the
+/// cells it relies on are checked, then the counters).
+fn drops_are_counted(c: &Ctx) -> Result<(), String> {
+    c.apply(&[
+        deny_ingress_x(),
+        netpol(
+            "y",
+            "deny-egress-a",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"]}),
         ),
-        ("should allow egress access on one named port", |c| {
-            c.apply(&[netpol(
-                "x",
-                "allow-egress",
-                json!({"podSelector": {}, "egress": [{"ports": [{"port": "serve-80-tcp"}]}]}),
-            )]);
-            c.check(&[
-                ("x/a", "y/a", 80, TCP, true),
-                ("x/a", "z/c", 80, TCP, true),
-                ("x/a", "y/a", 81, TCP, false),
-                ("x/a", "y/a", 80, UDP, false),
-            ])?;
-            Ok(())
-        }),
-        ("should enforce updated policy", |c| {
-            c.apply(&[netpol(
-                "x",
-                "allow-all-mutate-to-deny-all",
-                json!({"podSelector": {}, "ingress": [{}]}),
-            )]);
-            c.check(&[("y/a", "x/a", 81, TCP, true)])?;
-            c.apply(&[netpol(
-                "x",
-                "allow-all-mutate-to-deny-all",
-                json!({"podSelector": {}, "ingress": []}),
-            )]);
-            c.check(&[("y/a", "x/a", 81, TCP, false)])?;
-            Ok(())
-        }),
-        ("should allow ingress access from updated namespace", |c| {
-            c.apply(&[netpol("x", "allow-client-a-via-ns-selector", json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns2": "updated"}}}]}]}))]);
-            c.check(&[("y/a", "x/a", 80, TCP, false)])?;
-            c.lab.kubectl(&["label", "namespace", "y", "ns2=updated"]);
-            c.check(&[("y/a", "x/a", 80, TCP, true)])?;
-            Ok(())
-        }),
-        ("should allow ingress access from updated pod", |c| {
-            c.apply(&[netpol("x", "allow-client-a-via-pod-selector", json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"namespaceSelector": {},
-                                       "podSelector": {"matchLabels": {"pod": "b", "pod2": "updated"}}}]}]}))]);
-            c.check(&[("x/b", "x/a", 80, TCP, false)])?;
-            c.lab
-                .kubectl(&["label", "pod", "-n", "x", "b", "pod2=updated"]);
-            c.check(&[("x/b", "x/a", 80, TCP, true)])?;
-            Ok(())
-        }),
-        ("should deny ingress access to updated pod", |c| {
-            c.apply(&[netpol(
-                "x",
-                "deny-ingress-via-label-selector",
-                json!({"podSelector": {"matchLabels": {"target": "isolated"}},
-                "policyTypes": ["Ingress"]}),
-            )]);
-            c.check(&[("y/a", "x/a", 80, TCP, true)])?;
-            c.lab
-                .kubectl(&["label", "pod", "-n", "x", "a", "target=isolated"]);
-            c.check(&[("y/a", "x/a", 80, TCP, false)])?;
-            Ok(())
-        }),
-        ("should deny egress from pods based on PodSelector", |c| {
-            c.apply(&[netpol(
-                "x",
-                "deny-egress-pod-a",
-                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"]}),
-            )]);
-            c.check(&[
-                ("x/a", "y/a", 80, TCP, false),
-                ("x/a", "x/c", 81, UDP, false),
-                ("y/a", "x/a", 80, TCP, true),
-                ("x/b", "y/a", 80, TCP, true),
-            ])?;
-            Ok(())
-        }),
-        ("should deny egress from all pods in a namespace", |c| {
-            c.apply(&[netpol(
-                "x",
-                "deny-egress-ns-x",
-                json!({"podSelector": {}, "policyTypes": ["Egress"]}),
-            )]);
-            c.check(&[
-                ("x/b", "y/a", 80, TCP, false),
-                ("x/c", "z/a", 80, UDP, false),
-                ("y/a", "x/a", 80, TCP, true),
-            ])?;
-            Ok(())
-        }),
-        ("should work with Ingress, Egress specified together", |c| {
-            c.apply(&[netpol(
-                "x",
-                "allow-client-a-via-pod-selector",
-                json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}],
-                "egress": [{"ports": [{"port": 80, "protocol": "TCP"}]}]}),
-            )]);
-            c.check(&[
-                ("x/b", "x/a", 80, TCP, true),
-                ("x/c", "x/a", 80, TCP, false),
-                ("x/a", "y/a", 80, TCP, true),
-                ("x/a", "y/a", 81, TCP, false),
-            ])?;
-            Ok(())
-        }),
+    ]);
+    c.check(&[
+        ("z/a", "x/a", 80, TCP, false),
+        ("y/a", "z/b", 80, TCP, false),
+    ])?;
+    let want = [
         (
-            "should support denying of egress traffic on the client side (even if the server explicitly allows this traffic)",
-            |c| {
-                c.apply(&[
-                netpol("x", "allow-to-ns-y-z-pod-a", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
-                    "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}},
-                                        "podSelector": {"matchLabels": {"pod": "a"}}}]}]})),
-                netpol("y", "allow-from-xa-on-ya", json!({"podSelector": {"matchLabels": {"pod": "b"}},
-                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}},
-                                           "podSelector": {"matchLabels": {"pod": "a"}}}]}]})),
-            ]);
-                c.check(&[
-                    ("x/a", "y/a", 80, TCP, true),
-                    ("x/a", "y/b", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
+            "x/a",
+            format!(
+                "namespace=\"x\",pod=\"a\",ip=\"{}\",direction=\"ingress\",reason=\"default-deny\",policies=\"x/deny-ingress\"",
+                c.ip["x/a"]
+            ),
         ),
         (
-            "should enforce egress policy allowing traffic to a server in a different namespace based on PodSelector and NamespaceSelector",
-            |c| {
-                c.apply(&[netpol("x", "allow-to-ns-y-pod-a", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
-                "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}},
-                                    "podSelector": {"matchLabels": {"pod": "a"}}}]}]}))]);
-                c.check(&[
-                    ("x/a", "y/a", 81, UDP, true),
-                    ("x/a", "y/b", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
+            "y/a",
+            format!(
+                "namespace=\"y\",pod=\"a\",ip=\"{}\",direction=\"egress\",reason=\"default-deny\",policies=\"y/deny-egress-a\"",
+                c.ip["y/a"]
+            ),
         ),
-        (
-            "should enforce ingress policy allowing any port traffic to a server on a specific protocol",
-            |c| {
-                c.apply(&[netpol(
-                    "x",
-                    "allow-ingress-by-proto",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"ports": [{"protocol": "UDP"}]}]}),
-                )]);
-                c.check(&[
-                    ("y/a", "x/a", 80, UDP, true),
-                    ("y/a", "x/a", 81, UDP, true),
-                    ("y/a", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce multiple ingress policies with ingress allow-all policy taking precedence",
-            |c| {
-                c.apply(&[netpol(
-                    "x",
-                    "allow-client-a-via-pod-selector",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"ports": [{"port": 80, "protocol": "TCP"}]}]}),
-                )]);
-                c.check(&[("y/a", "x/a", 81, TCP, false)])?;
-                c.apply(&[netpol(
-                    "x",
-                    "allow-all",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{}]}),
-                )]);
-                c.check(&[("y/a", "x/a", 81, TCP, true)])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce multiple egress policies with egress allow-all policy taking precedence",
-            |c| {
-                c.apply(&[netpol(
-                    "x",
-                    "allow-egress-port-80",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "egress": [{"ports": [{"port": 80, "protocol": "TCP"}]}]}),
-                )]);
-                c.check(&[("x/a", "y/a", 81, TCP, false)])?;
-                c.apply(&[netpol(
-                    "x",
-                    "allow-all",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}}, "egress": [{}]}),
-                )]);
-                c.check(&[("x/a", "y/a", 81, TCP, true)])?;
-                Ok(())
-            },
-        ),
-        (
-            "should stop enforcing policies after they are deleted",
-            |c| {
-                c.apply(&[netpol(
-                    "x",
-                    "deny-all",
-                    json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-                )]);
-                c.check(&[("x/a", "y/a", 80, TCP, false)])?;
-                c.lab
-                    .kubectl(&["delete", "networkpolicy", "-n", "x", "deny-all"]);
-                let t = c.check(&[])?;
-                if t.cells.iter().all(|c| *c) {
-                    Ok(())
-                } else {
-                    Err("every cell must be allowed after the delete".into())
-                }
-            },
-        ),
-        ("should allow egress access to server in CIDR block", |c| {
-            c.apply(&[netpol(
-                "x",
-                "allow-client-a-via-cidr-egress-rule",
-                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
-                "egress": [{"to": [{"ipBlock": {"cidr": c.cidr_of("y/b")}}]}]}),
-            )]);
-            c.check(&[
-                ("x/a", "y/b", 80, TCP, true),
-                ("x/a", "y/a", 80, TCP, false),
-            ])?;
-            Ok(())
-        }),
-        (
-            "should enforce except clause while egress access to server in CIDR block",
-            |c| {
-                c.apply(&[netpol("x", "deny-client-a-via-except-cidr-egress-rule", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
-                "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": [c.cidr_of("x/b")]}}]}]}))]);
-                c.check(&[
-                    ("x/a", "x/b", 80, TCP, false),
-                    ("x/a", "x/c", 80, TCP, true),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed",
-            |c| {
-                c.apply(&[netpol("x", "deny-client-a-via-except-cidr-egress-rule", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
-                "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": [c.cidr_of("x/b")]}}]}]}))]);
-                c.check(&[("x/a", "x/b", 80, TCP, false)])?;
-                c.apply(&[netpol(
-                    "x",
-                    "allow-client-a-via-cidr-egress-rule",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
-                "egress": [{"to": [{"ipBlock": {"cidr": c.cidr_of("x/b")}}]}]}),
-                )]);
-                c.check(&[("x/a", "x/b", 80, TCP, true)])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce policies to check ingress and egress policies can be controlled independently based on PodSelector",
-            |c| {
-                c.apply(&[netpol("x", "allow-egress", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"], "egress": [{}]}))]);
-                c.check(&[("x/a", "x/b", 80, TCP, true)])?;
-                c.apply(&[netpol("x", "deny-ingress-to-b", json!({"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Ingress"]}))]);
-                c.check(&[
-                    ("x/a", "x/b", 80, TCP, false),
-                    ("x/a", "y/b", 80, TCP, true),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP', even if the plugin doesn't support SCTP",
-            |c| {
-                c.apply(&[netpol(
-                    "x",
-                    "allow-only-sctp-ingress-on-port-81",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"ports": [{"port": 81, "protocol": "SCTP"}]}]}),
-                )]);
-                c.check(&[
-                    ("y/a", "x/a", 81, TCP, false),
-                    ("y/a", "x/a", 81, UDP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should not allow access by TCP when a policy specifies only UDP",
-            |c| {
-                c.apply(&[netpol(
-                    "x",
-                    "allow-only-udp-ingress-on-port-81",
-                    json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"ports": [{"port": 81, "protocol": "UDP"}]}]}),
-                )]);
-                c.check(&[
-                    ("y/a", "x/a", 81, UDP, true),
-                    ("y/a", "x/a", 81, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        (
-            "should enforce policy to allow traffic based on NamespaceSelector with MatchLabels using default ns label",
-            |c| {
-                c.apply(&[netpol("x", "allow-client-a-via-ns-selector-for-immutable-ns-label", json!({"podSelector": {"matchLabels": {"pod": "a"}},
-                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}]}]}))]);
-                c.check(&[
-                    ("y/b", "x/a", 80, TCP, true),
-                    ("z/b", "x/a", 80, TCP, false),
-                ])?;
-                Ok(())
-            },
-        ),
-        ("should support egress to a port range with endPort", |c| {
-            c.apply(&[netpol(
-                "x",
-                "allow-egress-port-range",
-                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
-                "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
-                            "ports": [{"port": 79, "endPort": 81, "protocol": "TCP"}]}]}),
-            )]);
-            c.check(&[
-                ("x/a", "y/a", 80, TCP, true),
-                ("x/a", "y/c", 81, TCP, true),
-                ("x/a", "y/a", 80, UDP, false),
-                ("x/a", "z/a", 80, TCP, false),
-            ])?;
-            Ok(())
-        }),
-        ("should support ingress on a port range with endPort", |c| {
-            c.apply(&[netpol("x", "allow-ingress-port-range", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 81, "endPort": 90, "protocol": "UDP"}]}]}))]);
-            c.check(&[
-                ("y/a", "x/b", 81, UDP, true),
-                ("y/a", "x/b", 80, UDP, false),
-                ("y/a", "x/b", 81, TCP, false),
-            ])?;
-            Ok(())
-        }),
-        // Not an upstream case: the drop counters of issue #8 on /metrics.
-        (
-            "drops are counted per pod, direction and policy on the agent's /metrics",
-            |c| {
-                c.apply(&[
-                deny_ingress_x(),
-                netpol("y", "deny-egress-a", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"]})),
-            ]);
-                c.check(&[
-                    ("z/a", "x/a", 80, TCP, false),
-                    ("y/a", "z/b", 80, TCP, false),
-                ])?;
-                let want = [
-                    (
-                        "x/a",
-                        format!(
-                            "namespace=\"x\",pod=\"a\",ip=\"{}\",direction=\"ingress\",reason=\"default-deny\",policies=\"x/deny-ingress\"",
-                            c.ip["x/a"]
-                        ),
-                    ),
-                    (
-                        "y/a",
-                        format!(
-                            "namespace=\"y\",pod=\"a\",ip=\"{}\",direction=\"egress\",reason=\"default-deny\",policies=\"y/deny-egress-a\"",
-                            c.ip["y/a"]
-                        ),
-                    ),
-                ];
-                for (pod, labels) in want {
-                    let text = scrape(&c.node[pod]);
-                    let line = text
-                        .lines()
-                        .find(|l| {
-                            l.starts_with(&format!(
-                                "podnet_policy_dropped_packets_total{{{labels}}}"
-                            ))
-                        })
-                        .ok_or_else(|| {
-                            format!("no drop counter {{{labels}}} on {}:\n{text}", c.node[pod])
-                        })?;
-                    let n: u64 = line
-                        .rsplit(' ')
-                        .next()
-                        .unwrap()
-                        .parse()
-                        .map_err(|e| format!("{line}: {e}"))?;
-                    if n == 0 {
-                        return Err(format!("drop counter is zero after refused probes: {line}"));
-                    }
-                }
-                Ok(())
-            },
-        ),
-    ]
+    ];
+    for (pod, labels) in want {
+        let text = scrape(&c.node[pod]);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("podnet_policy_dropped_packets_total{{{labels}}}")))
+            .ok_or_else(|| format!("no drop counter {{{labels}}} on {}:\n{text}", c.node[pod]))?;
+        let n: u64 = line
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .map_err(|e| format!("{line}: {e}"))?;
+        if n == 0 {
+            return Err(format!("drop counter is zero after refused probes: {line}"));
+        }
+    }
+    Ok(())
 }
 
 /// `GET /metrics` of the agent on `node`, from inside the node's namespace.
@@ -1252,11 +784,8 @@ fn upstream_netpol_cases_pod_churn_and_drop_metrics_on_a_lab() {
 
     let started = Instant::now();
     let mut failed = Vec::new();
-    let cases = cases();
-    let n = cases.len();
-    for (name, case) in cases {
-        let t = Instant::now();
-        let r = case(&ctx);
+    let ids = all_ids();
+    let mut report = |name: &str, t: Instant, r: Result<(), String>| {
         eprintln!(
             "[{}] {name} ({:.1} s){}",
             if r.is_ok() { "ok" } else { "FAIL" },
@@ -1269,9 +798,27 @@ fn upstream_netpol_cases_pod_churn_and_drop_metrics_on_a_lab() {
         if let Err(e) = r {
             failed.push(format!("{name}: {e}"));
         }
-        ctx.reset();
+    };
+    for id in &ids {
+        let case = Case::load(id);
+        let t = Instant::now();
+        let r = run_case(&ctx, &case);
+        report(&case.name, t, r);
+        ctx.reset(Some(&case));
     }
-    eprintln!("{n} cases in {:.0} s", started.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let r = drops_are_counted(&ctx);
+    report(
+        "drops are counted per pod, direction and policy on the agent's /metrics",
+        t,
+        r,
+    );
+    ctx.reset(None);
+    eprintln!(
+        "{} cases in {:.0} s",
+        ids.len() + 1,
+        started.elapsed().as_secs_f64()
+    );
     let name =
         "100 pods appear and disappear under a deny-all policy, isolated from their first packet";
     if let Err(e) = hundred_pods_appear_and_disappear_isolated(&ctx) {
@@ -1280,9 +827,12 @@ fn upstream_netpol_cases_pod_churn_and_drop_metrics_on_a_lab() {
     } else {
         eprintln!("[ok] {name}");
     }
-    // After the churn, the table still agrees with the model.
-    if let Err(e) = ctx.truth() {
-        failed.push(format!("after the churn: {e}"));
+    // After the churn, with no policy in x, y, z: every cell open, and the
+    // kernel still agrees with the model.
+    match ctx.truth() {
+        Ok(t) if t.cells.iter().all(|c| *c) => {}
+        Ok(_) => failed.push("after the churn: a cell of x, y, z is closed".into()),
+        Err(e) => failed.push(format!("after the churn: {e}")),
     }
     assert!(
         failed.is_empty(),
