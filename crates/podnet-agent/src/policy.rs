@@ -46,14 +46,7 @@ enum Change {
 }
 
 /// Runs policy enforcement until the watches end.
-/// `programmed` is told once the first full world is in the kernel.
-pub async fn run(
-    client: kube::Client,
-    args: AgentArgs,
-    pod_cidr: Ipv4Net,
-    programmed: tokio::sync::oneshot::Sender<()>,
-) -> anyhow::Result<()> {
-    let mut programmed = Some(programmed);
+pub async fn run(client: kube::Client, args: AgentArgs, pod_cidr: Ipv4Net) -> anyhow::Result<()> {
     let facts = NodeFacts {
         node_name: args.node.clone(),
         pod_cidrs: vec![pod_cidr],
@@ -114,13 +107,8 @@ pub async fn run(
                 .unwrap_or_else(|e| e.into_inner())
                 .sync(&state)
         });
-        match synced {
-            Err(e) => tracing::error!(error = %e, "policy sync failed"),
-            Ok(_) => {
-                if let Some(tx) = programmed.take() {
-                    let _ = tx.send(());
-                }
-            }
+        if let Err(e) = synced {
+            tracing::error!(error = %e, "policy sync failed");
         }
     }
     Ok(())
