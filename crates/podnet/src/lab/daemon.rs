@@ -128,6 +128,38 @@ async fn ensure_cluster_dns(
                     "readinessProbe": {"httpGet": {"path": "/ready", "port": 9153},
                                        "periodSeconds": 1, "timeoutSeconds": 1}}]}}},
     }))?;
+    // What podnet-dns may read (the API server enforces RBAC): the same
+    // ClusterRole and binding as crates/podnet-dns/manifests/kube-dns.yaml.
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "system:podnet-dns", "labels": {"k8s-app": "kube-dns"}},
+        "rules": [
+            {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+        ],
+    }))?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "system:podnet-dns", "labels": {"k8s-app": "kube-dns"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:podnet-dns"},
+        "subjects": [{"kind": "ServiceAccount", "name": "podnet-dns", "namespace": "kube-system"}],
+    }))?;
+    let roles: kube::Api<ClusterRole> = kube::Api::all(client.clone());
+    let bindings: kube::Api<ClusterRoleBinding> = kube::Api::all(client.clone());
+    for r in [
+        roles.create(&Default::default(), &role).await.map(drop),
+        bindings
+            .create(&Default::default(), &binding)
+            .await
+            .map(drop),
+    ] {
+        match r {
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let svcs: kube::Api<Service> = kube::Api::namespaced(client.clone(), "kube-system");
     let deps: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), "kube-system");
     for r in [
