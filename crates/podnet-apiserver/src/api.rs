@@ -462,7 +462,9 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8], what: &str) -> Result<Value
     Ok(v)
 }
 
-fn check_type(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
+/// Fills an object's missing `apiVersion` and `kind` from the resource it
+/// was sent to, and refuses ones that name another (kube-apiserver's 400).
+pub(crate) fn check_type(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
     let want_av = res.api_version();
     match obj["apiVersion"].as_str() {
         None | Some("") => obj["apiVersion"] = json!(want_av),

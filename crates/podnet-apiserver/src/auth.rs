@@ -728,15 +728,8 @@ pub fn impersonate(rbac: &Rbac, caller: &User, headers: &HeaderMap) -> Result<Us
             Err(forbidden(&caller.name, &a, &d.reason))
         }
     };
-    let ask = |group: &str, resource: &str, sub: &str, ns: &str, name: &str| Attributes {
-        verb: "impersonate".into(),
-        resource_request: true,
-        api_group: group.into(),
-        resource: resource.into(),
-        subresource: sub.into(),
-        namespace: ns.into(),
-        name: name.into(),
-        path: String::new(),
+    let ask = |group: &str, resource: &str, sub: &str, ns: &str, name: &str| {
+        Attributes::resource("impersonate", group, resource, sub, ns, name)
     };
     let mut out_groups = Vec::new();
     match name
@@ -829,26 +822,7 @@ pub fn review(
         res.kind, res.kind
     );
     let mut obj = decode_body(headers, body, &what)?;
-    let want_av = res.api_version();
-    match obj["apiVersion"].as_str() {
-        None | Some("") => obj["apiVersion"] = json!(want_av),
-        Some(av) if av == want_av => {}
-        Some(av) => {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({av}) does not match the expected API version ({want_av})"
-            )));
-        }
-    }
-    match obj["kind"].as_str() {
-        None | Some("") => obj["kind"] = json!(res.kind),
-        Some(k) if k == res.kind => {}
-        Some(k) => {
-            return Err(ApiError::bad_request(format!(
-                "{what}: the kind in the data ({k}) does not match the expected kind ({})",
-                res.kind
-            )));
-        }
-    }
+    crate::api::check_type(res, &mut obj)?;
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({"creationTimestamp": null});
     }

@@ -547,29 +547,9 @@ async fn dispatch(State(sh): State<Arc<Shared>>, req: Request) -> Response {
         )
         .into_response();
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > api::MAX_BODY) {
-        return ApiError::new(
-            413,
-            "RequestEntityTooLarge",
-            format!("Request entity too large: limit is {}", api::MAX_BODY),
-        )
-        .into_response();
-    }
-    let body = match axum::body::to_bytes(req.into_body(), api::MAX_BODY).await {
+    let body = match read_body(req).await {
         Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                413,
-                "RequestEntityTooLarge",
-                format!("Request entity too large: limit is {}", api::MAX_BODY),
-            )
-            .into_response();
-        }
+        Err(r) => return r,
     };
     let rbac_write = target.res.group == resources::RBAC_GROUP && method != Method::GET;
     let r = sh.api.handle(&method, target, q, &headers, body).await;
@@ -578,6 +558,30 @@ async fn dispatch(State(sh): State<Arc<Shared>>, req: Request) -> Response {
         sh.rbac.sync(&sh.api.store).await;
     }
     r
+}
+
+/// The request's body, up to `api::MAX_BODY`; kube-apiserver's 413 beyond
+/// it, whether declared by Content-Length or found while reading.
+async fn read_body(req: Request) -> Result<axum::body::Bytes, Response> {
+    let too_large = || {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {}", api::MAX_BODY),
+        )
+        .into_response()
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > api::MAX_BODY) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(req.into_body(), api::MAX_BODY)
+        .await
+        .map_err(|_| too_large())
 }
 
 /// Reviews and TokenRequest: POST only, answered, not stored.
@@ -597,16 +601,9 @@ async fn answer_create_only(
         .into_response();
     }
     let headers = req.headers().clone();
-    let body = match axum::body::to_bytes(req.into_body(), api::MAX_BODY).await {
+    let body = match read_body(req).await {
         Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                413,
-                "RequestEntityTooLarge",
-                format!("Request entity too large: limit is {}", api::MAX_BODY),
-            )
-            .into_response();
-        }
+        Err(r) => return r,
     };
     let r = match (&target.name, target.sub.as_deref()) {
         (Some(name), Some("token")) => {

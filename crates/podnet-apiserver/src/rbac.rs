@@ -54,6 +54,30 @@ pub struct Attributes {
     pub path: String,
 }
 
+impl Attributes {
+    /// A resource request: `verb` on `group`/`resource`/`sub`, object
+    /// `name` in `ns` (empty strings where the request has none).
+    pub fn resource(
+        verb: &str,
+        group: &str,
+        resource: &str,
+        sub: &str,
+        ns: &str,
+        name: &str,
+    ) -> Self {
+        Attributes {
+            verb: verb.into(),
+            resource_request: true,
+            api_group: group.into(),
+            resource: resource.into(),
+            subresource: sub.into(),
+            namespace: ns.into(),
+            name: name.into(),
+            path: String::new(),
+        }
+    }
+}
+
 /// One PolicyRule.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rule {
@@ -545,16 +569,8 @@ const AGG_EDIT: &str = "rbac.authorization.k8s.io/aggregate-to-edit";
 const AGG_VIEW: &str = "rbac.authorization.k8s.io/aggregate-to-view";
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const READ_WRITE: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+/// Every verb of a resource, as discovery lists them.
+const READ_WRITE: &[&str] = crate::resources::VERBS;
 
 fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Value {
     json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
@@ -872,16 +888,7 @@ mod tests {
     use super::*;
 
     fn res(verb: &str, group: &str, resource: &str, sub: &str, ns: &str, name: &str) -> Attributes {
-        Attributes {
-            verb: verb.into(),
-            resource_request: true,
-            api_group: group.into(),
-            resource: resource.into(),
-            subresource: sub.into(),
-            namespace: ns.into(),
-            name: name.into(),
-            path: String::new(),
-        }
+        Attributes::resource(verb, group, resource, sub, ns, name)
     }
 
     #[test]

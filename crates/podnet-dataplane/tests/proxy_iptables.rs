@@ -141,39 +141,7 @@ fn endpoint_churn_under_a_steady_stream_fails_no_request() {
     let run = churn(&lab, 3, VIP, &sets, 100, Duration::from_millis(5), |set| {
         proxy.sync(&state(vec![web(&lab, set)])).unwrap();
     });
-    let wrong = run.wrong(&[0, 1], &lab.pods);
-    assert!(
-        wrong.is_empty(),
-        "{} of {} requests went wrong during churn:\n{}",
-        wrong.len(),
-        run.requests.len(),
-        wrong.join("\n")
-    );
-    // The churn overlapped the stream: requests before, during, after.
-    let during = run.during();
-    assert!(
-        during >= 100,
-        "only {during} of {} requests were made during the 100 changes",
-        run.requests.len()
-    );
-    let first = run.changes[0].0;
-    let last = run.changes[run.changes.len() - 1].1;
-    assert!(run.requests[0].connected < first, "the stream began late");
-    assert!(
-        run.requests[run.requests.len() - 1].begun > last,
-        "the stream ended early"
-    );
-    // Each pod of the rotation answered during it.
-    for pod in [0, 1, 2, 4] {
-        let name = &lab.pods[pod].name;
-        assert!(
-            run.requests.iter().any(|r| r.begun >= first
-                && r.answer
-                    .as_ref()
-                    .is_ok_and(|b| b.starts_with(&format!("{name} ")))),
-            "{name} never answered during the churn"
-        );
-    }
+    run.assert_clean(&[0, 1], &lab.pods, &[0, 1, 2, 4], 100);
 }
 
 #[test]

@@ -469,6 +469,53 @@ impl Churn {
         }
         wrong
     }
+
+    /// The churn tests' verdict: no request went wrong (see [`Churn::wrong`]),
+    /// at least `min_during` requests were made during the changes, the
+    /// stream began before the first and ended after the last, and each of
+    /// `rotation` answered during the churn.
+    pub fn assert_clean(
+        &self,
+        initial: &[usize],
+        pods: &[Pod],
+        rotation: &[usize],
+        min_during: usize,
+    ) {
+        let wrong = self.wrong(initial, pods);
+        assert!(
+            wrong.is_empty(),
+            "{} of {} requests went wrong during churn:\n{}",
+            wrong.len(),
+            self.requests.len(),
+            wrong.join("\n")
+        );
+        // The churn overlapped the stream: requests before, during, after.
+        let during = self.during();
+        assert!(
+            during >= min_during,
+            "only {during} of {} requests were made during the {} changes",
+            self.requests.len(),
+            self.changes.len()
+        );
+        let first = self.changes[0].0;
+        let last = self.changes[self.changes.len() - 1].1;
+        assert!(self.requests[0].connected < first, "the stream began late");
+        assert!(
+            self.requests[self.requests.len() - 1].begun > last,
+            "the stream ended early"
+        );
+        // Each pod of the rotation answered during it.
+        for &pod in rotation {
+            let name = &pods[pod].name;
+            assert!(
+                self.requests.iter().any(|r| r.begun >= first
+                    && r.answer
+                        .as_ref()
+                        .is_ok_and(|b| b.starts_with(&format!("{name} ")))),
+                "{name} never answered during the churn"
+            );
+        }
+    }
 }
 
 /// Endpoint churn under a steady stream: pod `client` opens one connection
