@@ -1,14 +1,18 @@
-//! `podnet-agent`: one per node. It registers the node, keeps the routes to
-//! other nodes' pods (host-gw or VXLAN), and in the lab it is the kubelet:
-//! it runs the pods bound to its node and serves their logs and exec.
+//! `podnet-agent`: podnet's network on one node, run by a DaemonSet (the
+//! same manifests on a real cluster and in the lab). It keeps the routes
+//! or the overlay to the other nodes' pods, the service proxy,
+//! NetworkPolicy enforcement and the metrics, and installs the CNI
+//! configuration once all of that is programmed. It never writes a Node,
+//! never heartbeats and never starts a pod: that is the kubelet's work
+//! (the real one, or the lab's `podnet-lab-kubelet`).
 //!
-//! The same binary carries its helpers: `launcher` (started once; forks
-//! the others without an exec), `sandbox` (the process that holds a pod's
-//! namespaces), `shim` (one per container run) and `image` (the lab's
-//! built-in images).
+//! Subcommands: `install-cni` (the DaemonSet's init container: the plugin
+//! into `/opt/cni/bin`, atomically) and `cleanup` (remove everything the
+//! agent and the plugin made on this node).
 
-mod images;
-mod kubelet;
+mod cleanup;
+mod cni_install;
+mod health;
 mod metrics;
 mod node;
 mod policy;
@@ -19,182 +23,170 @@ mod watch;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "podnet-agent", version, about = "podnet's node agent")]
 struct Cli {
     #[command(subcommand)]
-    helper: Option<Helper>,
+    command: Option<Command>,
     #[command(flatten)]
     agent: AgentArgs,
 }
 
-/// The agent's configuration.
+/// The agent's configuration: flags, or the environment the DaemonSet
+/// gives it (the `podnet-config` ConfigMap and the downward API).
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentArgs {
-    /// This node's name.
-    #[arg(long, default_value = "")]
+    /// This node's name (the downward API's `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME", default_value = "")]
     pub node: String,
-    /// This node's address (InternalIP).
-    #[arg(long, default_value = "0.0.0.0")]
-    pub node_ip: Ipv4Addr,
-    /// Kubeconfig to reach the API server (in-cluster config when absent).
-    #[arg(long)]
+    /// Kubeconfig to reach the API server; in-cluster config when absent.
+    #[arg(long, env = "PODNET_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Where the agent keeps pods, logs, CNI configuration and IPAM.
-    #[arg(long, default_value = "/var/lib/podnet-agent")]
-    pub state_dir: PathBuf,
+    /// The API server's URL, in place of the `kubernetes` Service's
+    /// address of in-cluster config: where podnet replaces kube-proxy,
+    /// that ClusterIP is served by the agent itself, so it cannot be how
+    /// the agent reaches the API server.
+    #[arg(long, env = "PODNET_API_SERVER")]
+    pub api_server: Option<String>,
     /// `vxlan` or `host-gw`.
-    #[arg(long, default_value = "vxlan")]
+    #[arg(long, env = "PODNET_ENCAP", default_value = "vxlan")]
     pub encap: String,
-    /// The lab's name (prefix of pod namespaces); empty on a real cluster.
-    #[arg(long, default_value = "")]
-    pub lab: String,
-    /// CNI plugin search path.
-    #[arg(long, default_value = "/opt/cni/bin")]
-    pub cni_path: String,
-    /// The token the API server presents to this node's endpoint.
-    #[arg(long)]
-    pub kubelet_token_file: Option<PathBuf>,
-    /// Port of the node endpoint (logs, exec, attach).
-    #[arg(long, default_value_t = 10250)]
-    pub kubelet_port: u16,
     /// The cluster's pod CIDR (all nodes): service traffic from outside it
     /// is masqueraded.
-    #[arg(long, default_value = "10.244.0.0/16")]
+    #[arg(long, env = "PODNET_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
     pub cluster_cidr: ipnet::Ipv4Net,
-    /// Service proxy backend: `nftables` (default) or `iptables`
-    /// (kube-proxy's chains, through iptables-restore).
-    #[arg(long, default_value = "nftables")]
+    /// Service proxy: `nftables`, `iptables` (kube-proxy's chains), or
+    /// `none` where kube-proxy stays.
+    #[arg(long, env = "PODNET_PROXY_MODE", default_value = "nftables",
+          value_parser = ["nftables", "iptables", "none"])]
     pub proxy_mode: String,
-    /// Where `/metrics` listens (in the node's network namespace):
-    /// NetworkPolicy drop counters per pod, direction and policy.
-    #[arg(long, default_value = "0.0.0.0:9101")]
+    /// The pods' MTU; 0: the uplink's, less 50 with VXLAN.
+    #[arg(long, env = "PODNET_MTU", default_value_t = 0)]
+    pub mtu: u32,
+    /// Where the kubelet reads CNI configurations.
+    #[arg(long, env = "PODNET_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// The plugin's IPAM state (one directory per node under it).
+    #[arg(long, env = "PODNET_IPAM_DIR", default_value = "/var/lib/cni/podnet")]
+    pub ipam_dir: PathBuf,
+    /// Move every other CNI configuration aside (to `<dir>/.podnet-moved/`),
+    /// so the kubelet can use none but podnet's (as Cilium's
+    /// `cni.exclusive`).
+    #[arg(long, env = "PODNET_CNI_EXCLUSIVE", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub cni_exclusive: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    #[arg(long, env = "PODNET_METRICS_ADDR", default_value = "0.0.0.0:9101")]
     pub metrics_addr: std::net::SocketAddr,
+    /// This node's address (InternalIP), read from its Node.
+    #[arg(skip = Ipv4Addr::UNSPECIFIED)]
+    pub node_ip: Ipv4Addr,
+    /// The link holding the node's address.
+    #[arg(skip)]
+    pub uplink: String,
 }
 
 #[derive(Subcommand)]
-enum Helper {
-    /// (internal) Hold a pod's namespaces: UTS and mount of its own, the
-    /// given network namespace; then wait.
-    #[command(hide = true)]
-    Sandbox(kubelet::sandbox::SandboxArgs),
-    /// (internal) Run one container in a pod's sandbox and record how it
-    /// ended, outliving the agent.
-    #[command(hide = true)]
-    Shim(kubelet::shim::ShimArgs),
-    /// (internal) Fork sandboxes and shims for the agent that started it.
-    #[command(hide = true)]
-    Launcher {
-        /// The launcher's end of the agent's socket pair.
-        #[arg(long)]
-        socket_fd: i32,
-        /// Padding: room for the command lines of the helpers it forks.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        room: Vec<String>,
-    },
-    /// (internal) Run one of the lab's built-in images.
-    #[command(hide = true)]
-    Image {
-        /// Image name (nginx, agnhost, pause).
-        name: String,
-        /// Its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-}
-
-/// Runs a helper's command line in a child of the launcher, as `main`
-/// would have after an exec.
-fn dispatch(argv: Vec<String>) -> i32 {
-    let result = match Cli::try_parse_from(argv) {
-        Ok(Cli {
-            helper: Some(Helper::Sandbox(a)),
-            ..
-        }) => kubelet::sandbox::hold(a),
-        Ok(Cli {
-            helper: Some(Helper::Shim(a)),
-            ..
-        }) => kubelet::shim::run(a),
-        Ok(_) => Err(anyhow::anyhow!(
-            "the launcher runs only sandboxes and shims"
-        )),
-        Err(e) => Err(e.into()),
-    };
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("podnet-agent: {e:#}");
-            1
-        }
-    }
+enum Command {
+    /// Copy the CNI plugin into the node's plugin directory, atomically
+    /// (the DaemonSet's init container). The kubelet never sees a
+    /// configuration before the binary: the agent writes that later.
+    InstallCni(cni_install::InstallArgs),
+    /// Remove every link, route, FDB and neighbour entry, nft table,
+    /// iptables chain, CNI file and state file podnet made on this node,
+    /// and nothing else.
+    Cleanup(cleanup::CleanupArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.helper {
-        Some(Helper::Sandbox(a)) => kubelet::sandbox::hold(a),
-        Some(Helper::Shim(a)) => kubelet::shim::run(a),
-        Some(Helper::Image { name, args }) => images::run(&name, &args),
-        Some(Helper::Launcher { socket_fd, .. }) => kubelet::launcher::run(socket_fd, dispatch),
-        None => {
-            // From the main thread, which lives as long as the agent.
-            // PODNET_LAUNCHER=exec: exec each helper instead (to compare,
-            // or to rule the launcher out).
-            let launcher = if std::env::var("PODNET_LAUNCHER").as_deref() == Ok("exec") {
-                Err(anyhow::anyhow!("PODNET_LAUNCHER=exec"))
-            } else {
-                std::env::current_exe()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|exe| kubelet::launcher::start(&exe))
-            };
-            tracing_subscriber::fmt()
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
-            if let Err(e) = launcher {
-                tracing::warn!(error = %format!("{e:#}"), "no launcher: sandboxes and shims are exec'd");
-            }
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?
-                .block_on(run(cli.agent))
-        }
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match cli.command {
+        Some(Command::InstallCni(a)) => cni_install::install_binary(&a),
+        Some(Command::Cleanup(a)) => cleanup::run(&a),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(run(cli.agent)),
     }
 }
 
-async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(!args.node.is_empty(), "--node is required");
-    let client = match &args.kubeconfig {
+/// An API client: the kubeconfig if given; else in-cluster config, with
+/// the server replaced by `--api-server` when set.
+async fn client(args: &AgentArgs) -> anyhow::Result<kube::Client> {
+    let mut cfg = match &args.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)?;
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-            kube::Client::try_from(cfg)?
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
         }
-        None => kube::Client::try_default().await?,
+        None => kube::Config::incluster().context(
+            "no in-cluster configuration (run in a pod with a ServiceAccount, or give --kubeconfig)",
+        )?,
     };
-    std::fs::create_dir_all(&args.state_dir)?;
-    tracing::info!(node = %args.node, ip = %args.node_ip, encap = %args.encap, "podnet agent starting");
-    let pod_cidr = node::register(&client, &args).await?;
-    tracing::info!(%pod_cidr, "node registered");
-    kubelet::write_cni_config(&args, &pod_cidr)?;
-    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), args.clone()));
-    let routes = tokio::spawn(routes::run(client.clone(), args.clone(), pod_cidr));
-    let proxy = tokio::spawn(proxy::run(client.clone(), args.clone()));
-    let policy = tokio::spawn(policy::run(client.clone(), args.clone(), pod_cidr));
-    let kubelet = tokio::spawn(kubelet::run(client.clone(), args.clone()));
+    if let Some(url) = &args.api_server {
+        cfg.cluster_url = url
+            .parse()
+            .with_context(|| format!("--api-server {url:?} is not a URL"))?;
+    }
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.node.is_empty(),
+        "no node name: set NODE_NAME (the downward API's spec.nodeName) or --node"
+    );
+    let client = client(&args).await?;
+    tracing::info!(node = %args.node, encap = %args.encap, proxy = %args.proxy_mode, "podnet agent starting");
     let metrics = tokio::spawn(metrics::serve(args.metrics_addr));
+    let node = node::wait_until_ready(&client, &args.node).await?;
+    args.node_ip = node.ip;
+    args.uplink = node::uplink_of(node.ip).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "no link holds the node's address; assuming eth0");
+        "eth0".into()
+    });
+    tracing::info!(pod_cidr = %node.pod_cidr, ip = %node.ip, uplink = %args.uplink, "node known");
+    health::set_phase("programming the dataplane");
+    let (routes_done, routes_rx) = tokio::sync::oneshot::channel();
+    let (proxy_done, proxy_rx) = tokio::sync::oneshot::channel();
+    let (policy_done, policy_rx) = tokio::sync::oneshot::channel();
+    let routes = tokio::spawn(routes::run(
+        client.clone(),
+        args.clone(),
+        node.pod_cidr,
+        routes_done,
+    ));
+    let proxy = tokio::spawn(proxy::run(client.clone(), args.clone(), proxy_done));
+    let policy = tokio::spawn(policy::run(
+        client.clone(),
+        args.clone(),
+        node.pod_cidr,
+        policy_done,
+    ));
+    let install = tokio::spawn(cni_install::keep_conflist(
+        args.clone(),
+        node.pod_cidr,
+        async move {
+            let _ = routes_rx.await;
+            let _ = proxy_rx.await;
+            let _ = policy_rx.await;
+        },
+    ));
     tokio::select! {
-        r = heartbeat => r??,
         r = routes => r??,
         r = proxy => r??,
         r = policy => r??,
-        r = kubelet => r??,
+        r = install => r??,
         r = metrics => r??,
     }
     Ok(())

@@ -13,10 +13,13 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-/// Serves `GET /metrics` on `addr` (inside the node's network namespace)
-/// until the agent ends.
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `addr` (in the
+/// node's network namespace) until the agent ends.
 pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
-    let router = Router::new().route("/metrics", get(metrics));
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
@@ -47,4 +50,14 @@ async fn metrics() -> impl IntoResponse {
             format!("{e}\n"),
         ),
     }
+}
+
+async fn readyz() -> impl IntoResponse {
+    let (ready, phase) = crate::health::ready();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, format!("{phase}\n"))
 }

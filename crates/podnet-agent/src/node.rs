@@ -1,161 +1,117 @@
-//! The Node object: registration with addresses and readiness, the pod
-//! CIDR the control plane assigns, a heartbeat, and the agent's own mirror
-//! pod in `kube-system` so `kubectl get pods -n kube-system` lists it and
-//! `kubectl logs` shows its log.
+//! This node as the agent needs it: its pod CIDR (assigned by the control
+//! plane, as `kube-controller-manager --allocate-node-cidrs` does; the
+//! agent never picks one) and its InternalIP, both read from its Node.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::json;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
 
-use crate::AgentArgs;
-
-/// Now, as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
-pub fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+/// The facts of this node the dataplane is built from.
+#[derive(Clone, Debug)]
+pub struct NodeFacts {
+    /// `spec.podCIDRs` (its IPv4 entry).
+    pub pod_cidr: Ipv4Net,
+    /// `status.addresses`' InternalIP.
+    pub ip: Ipv4Addr,
 }
 
-fn status(args: &AgentArgs) -> serde_json::Value {
-    let t = now();
-    json!({
-        "addresses": [
-            {"type": "InternalIP", "address": args.node_ip.to_string()},
-            {"type": "Hostname", "address": args.node},
-        ],
-        "conditions": [{
-            "type": "Ready", "status": "True", "reason": "KubeletReady",
-            "message": "podnet agent is posting ready status",
-            "lastHeartbeatTime": t, "lastTransitionTime": t,
-        }],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": args.kubelet_port}},
-        "nodeInfo": {
-            "architecture": std::env::consts::ARCH, "operatingSystem": "linux",
-            "kubeletVersion": "v1.33.0-podnet", "kubeProxyVersion": "v1.33.0-podnet",
-            "containerRuntimeVersion": "podnet-lab://0.1", "osImage": "podnet lab",
-            "kernelVersion": kernel(), "machineID": "", "systemUUID": "", "bootID": "",
-        },
-        "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
-        "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
-    })
-}
-
-fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
+/// What is missing from a Node before the agent can program it.
+fn missing(node: &Node) -> Result<NodeFacts, String> {
+    let spec = node.spec.as_ref();
+    let cidr = spec
+        .and_then(|s| s.pod_cidrs.clone())
         .unwrap_or_default()
+        .into_iter()
+        .chain(spec.and_then(|s| s.pod_cidr.clone()))
+        .find_map(|c| c.parse::<Ipv4Net>().ok());
+    let ip = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| {
+            a.iter()
+                .find(|a| a.type_ == "InternalIP")
+                .and_then(|a| a.address.parse::<Ipv4Addr>().ok())
+        });
+    match (cidr, ip) {
+        (Some(pod_cidr), Some(ip)) => Ok(NodeFacts { pod_cidr, ip }),
+        (None, _) => Err(
+            "the node has no pod CIDR (spec.podCIDRs): the control plane assigns one when \
+             kube-controller-manager runs with --allocate-node-cidrs and --cluster-cidr \
+             (kubeadm init --pod-network-cidr=10.244.0.0/16; k3s --cluster-cidr); \
+             waiting for it"
+                .into(),
+        ),
+        (_, None) => Err("the node has no InternalIP address in status.addresses; waiting".into()),
+    }
 }
 
-/// Creates (or refreshes) the Node and waits for its pod CIDR.
-pub async fn register(client: &kube::Client, args: &AgentArgs) -> anyhow::Result<Ipv4Net> {
+/// Waits until the node exists with a pod CIDR and an InternalIP. While
+/// it waits the agent says once what is missing and how to fix it, and its
+/// readiness probe says the same; it does not exit.
+pub async fn wait_until_ready(client: &kube::Client, name: &str) -> anyhow::Result<NodeFacts> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let mut labels = json!({
-        "kubernetes.io/hostname": args.node,
-        "kubernetes.io/os": "linux",
-        "kubernetes.io/arch": std::env::consts::ARCH,
-    });
-    if args.node.ends_with("control-plane") {
-        labels["node-role.kubernetes.io/control-plane"] = json!("");
-    }
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": args.node, "labels": labels},
-    }))?;
-    match nodes.create(&PostParams::default(), &node).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
-    nodes
-        .patch_status(
-            &args.node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status(args)})),
-        )
-        .await?;
-    mirror_pod(client, args).await?;
-    // The control plane's node IPAM fills spec.podCIDR.
-    for _ in 0..600 {
-        let n = nodes.get(&args.node).await?;
-        if let Some(cidr) = n.spec.and_then(|s| s.pod_cidr) {
-            return Ok(cidr.parse()?);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("no pod CIDR was assigned to node {} within 60 s", args.node)
-}
-
-/// Refreshes the Ready condition every 10 s.
-pub async fn heartbeat(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
+    let mut said = String::new();
     loop {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        if let Err(e) = nodes
-            .patch_status(
-                &args.node,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status(&args)})),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "node heartbeat failed");
+        let why = match nodes.get_opt(name).await {
+            Ok(Some(n)) => match missing(&n) {
+                Ok(facts) => return Ok(facts),
+                Err(why) => why,
+            },
+            Ok(None) => format!("node {name} does not exist (yet); waiting"),
+            Err(e) => format!("reading node {name}: {e}; trying again"),
+        };
+        if why != said {
+            tracing::warn!(node = %name, "{why}");
+            health::set_phase(&why);
+            said = why;
         }
-        let _ = mirror_pod(&client, &args).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// The name of this node's agent pod.
-pub fn agent_pod_name(node: &str) -> String {
-    format!("podnet-{node}")
+use crate::health;
+
+/// The name of the link holding `ip` on this node (the uplink routes and
+/// VXLAN go through).
+pub fn uplink_of(ip: Ipv4Addr) -> anyhow::Result<String> {
+    let mut nl = podnet_kernel::netlink::Netlink::open()?;
+    let index = nl
+        .addresses()?
+        .into_iter()
+        .find(|a| a.ip == std::net::IpAddr::V4(ip))
+        .map(|a| a.index)
+        .ok_or_else(|| anyhow::anyhow!("no link holds {ip}"))?;
+    nl.links()?
+        .into_iter()
+        .find(|l| l.index == index)
+        .map(|l| l.name)
+        .ok_or_else(|| anyhow::anyhow!("link {index} vanished"))
 }
 
-/// Creates the agent's mirror pod (kube-system, hostNetwork) if missing
-/// and marks it running.
-async fn mirror_pod(client: &kube::Client, args: &AgentArgs) -> anyhow::Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
-    let name = agent_pod_name(&args.node);
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {
-            "name": name, "namespace": "kube-system",
-            "labels": {"k8s-app": "podnet", "tier": "node"},
-            "annotations": {"kubernetes.io/config.source": "podnet-lab", "kubernetes.io/config.mirror": "podnet-agent"},
-        },
-        "spec": {
-            "nodeName": args.node, "hostNetwork": true, "priorityClassName": "system-node-critical",
-            "containers": [{"name": "podnet-agent", "image": "podnet/agent:lab"}],
-            "tolerations": [{"operator": "Exists"}],
-        },
-    }))?;
-    match pods.create(&PostParams::default(), &pod).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_without_a_pod_cidr_is_explained_with_the_fix() {
+        let n: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.3"}]},
+        }))
+        .unwrap();
+        let why = missing(&n).unwrap_err();
+        assert!(why.contains("--pod-network-cidr") && why.contains("--cluster-cidr"), "{why}");
+        let n: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n"}, "spec": {"podCIDRs": ["10.244.3.0/24"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.3"}]},
+        }))
+        .unwrap();
+        let f = missing(&n).unwrap();
+        assert_eq!(f.pod_cidr.to_string(), "10.244.3.0/24");
+        assert_eq!(f.ip.to_string(), "172.18.0.3");
     }
-    let started = crate::kubelet::AGENT_STARTED.get_or_init(now).clone();
-    pods.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
-            "phase": "Running", "hostIP": args.node_ip.to_string(), "podIP": args.node_ip.to_string(),
-            "podIPs": [{"ip": args.node_ip.to_string()}], "startTime": started,
-            "conditions": [
-                {"type": "Initialized", "status": "True", "lastTransitionTime": started},
-                {"type": "Ready", "status": "True", "lastTransitionTime": started},
-                {"type": "ContainersReady", "status": "True", "lastTransitionTime": started},
-                {"type": "PodScheduled", "status": "True", "lastTransitionTime": started},
-            ],
-            "containerStatuses": [{
-                "name": "podnet-agent", "image": "podnet/agent:lab", "imageID": "podnet-lab://agent",
-                "containerID": format!("podnet://{}", std::process::id()),
-                "ready": true, "started": true, "restartCount": 0,
-                "state": {"running": {"startedAt": started}},
-            }],
-        }})),
-    )
-    .await?;
-    Ok(())
 }

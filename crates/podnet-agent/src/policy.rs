@@ -46,7 +46,14 @@ enum Change {
 }
 
 /// Runs policy enforcement until the watches end.
-pub async fn run(client: kube::Client, args: AgentArgs, pod_cidr: Ipv4Net) -> anyhow::Result<()> {
+/// `programmed` is told once the first full world is in the kernel.
+pub async fn run(
+    client: kube::Client,
+    args: AgentArgs,
+    pod_cidr: Ipv4Net,
+    programmed: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<()> {
+    let mut programmed = Some(programmed);
     let facts = NodeFacts {
         node_name: args.node.clone(),
         pod_cidrs: vec![pod_cidr],
@@ -107,8 +114,13 @@ pub async fn run(client: kube::Client, args: AgentArgs, pod_cidr: Ipv4Net) -> an
                 .unwrap_or_else(|e| e.into_inner())
                 .sync(&state)
         });
-        if let Err(e) = synced {
-            tracing::error!(error = %e, "policy sync failed");
+        match synced {
+            Err(e) => tracing::error!(error = %e, "policy sync failed"),
+            Ok(_) => {
+                if let Some(tx) = programmed.take() {
+                    let _ = tx.send(());
+                }
+            }
         }
     }
     Ok(())

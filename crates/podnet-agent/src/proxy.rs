@@ -196,7 +196,21 @@ fn slice_owner(slice: &EndpointSlice) -> Option<String> {
 }
 
 /// Runs the proxy until the watches end.
-pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
+/// `programmed` is told once the first full sync is in the kernel (at
+/// once with `--proxy-mode none`: kube-proxy serves Services).
+pub async fn run(
+    client: kube::Client,
+    args: AgentArgs,
+    programmed: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<()> {
+    let mut programmed = Some(programmed);
+    if args.proxy_mode == "none" {
+        tracing::info!("service proxy off (--proxy-mode none): kube-proxy serves Services");
+        if let Some(tx) = programmed.take() {
+            let _ = tx.send(());
+        }
+        std::future::pending::<()>().await;
+    }
     // Bridged pod traffic must pass the netfilter hooks for service
     // translation between pods on one bridge (kube-proxy's requirement).
     for (k, v) in [
@@ -207,9 +221,7 @@ pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
             tracing::warn!(sysctl = k, error = %e, "cannot set");
         }
     }
-    if !args.lab.is_empty()
-        && let Err(e) = ensure_service_route(args.node_ip)
-    {
+    if let Err(e) = ensure_service_route(args.node_ip) {
         tracing::warn!(error = %e, "no route to the service CIDR; the node itself cannot reach ClusterIPs");
     }
     let node = NodeFacts {
@@ -273,8 +285,13 @@ pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
                 Backend::Iptables(b) => b.sync(&view.state).map(drop),
             })
         };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "proxy sync failed");
+        match result {
+            Err(e) => tracing::error!(error = %e, "proxy sync failed"),
+            Ok(()) => {
+                if let Some(tx) = programmed.take() {
+                    let _ = tx.send(());
+                }
+            }
         }
     }
     Ok(())

@@ -70,7 +70,14 @@ fn remotes_of(nodes: &[Node], me: &str) -> BTreeMap<String, Remote> {
 }
 
 /// Keeps the routes in step with the Nodes until the watch ends.
-pub async fn run(client: kube::Client, args: AgentArgs, own_cidr: Ipv4Net) -> anyhow::Result<()> {
+/// `programmed` is told once the first full list of Nodes is in the kernel.
+pub async fn run(
+    client: kube::Client,
+    args: AgentArgs,
+    own_cidr: Ipv4Net,
+    programmed: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<()> {
+    let mut programmed = Some(programmed);
     if args.encap == "vxlan" {
         setup_vxlan(&args, own_cidr)?;
     }
@@ -80,6 +87,7 @@ pub async fn run(client: kube::Client, args: AgentArgs, own_cidr: Ipv4Net) -> an
     let mut store: BTreeMap<String, Node> = BTreeMap::new();
     futures::pin_mut!(stream);
     while let Some(ev) = stream.next().await {
+        let init_done = matches!(ev, Ok(watcher::Event::InitDone));
         match ev {
             Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
                 store.insert(n.metadata.name.clone().unwrap_or_default(), n);
@@ -114,13 +122,37 @@ pub async fn run(client: kube::Client, args: AgentArgs, own_cidr: Ipv4Net) -> an
             remove(&args, r);
         }
         applied = want;
+        if init_done && let Some(tx) = programmed.take() {
+            let _ = tx.send(());
+        }
     }
     Ok(())
 }
 
 fn setup_vxlan(args: &AgentArgs, own: Ipv4Net) -> anyhow::Result<()> {
-    let _ = ip(&["link", "del", VXLAN_DEV]);
     let local = args.node_ip.to_string();
+    // A restarted agent keeps the device of its previous run (traffic
+    // across nodes goes on through it); a device of another shape is made
+    // again.
+    let current = Command::new("ip")
+        .args(["-d", "-o", "link", "show", VXLAN_DEV])
+        .output()?;
+    let text = String::from_utf8_lossy(&current.stdout);
+    let same = current.status.success()
+        && text.contains(&format!("local {local} "))
+        && text.contains(&format!("dev {} ", args.uplink));
+    if same {
+        ip(&["link", "set", VXLAN_DEV, "up"])?;
+        let _ = ip(&[
+            "addr",
+            "replace",
+            &format!("{}/32", own.network()),
+            "dev",
+            VXLAN_DEV,
+        ]);
+        return Ok(());
+    }
+    let _ = ip(&["link", "del", VXLAN_DEV]);
     ip(&[
         "link",
         "add",
@@ -132,7 +164,7 @@ fn setup_vxlan(args: &AgentArgs, own: Ipv4Net) -> anyhow::Result<()> {
         "local",
         &local,
         "dev",
-        "eth0",
+        &args.uplink,
         "dstport",
         "4789",
         "nolearning",
@@ -144,7 +176,7 @@ fn setup_vxlan(args: &AgentArgs, own: Ipv4Net) -> anyhow::Result<()> {
         "address",
         &vtep_mac(args.node_ip),
         "mtu",
-        "1450",
+        &crate::cni_install::pod_mtu(args).to_string(),
         "up",
     ])?;
     // The device holds the network address of the node's CIDR (/32), as
@@ -198,7 +230,15 @@ fn add(args: &AgentArgs, r: &Remote) -> anyhow::Result<()> {
             "route", "replace", &cidr, "via", &vtep, "dev", VXLAN_DEV, "onlink",
         ])
     } else {
-        ip(&["route", "replace", &cidr, "via", &node_ip, "dev", "eth0"])
+        ip(&[
+            "route",
+            "replace",
+            &cidr,
+            "via",
+            &node_ip,
+            "dev",
+            &args.uplink,
+        ])
     }
 }
 

@@ -1,6 +1,7 @@
-//! DaemonSet → one pod per eligible node: Ready, matching the template's
+//! DaemonSet → one pod per eligible node: matching the template's
 //! nodeSelector and required node affinity, with every NoSchedule and
-//! NoExecute taint tolerated. Pods get `spec.nodeName` directly (the
+//! NoExecute taint tolerated (a NotReady node's implied not-ready
+//! NoSchedule taint too, for new pods). Pods get `spec.nodeName` directly (the
 //! DaemonSet controller's own placement) and the tolerations the real
 //! controller adds. A changed template rolls node by node within
 //! `maxUnavailable`; status fields as `kubectl rollout status ds` reads them.
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Toleration};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Taint, Toleration};
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -69,6 +70,30 @@ pub fn node_fits(ds: &DaemonSet, node: &Node) -> bool {
         .and_then(|s| s.taints.as_deref())
         .unwrap_or(&[]);
     untolerated_taint(taints, &daemon_tolerations(spec)).is_none()
+}
+
+/// Whether a new pod of the DaemonSet may start on `node`: it fits, and
+/// if the node is NotReady the pod tolerates the not-ready NoSchedule
+/// taint a real cluster's node lifecycle controller puts there (a pod
+/// network's DaemonSet must, to make the node Ready). A running pod is
+/// not removed when its node goes NotReady.
+pub fn node_takes_new(ds: &DaemonSet, node: &Node) -> bool {
+    if !node_fits(ds, node) {
+        return false;
+    }
+    if node_ready(node) {
+        return true;
+    }
+    let Some(spec) = ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return false;
+    };
+    let t = Taint {
+        key: "node.kubernetes.io/not-ready".into(),
+        effect: "NoSchedule".into(),
+        value: None,
+        time_added: None,
+    };
+    untolerated_taint(std::slice::from_ref(&t), &daemon_tolerations(spec)).is_none()
 }
 
 /// Runs the DaemonSet controller with caches of its own until cancelled.
@@ -145,11 +170,6 @@ impl DsController {
             .iter()
             .map(|n| (n.metadata.name.as_deref().unwrap_or(""), node_fits(ds, n)))
             .collect();
-        let ready_nodes: HashSet<&str> = nodes
-            .iter()
-            .filter(|n| node_ready(n))
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect();
         let mut by_node: BTreeMap<&str, Vec<&Arc<Pod>>> = BTreeMap::new();
         for p in owned {
             let node = p
@@ -188,8 +208,7 @@ impl DsController {
             }
             for n in nodes {
                 let node = n.metadata.name.as_deref().unwrap_or("");
-                if fits.get(node).copied().unwrap_or(false)
-                    && ready_nodes.contains(node)
+                if node_takes_new(ds, n)
                     && by_node
                         .get(node)
                         .is_none_or(|ps| !ps.iter().any(|p| is_active(p)))
@@ -207,7 +226,7 @@ impl DsController {
             if rolling {
                 let desired = fits
                     .iter()
-                    .filter(|(n, f)| **f && ready_nodes.contains(*n))
+                    .filter(|(_, f)| **f)
                     .count() as i32;
                 let max_unavailable = scaled(
                     spec.update_strategy
@@ -335,7 +354,7 @@ pub fn status_for(
     for n in nodes {
         let node = n.metadata.name.as_deref().unwrap_or("");
         let fit = node_fits(ds, n);
-        let wanted = fit && node_ready(n);
+        let wanted = fit;
         let pod = owned
             .iter()
             .filter(|p| {

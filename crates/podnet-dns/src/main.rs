@@ -45,13 +45,13 @@ struct Args {
     ns_addr: Vec<std::net::IpAddr>,
     /// Upstream resolver (IP or IP:port; repeatable). Default: the
     /// nameservers of --resolv-conf.
-    #[arg(long)]
+    #[arg(long, env = "PODNET_DNS_UPSTREAM", value_delimiter = ',')]
     upstream: Vec<String>,
     /// resolv.conf to read upstreams from when no --upstream is given.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
     /// Do not forward names outside the zone (answer REFUSED).
-    #[arg(long)]
+    #[arg(long, env = "PODNET_DNS_NO_FORWARD", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     no_forward: bool,
     /// Do not answer `<service>.<namespace>` (the name BusyBox's nslookup
     /// sends for `nslookup kubernetes.default`) for existing Services.
@@ -68,7 +68,7 @@ struct Args {
     #[arg(long)]
     zone_from_file: Option<PathBuf>,
     /// UDP worker threads (all reading the same socket); default: CPUs.
-    #[arg(long)]
+    #[arg(long, env = "PODNET_DNS_UDP_WORKERS")]
     udp_workers: Option<usize>,
     /// Delay between a change and the rebuild it triggers, milliseconds.
     #[arg(long, default_value_t = 5)]

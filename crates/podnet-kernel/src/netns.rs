@@ -135,19 +135,17 @@ impl Drop for NetNs {
     }
 }
 
-/// Creates the named namespace `name` (as `ip netns add` does, without
-/// running it: a pod start pays for no extra process), with `lo` up. The
-/// namespace lives until [`delete_named`] (or `ip netns delete`).
-pub fn add_named(name: &str) -> Result<(), NetNsError> {
+/// Makes `/run/netns` a shared mount, as iproute2 does, so the namespaces
+/// bound under it are seen (and unmounted) in every mount namespace alike,
+/// also in those made after this call (a lab kubelet's).
+pub fn share_netns_dir() -> Result<(), NetNsError> {
     use nix::mount::{MsFlags, mount};
     let fail = |detail: String| NetNsError::Named {
-        action: "add",
-        name: name.into(),
+        action: "share",
+        name: NETNS_DIR.into(),
         detail,
     };
     std::fs::create_dir_all(NETNS_DIR).map_err(|e| fail(e.to_string()))?;
-    // Like iproute2: /run/netns is a shared mount, so the namespaces bound
-    // under it are seen (and unmounted) in every mount namespace alike.
     let shared = |dir: &str| {
         mount(
             None::<&str>,
@@ -168,6 +166,20 @@ pub fn add_named(name: &str) -> Result<(), NetNsError> {
         .map_err(|e| fail(format!("bind {NETNS_DIR}: {e}")))?;
         shared(NETNS_DIR).map_err(|e| fail(format!("share {NETNS_DIR}: {e}")))?;
     }
+    Ok(())
+}
+
+/// Creates the named namespace `name` (as `ip netns add` does, without
+/// running it: a pod start pays for no extra process), with `lo` up. The
+/// namespace lives until [`delete_named`] (or `ip netns delete`).
+pub fn add_named(name: &str) -> Result<(), NetNsError> {
+    use nix::mount::{MsFlags, mount};
+    let fail = |detail: String| NetNsError::Named {
+        action: "add",
+        name: name.into(),
+        detail,
+    };
+    share_netns_dir().map_err(|e| fail(e.to_string()))?;
     let path = Path::new(NETNS_DIR).join(name);
     std::fs::OpenOptions::new()
         .write(true)

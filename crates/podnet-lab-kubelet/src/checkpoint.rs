@@ -1,6 +1,6 @@
 //! The kubelet's memory of each pod, on disk beside the pod's files: the
 //! sandbox, the CNI result, and every container's current run and history.
-//! A restarted agent reads it to take running pods back (same sandbox, same
+//! A restarted kubelet reads it to take running pods back (same sandbox, same
 //! address, same processes, same restart counts) instead of starting them
 //! again, and to tear down pods that were deleted while it was away.
 
@@ -127,7 +127,7 @@ fn restore(fresh: PodHandle, rec: &Value) -> PodHandle {
 /// A container to supervise, with the run it still has going (if any).
 pub type ContainerToRun = (String, Option<AdoptedRun>);
 
-/// Takes back a pod this node ran before the agent restarted, if its
+/// Takes back a pod this node ran before the kubelet restarted, if its
 /// sandbox still lives: the handle and, per container to supervise, the run
 /// still going (or `None` to start one). A pod whose sandbox died is torn
 /// down (its address freed) so that it starts afresh.
@@ -139,7 +139,7 @@ pub fn adopt(
     let rec = load(&fresh.dir)?;
     let h = restore(fresh, &rec);
     if h.sandbox_pid.lock().unwrap().is_none() {
-        tracing::info!(pod = %h.name, "sandbox gone while the agent was away: starting the pod again");
+        tracing::info!(pod = %h.name, "sandbox gone while the kubelet was away: starting the pod again");
         end_runs(&h, &rec);
         teardown_sandbox(k, &h);
         return None;
@@ -176,11 +176,11 @@ pub fn adopt(
         });
         runs.push((name.clone(), run));
     }
-    tracing::info!(pod = %h.name, containers = runs.len(), "pod taken back after an agent restart");
+    tracing::info!(pod = %h.name, containers = runs.len(), "pod taken back after a kubelet restart");
     Some((Arc::new(h), runs))
 }
 
-/// Kills a container started just before the agent died, before its run
+/// Kills a container started just before the kubelet died, before its run
 /// was recorded: its shim wrote its pid, and is still its parent.
 fn end_unrecorded_run(h: &PodHandle, name: &str) {
     let run = run_path(h, name);
@@ -198,7 +198,7 @@ fn end_unrecorded_run(h: &PodHandle, name: &str) {
             rest.split_whitespace().nth(1)?.parse::<i64>().ok()
         });
     if parent.is_some_and(|ppid| ours(ppid, &run.display().to_string())) {
-        tracing::info!(pod = %h.name, container = name, "ending a run started before the agent died");
+        tracing::info!(pod = %h.name, container = name, "ending a run started before the kubelet died");
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(-pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -225,7 +225,7 @@ fn end_runs(h: &PodHandle, rec: &Value) {
 }
 
 /// Tears down every pod on disk that the API no longer binds to this node
-/// (deleted while the agent was away).
+/// (deleted while the kubelet was away).
 pub fn collect_orphans(k: &Arc<Kubelet>, bound: &HashSet<String>) {
     let Ok(entries) = std::fs::read_dir(k.args.state_dir.join("pods")) else {
         return;
@@ -243,7 +243,7 @@ pub fn collect_orphans(k: &Arc<Kubelet>, bound: &HashSet<String>) {
             continue;
         };
         let h = restore(super::pod::new_handle(k, &pod), &rec);
-        tracing::info!(pod = %h.name, "pod deleted while the agent was away: tearing it down");
+        tracing::info!(pod = %h.name, "pod deleted while the kubelet was away: tearing it down");
         end_runs(&h, &rec);
         teardown_sandbox(k, &h);
     }

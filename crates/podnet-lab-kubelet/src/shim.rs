@@ -1,7 +1,7 @@
 //! A container's shim: the small process between the kubelet and a
 //! container, as containerd's shim is. It starts the container inside the
 //! pod's sandbox, waits for it, and writes its exit code to a file. The
-//! shim, not the agent, is the container's parent, so a restarted agent
+//! shim, not the kubelet, is the container's parent, so a restarted kubelet
 //! finds its containers still running and still learns how they ended.
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use crate::node::now;
 
-/// Arguments of `podnet-agent shim`.
+/// Arguments of `podnet-lab-kubelet shim`.
 #[derive(clap::Args, Debug)]
 pub struct ShimArgs {
     /// The pod's sandbox process, whose namespaces the container joins.
@@ -57,7 +57,7 @@ pub fn read_exit(run: &Path) -> Option<(i32, String)> {
 
 /// Starts the container, records its pid, waits, records its exit code.
 pub fn run(args: ShimArgs) -> anyhow::Result<()> {
-    // A session of our own: signals aimed at the agent's group miss us.
+    // A session of our own: signals aimed at the kubelet's group miss us.
     let _ = nix::unistd::setsid();
     // The kubelet may die and its pipes with it: the shim must outlive it.
     // SAFETY: setting signal dispositions to ignore is always sound.
@@ -177,7 +177,7 @@ fn builtin_image(argv: &[String]) -> Option<(&str, &[String])> {
 }
 
 /// Writes `argv` over this process's own command line (padding with NULs),
-/// so `ps`, `pgrep -f` and a restarted agent's adoption checks see a forked
+/// so `ps`, `pgrep -f` and a restarted kubelet's adoption checks see a forked
 /// process (a built-in image, a launched sandbox or shim) as they would an
 /// exec'd one rather than as a copy of its parent. Goes through
 /// `/proc/self/mem`, so no raw pointer is needed.
@@ -248,7 +248,7 @@ fn run_builtin(
                 if let Err(e) = show_command_line(&args.argv) {
                     tracing::debug!("command line of {image} not shown: {e:#}");
                 }
-                crate::images::run(image, image_args)
+                crate::builtin_images::run(image, image_args)
             })();
             let status = match code {
                 Ok(()) => 0,

@@ -1,15 +1,15 @@
-//! The launcher: a small single-threaded process of the agent's binary,
-//! exec'd once per agent, that forks sandboxes and shims on request instead
-//! of the agent exec'ing its own binary for each (an exec of this binary
+//! The launcher: a small single-threaded process of the kubelet's binary,
+//! exec'd once per kubelet, that forks sandboxes and shims on request instead
+//! of the kubelet exec'ing its own binary for each (an exec of this binary
 //! costs more than a millisecond of CPU: a pod start in a burst paid two).
 //!
-//! The agent sends the helper's command line, its environment and its
+//! The kubelet sends the helper's command line, its environment and its
 //! three standard streams (SCM_RIGHTS) over a socket pair; the launcher
 //! forks, the child runs the helper as `main` would have, and the launcher
 //! answers with the child's pid. Children are reaped by the launcher
-//! (SIGCHLD ignored); the agent learns of their end through a pidfd and the
+//! (SIGCHLD ignored); the kubelet learns of their end through a pidfd and the
 //! shim's exit record, as it does for shims it adopted after a restart.
-//! The launcher dies with the agent (PDEATHSIG); its children do not.
+//! The launcher dies with the kubelet (PDEATHSIG); its children do not.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -21,7 +21,7 @@ use nix::sys::socket::{
     sendmsg, socketpair,
 };
 
-/// The agent's end of the socket pair, once the launcher runs.
+/// The kubelet's end of the socket pair, once the launcher runs.
 static LAUNCHER: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
 
 /// Runs a helper's command line in a launched child; returns its exit code.
@@ -30,7 +30,7 @@ pub type Dispatch = fn(Vec<String>) -> i32;
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Request {
     argv: Vec<String>,
-    /// `None`: the launcher's own environment (the agent's at start).
+    /// `None`: the launcher's own environment (the kubelet's at start).
     env: Option<Vec<(String, String)>>,
 }
 
@@ -38,11 +38,11 @@ struct Request {
 /// write theirs over the launcher's, so it is padded to this size.
 const COMMAND_LINE_ROOM: usize = 4096;
 
-/// Starts the launcher (`<exe> launcher`, one exec for the agent's life).
+/// Starts the launcher (`<exe> launcher`, one exec for the kubelet's life).
 /// Call it from the main thread: the launcher dies with the thread that
 /// started it (PDEATHSIG), and a runtime's worker threads come and go.
 pub fn start(exe: &std::path::Path) -> anyhow::Result<()> {
-    let (agent_end, launcher_end) = socketpair(
+    let (kubelet_end, launcher_end) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
@@ -50,7 +50,7 @@ pub fn start(exe: &std::path::Path) -> anyhow::Result<()> {
     )
     .context("socketpair for the launcher")?;
     nix::fcntl::fcntl(
-        &agent_end,
+        &kubelet_end,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )?;
     let child = std::process::Command::new(exe)
@@ -62,21 +62,21 @@ pub fn start(exe: &std::path::Path) -> anyhow::Result<()> {
         .spawn()
         .context("start the launcher")?;
     drop(launcher_end);
-    // Reaped by a thread of its own; it only ends with the agent.
+    // Reaped by a thread of its own; it only ends with the kubelet.
     std::thread::spawn(move || {
         let mut child = child;
         let _ = child.wait();
     });
-    let _ = LAUNCHER.set(Mutex::new(agent_end));
+    let _ = LAUNCHER.set(Mutex::new(kubelet_end));
     Ok(())
 }
 
-/// The launcher's main: serves the agent until it goes away.
+/// The launcher's main: serves the kubelet until it goes away.
 pub fn run(socket_fd: RawFd, dispatch: Dispatch) -> anyhow::Result<()> {
-    // An agent that died before this line closed its end of the socket:
+    // A kubelet that died before this line closed its end of the socket:
     // the first receive then ends the loop.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    // SAFETY: the fd was passed on our command line by the agent.
+    // SAFETY: the fd was passed on our command line by the kubelet.
     let sock = unsafe { OwnedFd::from_raw_fd(socket_fd) };
     nix::fcntl::fcntl(
         &sock,
@@ -91,7 +91,7 @@ pub fn run(socket_fd: RawFd, dispatch: Dispatch) -> anyhow::Result<()> {
 /// Set once the launcher is found gone: from then on helpers are exec'd.
 static GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Whether the launcher runs (it does in the agent; not in helpers, and
+/// Whether the launcher runs (it does in the kubelet; not in helpers, and
 /// not once it was found gone).
 pub fn available() -> bool {
     LAUNCHER.get().is_some() && !GONE.load(std::sync::atomic::Ordering::Relaxed)
@@ -103,7 +103,7 @@ fn gone(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("the launcher is gone ({what}): {e}")
 }
 
-/// Starts `argv` (the agent's own command line: `<exe> sandbox ...` or
+/// Starts `argv` (the kubelet's own command line: `<exe> sandbox ...` or
 /// `<exe> shim ...`) in a launched child with these standard streams.
 pub fn spawn(
     argv: &[String],
@@ -166,7 +166,7 @@ fn serve(sock: OwnedFd, dispatch: Dispatch) {
             (msg.bytes, fds)
         };
         if len == 0 {
-            return; // the agent is gone
+            return; // the kubelet is gone
         }
         let answer = match serde_json::from_slice::<Request>(&buf[..len]) {
             Ok(req) if fds.len() == 3 => launch(&sock, req, fds, dispatch),
@@ -208,7 +208,7 @@ fn launch(sock: &OwnedFd, req: Request, fds: Vec<OwnedFd>, dispatch: Dispatch) -
                     unsafe { std::env::set_var(k, v) };
                 }
             }
-            // `ps` (and a restarted agent adopting it) sees the command
+            // `ps` (and a restarted kubelet adopting it) sees the command
             // line it would have been exec'd with.
             let _ = super::shim::show_command_line(&req.argv);
             std::process::exit(dispatch(req.argv));

@@ -53,11 +53,7 @@ impl NodeStreams for Streams {
     ) -> BoxFuture<'static, Result<BoxStream<'static, Bytes>, NodeError>> {
         let k = self.0.clone();
         Box::pin(async move {
-            // The agent's own mirror pod: its log is the agent's.
-            let own = req.namespace == "kube-system"
-                && req.pod == crate::node::agent_pod_name(&k.args.node);
             let path = match k.find(&req.namespace, &req.pod) {
-                _ if own => k.args.state_dir.join("agent.log"),
                 Some(h) => h.log_path(&req.container),
                 None => {
                     return Err(err(format!(
@@ -89,7 +85,7 @@ impl NodeStreams for Streams {
             }
             let mut offset = text.len() as u64;
             let stream = async_stream(first, move || {
-                let gone = !own && k.find(&req.namespace, &req.pod).is_none();
+                let gone = k.find(&req.namespace, &req.pod).is_none();
                 let mut more = Vec::new();
                 if let Ok(mut f) = std::fs::File::open(&path) {
                     use std::io::Seek;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use podnet_cni::runtime::{Attachment, ConfList, Invoker};
+use podnet_cni::runtime::{Attachment, Invoker};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
@@ -130,18 +130,25 @@ pub fn observe(k: &Arc<Kubelet>, pod: Pod, gone: bool) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    if ns == "kube-system" && name == crate::node::agent_pod_name(&k.args.node) {
-        return; // the agent's own mirror pod
-    }
     let deleting = gone || pod.metadata.deletion_timestamp.is_some();
     let mut known = k.pods.lock().unwrap().get(&uid).cloned();
     if known.is_none()
         && let Some((h, runs)) = super::checkpoint::adopt(k, &pod, new_handle(k, &pod))
     {
-        // A pod this node ran before the agent restarted: take its sandbox
+        // A pod this node ran before the kubelet restarted: take its sandbox
         // and running containers back instead of starting it again.
         k.pods.lock().unwrap().insert(uid.clone(), h.clone());
+        let init: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .map(|c| c.name.clone())
+            .collect();
         for (name, run) in runs {
+            // Init containers ran before the restart: they are not run again.
+            if init.contains(&name) && run.is_none() {
+                continue;
+            }
             tokio::spawn(supervise(k.clone(), h.clone(), name, run));
         }
         known = Some(h);
@@ -215,7 +222,85 @@ pub(super) fn new_handle(k: &Kubelet, pod: &Pod) -> PodHandle {
     }
 }
 
+/// Fills the pod's containers (init containers too) as not started yet.
+fn register_containers(h: &PodHandle, state: CState) {
+    let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
+    let mut cs = h.containers.lock().unwrap();
+    for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+        let rt = cs.entry(c.name.clone()).or_insert_with(|| ContainerRt {
+            spec: c.clone(),
+            state: state.clone(),
+            last: None,
+            restarts: 0,
+            pid: None,
+            shim_pid: None,
+            ready: false,
+            io: None,
+        });
+        if matches!(rt.state, CState::Waiting(..)) {
+            rt.state = state.clone();
+        }
+    }
+}
+
+/// Waits, as the real kubelet does, until the node's pod network is
+/// ready (a CNI configuration exists); `false` if the pod is stopped first.
+async fn wait_for_network(k: &Kubelet, h: &PodHandle) -> bool {
+    let mut net = k.network.clone();
+    let mut stop = h.stop.subscribe();
+    let mut told = false;
+    while !net.borrow_and_update().ready() {
+        if !told {
+            told = true;
+            tracing::info!(pod = %h.name, "waiting for the pod network (no CNI configuration on this node)");
+            register_containers(
+                h,
+                CState::Waiting(
+                    "ContainerCreating".into(),
+                    format!("network is not ready: {}", crate::network::NOT_READY_MESSAGE),
+                ),
+            );
+            report(k, h).await;
+        }
+        tokio::select! {
+            r = net.changed() => if r.is_err() { return false },
+            _ = stop.changed() => return false,
+        }
+    }
+    !*h.stop.borrow()
+}
+
+/// Makes the pod's volumes, trying again every 2 s while a ConfigMap or
+/// Secret they need is missing; `None` if the pod is stopped first.
+async fn prepare_volumes(k: &Kubelet, h: &PodHandle) -> Option<Vec<crate::pod_config::Mount>> {
+    let mut stop = h.stop.subscribe();
+    loop {
+        let pod = h.pod.lock().unwrap().clone();
+        match crate::pod_config::volumes(k, &pod, &h.dir).await {
+            Ok(m) => return Some(m),
+            Err(e) => {
+                tracing::info!(pod = %h.name, error = %e.0, "volumes not ready");
+                register_containers(h, CState::Waiting("ContainerCreating".into(), e.0));
+                report(k, h).await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
 async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
+    if h.netns.is_some() && !wait_for_network(&k, &h).await {
+        return;
+    }
+    if std::fs::create_dir_all(&h.dir).is_err() {
+        tracing::warn!(pod = %h.name, dir = %h.dir.display(), "cannot make the pod's directory");
+    }
+    let Some(mounts) = prepare_volumes(&k, &h).await else {
+        return;
+    };
     let k2 = k.clone();
     let h2 = h.clone();
     let t0 = std::time::Instant::now();
@@ -224,7 +309,7 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
     // of them late together while they fight over the kernel's locks.
     let _turn = k.sandbox_turns.acquire().await;
     let waited = t0.elapsed().as_millis() as u64;
-    let made = tokio::task::spawn_blocking(move || make_sandbox(&k2, &h2)).await;
+    let made = tokio::task::spawn_blocking(move || make_sandbox(&k2, &h2, &mounts)).await;
     drop(_turn);
     tracing::info!(pod = %h.name, ms = t0.elapsed().as_millis() as u64, waited, "sandbox and network ready");
     match made {
@@ -245,6 +330,17 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
     }
     let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
     super::checkpoint::save(&h);
+    // Init containers, one after the other, each to success.
+    for c in spec.init_containers.iter().flatten() {
+        supervise(k.clone(), h.clone(), c.name.clone(), None).await;
+        let done = matches!(
+            h.containers.lock().unwrap().get(&c.name).map(|c| &c.state),
+            Some(CState::Terminated(0, ..))
+        );
+        if !done {
+            return; // failed for good (restartPolicy Never), or stopped
+        }
+    }
     for c in &spec.containers {
         tokio::spawn(supervise(k.clone(), h.clone(), c.name.clone(), None));
     }
@@ -256,7 +352,7 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
     }
 }
 
-/// Starts the sandbox process (`argv`: `<agent> sandbox ...`) through the
+/// Starts the sandbox process (`argv`: `<kubelet> sandbox ...`) through the
 /// launcher, or with an exec when there is none, and waits for its
 /// `ready`; returns its pid.
 fn start_sandbox_process(argv: &[String]) -> anyhow::Result<i32> {
@@ -288,7 +384,7 @@ fn start_sandbox_process(argv: &[String]) -> anyhow::Result<i32> {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
             // No pre_exec: std then spawns with posix_spawn (vfork), not
-            // fork, and the agent's page tables are not copied for every
+            // fork, and the kubelet's page tables are not copied for every
             // pod. The sandbox makes itself a session leader.
             let mut child = cmd.spawn()?;
             BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
@@ -390,35 +486,25 @@ pub fn resolv_conf(pod: &Pod) -> String {
     out
 }
 
-fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
+fn make_sandbox(
+    k: &Kubelet,
+    h: &PodHandle,
+    mounts: &[crate::pod_config::Mount],
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&h.dir)?;
     let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
-    {
-        let mut cs = h.containers.lock().unwrap();
-        for c in &spec.containers {
-            cs.insert(
-                c.name.clone(),
-                ContainerRt {
-                    spec: c.clone(),
-                    state: CState::Waiting("ContainerCreating".into(), String::new()),
-                    last: None,
-                    restarts: 0,
-                    pid: None,
-                    shim_pid: None,
-                    ready: false,
-                    io: None,
-                },
-            );
-        }
-    }
+    register_containers(
+        h,
+        CState::Waiting("ContainerCreating".into(), String::new()),
+    );
     pod_files(h, None)?;
     if let Some(ns) = &h.netns {
         if Path::new(podnet_kernel::netns::NETNS_DIR).join(ns).exists() {
-            // Left by an agent that died while starting this pod, before
+            // Left by a kubelet that died while starting this pod, before
             // its checkpoint: undo it (processes, CNI, namespace) first.
             tracing::info!(pod = %h.name, netns = %ns, "removing a half-made sandbox");
             podnet_kernel::netns::kill_processes_in(ns);
-            if let Ok(list) = ConfList::load(&super::conflist_path(&k.args))
+            if let Some(list) = k.conflist()
                 && let Err(e) = invoker(k).del(&list, &attachment(h, ns), None)
             {
                 tracing::warn!(pod = %h.name, error = %e, "CNI DEL of the half-made sandbox");
@@ -441,14 +527,19 @@ fn make_sandbox(k: &Kubelet, h: &PodHandle) -> anyhow::Result<()> {
         argv.push("--netns".into());
         argv.push(Path::new("/run/netns").join(ns).display().to_string());
     }
+    for m in mounts {
+        argv.push("--mount".into());
+        argv.push(m.arg());
+    }
     *h.sandbox_pid.lock().unwrap() = Some(start_sandbox_process(&argv)?);
     tracing::debug!(pod = %h.name, "sandbox process ready");
 
     let ip = match &h.netns {
         None => Some(k.args.node_ip.to_string()),
         Some(ns) => {
-            let list =
-                ConfList::load(&super::conflist_path(&k.args)).map_err(anyhow::Error::msg)?;
+            let list = k.conflist().ok_or_else(|| {
+                anyhow::anyhow!("{}", crate::network::NOT_READY_MESSAGE)
+            })?;
             let result = invoker(k).add(&list, &attachment(h, ns))?;
             tracing::debug!(pod = %h.name, "CNI ADD done");
             let ip = result["ips"][0]["address"]
@@ -507,7 +598,7 @@ fn attachment(h: &PodHandle, ns: &str) -> Attachment {
     att
 }
 
-/// A container run found alive when the agent started again.
+/// A container run found alive when the kubelet started again.
 pub struct AdoptedRun {
     /// The run's shim, whose end is the container's end.
     pub shim_pid: i32,
@@ -550,21 +641,31 @@ async fn wait_pid(pid: i32) {
 
 /// Runs one container, restarting it per `restartPolicy` with back-off
 /// (1 s doubling to 5 min; kubelet starts at 10 s, the lab is impatient).
-/// With `adopted`, the first run is one that outlived a restart of the agent.
+/// With `adopted`, the first run is one that outlived a restart of the kubelet.
 async fn supervise(
     k: Arc<Kubelet>,
     h: Arc<PodHandle>,
     name: String,
     mut adopted: Option<AdoptedRun>,
 ) {
-    let policy = h
-        .pod
-        .lock()
-        .unwrap()
-        .spec
-        .as_ref()
-        .and_then(|s| s.restart_policy.clone())
-        .unwrap_or_else(|| "Always".into());
+    let policy = {
+        let pod = h.pod.lock().unwrap();
+        let spec = pod.spec.as_ref();
+        let policy = spec
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        let init = spec
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|ics| ics.iter().any(|c| c.name == name));
+        // An init container runs to success: it is restarted on failure
+        // unless the pod's policy is Never, never after success.
+        let policy = match (init, policy.as_str()) {
+            (true, "Never") => "Never".to_string(),
+            (true, _) => "OnFailure".to_string(),
+            _ => policy,
+        };
+        policy
+    };
     let mut backoff = Duration::from_secs(1);
     let mut stop = h.stop.subscribe();
     let run = run_path(&h, &name);
@@ -589,13 +690,35 @@ async fn supervise(
             }
             None => {
                 let started = now();
-                let spawned = match resolve(&spec, &k.exe) {
+                let pod = h.pod.lock().unwrap().clone();
+                let ip = h.ip.lock().unwrap().clone();
+                let env = match crate::pod_config::environment(&k, &pod, &spec, ip.as_deref())
+                    .await
+                {
+                    Ok(env) => env,
+                    Err(e) => {
+                        // As the kubelet: wait, saying why, until the
+                        // ConfigMap or Secret appears.
+                        set_state(
+                            &h,
+                            &name,
+                            CState::Waiting("CreateContainerConfigError".into(), e.0),
+                        );
+                        report(&k, &h).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            _ = stop.changed() => return,
+                        }
+                        continue;
+                    }
+                };
+                let spawned = match resolve(&spec, &k.exe, k.args.podnet_bin_dir.as_deref()) {
                     Resolved::Unrunnable(reason, msg) => {
                         set_state(&h, &name, CState::Waiting(reason, msg));
                         report(&k, &h).await;
                         return;
                     }
-                    Resolved::Run(argv) => spawn_container(&k, &h, &spec, &argv),
+                    Resolved::Run(argv) => spawn_container(&k, &h, &spec, &argv, env),
                 };
                 match spawned {
                     Ok((child, io, shim)) => {
@@ -871,6 +994,7 @@ fn spawn_container(
     h: &PodHandle,
     spec: &Container,
     argv: &[String],
+    pod_env: Vec<(String, String)>,
 ) -> anyhow::Result<(Option<tokio::process::Child>, Arc<ContainerIo>, i32)> {
     anyhow::ensure!(!argv.is_empty(), "empty command");
     let tty = spec.tty.unwrap_or(false);
@@ -915,10 +1039,9 @@ fn spawn_container(
         env.push(("TERM".into(), "xterm".into()));
     }
     env.push(("HOSTNAME".into(), spec_hostname(h)));
-    for e in spec.env.clone().unwrap_or_default() {
-        if let Some(v) = e.value {
-            env.push((e.name, v));
-        }
+    for (name, value) in pod_env {
+        env.retain(|(n, _)| *n != name);
+        env.push((name, value));
     }
     let (output, _) = broadcast::channel(256);
     if !piped && super::launcher::available() {
@@ -1079,8 +1202,42 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
         }
         statuses.push(s);
     }
-    let restarted = cs.values().any(|c| c.restarts > 0);
-    let phase = if spec.containers.is_empty() || cs.is_empty() {
+    let restarted = spec
+        .containers
+        .iter()
+        .any(|c| cs.get(&c.name).is_some_and(|rt| rt.restarts > 0));
+    let mut init_statuses = Vec::new();
+    let mut initialized = true;
+    let mut init_failed = false;
+    for c in spec.init_containers.iter().flatten() {
+        let Some(rt) = cs.get(&c.name) else {
+            initialized = false;
+            continue;
+        };
+        match &rt.state {
+            CState::Terminated(0, ..) => {}
+            CState::Terminated(..) => {
+                initialized = false;
+                init_failed = spec.restart_policy.as_deref() == Some("Never");
+            }
+            _ => initialized = false,
+        }
+        let image = c.image.clone().unwrap_or_default();
+        let mut s = json!({
+            "name": c.name, "image": image, "imageID": format!("podnet-lab://{image}"),
+            "ready": matches!(rt.state, CState::Terminated(0, ..)), "started": matches!(rt.state, CState::Running(_)),
+            "restartCount": rt.restarts,
+            "state": state_json(&h.uid, &rt.state),
+            "lastState": rt.last.as_ref().map(|l| state_json(&h.uid, l)).unwrap_or(json!({})),
+        });
+        if !matches!(rt.state, CState::Waiting(..)) {
+            s["containerID"] = json!(format!("podnet://{}/{}", h.uid, c.name));
+        }
+        init_statuses.push(s);
+    }
+    let phase = if init_failed {
+        "Failed"
+    } else if spec.containers.is_empty() || cs.is_empty() || !initialized {
         "Pending"
     } else if all_done && !any_failed {
         "Succeeded"
@@ -1092,7 +1249,7 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
         "Pending"
     };
     let t = &h.started;
-    let is_ready = ready_all && !cs.is_empty();
+    let is_ready = ready_all && initialized && !cs.is_empty();
     let ready = if is_ready { "True" } else { "False" };
     let since = {
         let mut rs = h.ready_since.lock().unwrap();
@@ -1110,13 +1267,16 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
         "qosClass": "BestEffort",
         "conditions": [
             {"type": "PodReadyToStartContainers", "status": if ip.is_some() { "True" } else { "False" }, "lastTransitionTime": t},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": t},
+            {"type": "Initialized", "status": if initialized { "True" } else { "False" }, "lastTransitionTime": t},
             {"type": "Ready", "status": ready, "lastTransitionTime": since},
             {"type": "ContainersReady", "status": ready, "lastTransitionTime": since},
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
         ],
         "containerStatuses": statuses,
     });
+    if !init_statuses.is_empty() {
+        st["initContainerStatuses"] = json!(init_statuses);
+    }
     if let Some(ip) = ip {
         st["podIP"] = json!(ip);
         st["podIPs"] = json!([{ "ip": ip }]);
@@ -1192,7 +1352,7 @@ async fn terminate(k: Arc<Kubelet>, h: Arc<PodHandle>, grace: i64) {
 
 pub(super) fn teardown_sandbox(k: &Kubelet, h: &PodHandle) {
     if let Some(ns) = &h.netns
-        && let Ok(list) = ConfList::load(&super::conflist_path(&k.args))
+        && let Some(list) = k.conflist()
     {
         let result = h.cni_result.lock().unwrap().clone();
         if let Err(e) = invoker(k).del(&list, &attachment(h, ns), result.as_ref()) {

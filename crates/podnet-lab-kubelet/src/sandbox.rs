@@ -12,7 +12,7 @@ use anyhow::Context;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
 
-/// Arguments of `podnet-agent sandbox`.
+/// Arguments of `podnet-lab-kubelet sandbox`.
 #[derive(clap::Args, Debug)]
 pub struct SandboxArgs {
     /// The pod's hostname.
@@ -24,11 +24,58 @@ pub struct SandboxArgs {
     /// The pod's network namespace (absent for hostNetwork pods).
     #[arg(long)]
     pub netns: Option<PathBuf>,
+    /// A volume: `SOURCE:TARGET[:ro]`, bound at TARGET in the pod.
+    #[arg(long = "mount")]
+    pub mounts: Vec<String>,
+}
+
+/// Binds one volume. A missing mount point is made on the node's
+/// filesystem (an empty directory or file, as a runtime makes one in an
+/// image); nothing mounted here reaches the node.
+fn bind_volume(spec: &str) -> anyhow::Result<()> {
+    let (rest, read_only) = match spec.strip_suffix(":ro") {
+        Some(r) => (r, true),
+        None => (spec, false),
+    };
+    let (src, dst) = rest
+        .split_once(':')
+        .with_context(|| format!("volume {spec:?} is not SOURCE:TARGET"))?;
+    let (src, dst) = (PathBuf::from(src), PathBuf::from(dst));
+    if !dst.exists() {
+        if src.is_dir() {
+            std::fs::create_dir_all(&dst)
+        } else {
+            if let Some(p) = dst.parent() {
+                std::fs::create_dir_all(p)?;
+            }
+            std::fs::write(&dst, b"")
+        }
+        .with_context(|| format!("make the mount point {}", dst.display()))?;
+    }
+    mount(
+        Some(&src),
+        &dst,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind {} on {}", src.display(), dst.display()))?;
+    if read_only {
+        mount(
+            None::<&str>,
+            &dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .with_context(|| format!("make {} read-only", dst.display()))?;
+    }
+    Ok(())
 }
 
 /// Sets the namespaces up, says `ready` on stdout, then waits for a signal.
 pub fn hold(args: SandboxArgs) -> anyhow::Result<()> {
-    // A session of our own: the sandbox outlives the agent.
+    // A session of our own: the sandbox outlives the kubelet.
     let _ = nix::unistd::setsid();
     if let Some(ns) = &args.netns {
         let f = std::fs::File::open(ns).with_context(|| format!("open {}", ns.display()))?;
@@ -51,6 +98,9 @@ pub fn hold(args: SandboxArgs) -> anyhow::Result<()> {
             )
             .with_context(|| format!("bind {} on {}", src.display(), dst.display()))?;
         }
+    }
+    for m in &args.mounts {
+        bind_volume(m)?;
     }
     let mut out = std::io::stdout();
     out.write_all(b"ready\n")?;

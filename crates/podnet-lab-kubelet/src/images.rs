@@ -28,10 +28,30 @@ pub fn short_name(image: &str) -> String {
 
 /// Resolves a container's argv, as a runtime would from the image's
 /// entrypoint and cmd.
-pub fn resolve(c: &Container, agent: &str) -> Resolved {
+pub fn resolve(c: &Container, agent: &str, podnet_bins: Option<&std::path::Path>) -> Resolved {
     let image = c.image.clone().unwrap_or_default();
     let command = c.command.clone().unwrap_or_default();
     let args = c.args.clone().unwrap_or_default();
+    // podnet's own image (deploy/ names `ghcr.io/podnet/podnet`, or a
+    // retagged copy of it): its binaries are the lab's, as built.
+    if short_name(&image) == "podnet" {
+        let Some(dir) = podnet_bins else {
+            return Resolved::Unrunnable(
+                "ErrImagePull".into(),
+                format!("{image:?}: this kubelet was not told where podnet's binaries are"),
+            );
+        };
+        let Some(first) = command.first() else {
+            return Resolved::Unrunnable(
+                "RunContainerError".into(),
+                format!("{image:?} has no entrypoint: give the container a command"),
+            );
+        };
+        let name = first.rsplit('/').next().unwrap_or(first);
+        let mut v = vec![dir.join(name).display().to_string()];
+        v.extend(command[1..].iter().cloned().chain(args));
+        return Resolved::Run(v);
+    }
     let builtin = |name: &str, extra: Vec<String>| {
         let mut v = vec![agent.to_string(), "image".into(), name.into()];
         v.extend(extra);
@@ -113,7 +133,7 @@ mod tests {
             "name": "x", "image": "registry.k8s.io/e2e-test-images/agnhost:2.47",
             "command": ["/agnhost", "netexec"], "args": ["--http-port=8080"]}))
         .unwrap();
-        assert!(matches!(resolve(&c, "a"),
+        assert!(matches!(resolve(&c, "a", None),
             Resolved::Run(v) if v == ["a", "image", "agnhost", "netexec", "--http-port=8080"]));
     }
 
@@ -121,11 +141,11 @@ mod tests {
     fn unknown_images_need_a_command() {
         let c: Container =
             serde_json::from_value(serde_json::json!({"name": "x", "image": "redis"})).unwrap();
-        assert!(matches!(resolve(&c, "a"), Resolved::Unrunnable(r, _) if r == "ErrImagePull"));
+        assert!(matches!(resolve(&c, "a", None), Resolved::Unrunnable(r, _) if r == "ErrImagePull"));
         let c: Container = serde_json::from_value(
             serde_json::json!({"name": "x", "image": "redis", "command": ["sleep", "9"]}),
         )
         .unwrap();
-        assert!(matches!(resolve(&c, "a"), Resolved::Run(v) if v == ["sleep", "9"]));
+        assert!(matches!(resolve(&c, "a", None), Resolved::Run(v) if v == ["sleep", "9"]));
     }
 }

@@ -1,92 +1,29 @@
-//! The lab's kubelet: runs the pods bound to this node. It makes each pod's
-//! sandbox, calls CNI through the exec protocol with the node's conflist
-//! (so the reference plugins could be swapped in), runs every container as
-//! a process in the sandbox, reports status, follows `restartPolicy`, keeps
-//! logs, serves exec/attach/logs to the API server, and tears pods down
-//! gracefully on deletion.
-
-mod checkpoint;
-pub mod images;
-pub mod launcher;
-mod pod;
-pub mod sandbox;
-pub mod shim;
-mod streams;
+//! The kubelet's core: the pods bound to this node, by UID, and the watch
+//! that starts and stops them. It makes each pod's sandbox, calls CNI
+//! through the exec protocol with the node's conflist (so the reference
+//! plugins could be swapped in), runs every container as a process in the
+//! sandbox, reports status, follows `restartPolicy`, keeps logs, serves
+//! exec/attach/logs to the API server, and tears pods down gracefully on
+//! deletion.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::AgentArgs;
+use crate::network::NetworkState;
+use crate::{KubeletArgs, checkpoint, pod, streams};
 
-pub use pod::PodHandle;
+pub use crate::pod::PodHandle;
 
 /// How many pod sandboxes (namespace, CNI ADD) are made at once.
 const SANDBOXES_AT_ONCE: usize = 2;
 
-/// When the agent started (its mirror pod's start time).
-pub static AGENT_STARTED: OnceLock<String> = OnceLock::new();
-
-/// The node's CNI configuration list (`<state>/cni/10-podnet.conflist`).
-pub fn conflist_path(args: &AgentArgs) -> PathBuf {
-    args.state_dir.join("cni").join("10-podnet.conflist")
-}
-
-/// The IPv4 GSO limit of the link holding the node's address, when it is
-/// above the kernel's 64 KiB: pods get BIG TCP only when their packets can
-/// leave the node as they are (as Cilium decides from its native device).
-fn uplink_gso_max_size(node_ip: std::net::Ipv4Addr) -> Option<u32> {
-    let mut nl = podnet_kernel::netlink::Netlink::open().ok()?;
-    let index = nl
-        .addresses()
-        .ok()?
-        .into_iter()
-        .find(|a| a.ip == std::net::IpAddr::V4(node_ip))?
-        .index;
-    let size = nl
-        .links()
-        .ok()?
-        .into_iter()
-        .find(|l| l.index == index)?
-        .gso_ipv4_max_size?;
-    (size > 65536).then_some(size)
-}
-
-/// Writes the node's conflist: podnet with the node's pod CIDR, serving
-/// `hostPort`s itself (the `portMappings` capability), so a pod start is one
-/// plugin exec; the reference `portmap` could be chained instead.
-pub fn write_cni_config(args: &AgentArgs, cidr: &Ipv4Net) -> anyhow::Result<()> {
-    let mtu = if args.encap == "vxlan" { 1450 } else { 1500 };
-    let mut podnet = serde_json::json!({
-        "type": "podnet", "bridge": "podnet0", "mtu": mtu, "isGateway": true, "hairpinMode": true,
-        "capabilities": {"portMappings": true},
-        "ipam": {"type": "podnet", "ranges": [[{"subnet": cidr.to_string()}]],
-                 "dataDir": args.state_dir.join("ipam").display().to_string()}
-    });
-    if args.encap != "vxlan"
-        && let Some(size) = uplink_gso_max_size(args.node_ip)
-    {
-        podnet["gsoMaxSize"] = size.into();
-    }
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "podnet",
-        "plugins": [podnet]
-    });
-    let path = conflist_path(args);
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    write_atomic(&path, &serde_json::to_vec_pretty(&conf)?)?;
-    Ok(())
-}
-
 /// Writes `data` to `path` by rename, so a reader (a CNI runtime, a
-/// restarted agent) sees all of it or none.
+/// restarted kubelet) sees all of it or none.
 pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
@@ -100,8 +37,10 @@ pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> 
 pub struct Kubelet {
     /// API client.
     pub client: kube::Client,
-    /// Agent configuration.
-    pub args: AgentArgs,
+    /// The kubelet's configuration.
+    pub args: KubeletArgs,
+    /// Whether the node's pod network is ready (a CNI configuration).
+    pub network: tokio::sync::watch::Receiver<NetworkState>,
     /// Pods this node runs, by UID.
     pub pods: Mutex<HashMap<String, Arc<PodHandle>>>,
     /// This binary (for the sandbox and built-in images).
@@ -111,6 +50,19 @@ pub struct Kubelet {
 }
 
 impl Kubelet {
+    /// The node's CNI configuration, as a CNI call loads it; `None` while
+    /// the network is not ready.
+    pub fn conflist(&self) -> Option<podnet_cni::runtime::ConfList> {
+        let path = self.network.borrow().conflist.clone()?;
+        match podnet_cni::runtime::ConfList::load(&path) {
+            Ok(list) => Some(list),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable CNI configuration");
+                None
+            }
+        }
+    }
+
     /// The pod `namespace/name` this node runs, if any.
     pub fn find(&self, namespace: &str, name: &str) -> Option<Arc<PodHandle>> {
         self.pods
@@ -137,11 +89,15 @@ async fn resync_status(k: Arc<Kubelet>) {
 }
 
 /// Watches this node's pods and runs them until the watch ends.
-pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
-    AGENT_STARTED.get_or_init(crate::node::now);
+pub async fn run(
+    client: kube::Client,
+    args: KubeletArgs,
+    network: tokio::sync::watch::Receiver<NetworkState>,
+) -> anyhow::Result<()> {
     let kubelet = Arc::new(Kubelet {
         client: client.clone(),
         args: args.clone(),
+        network,
         pods: Mutex::new(HashMap::new()),
         exe: std::env::current_exe()?.display().to_string(),
         sandbox_turns: tokio::sync::Semaphore::new(SANDBOXES_AT_ONCE),
@@ -153,7 +109,7 @@ pub async fn run(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
     let stream = watcher(pods, cfg).default_backoff();
     futures::pin_mut!(stream);
     // Pods bound here at the (re)start; those on disk but not in it were
-    // deleted while the agent was away.
+    // deleted while the kubelet was away.
     let mut bound = std::collections::HashSet::new();
     while let Some(ev) = stream.next().await {
         let pods = match ev {
