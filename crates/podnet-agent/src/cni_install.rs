@@ -211,12 +211,18 @@ pub async fn keep_conflist(
                     tracing::warn!("the CNI configuration was missing or changed: restored");
                 }
                 if first {
-                    crate::health::set_ready(true, "dataplane programmed, CNI configuration installed");
+                    crate::health::set_ready(
+                        true,
+                        "dataplane programmed, CNI configuration installed",
+                    );
                     first = false;
                 }
             }
             Err(e) => {
-                crate::health::set_ready(false, &format!("cannot install the CNI configuration: {e:#}"));
+                crate::health::set_ready(
+                    false,
+                    &format!("cannot install the CNI configuration: {e:#}"),
+                );
                 tracing::error!(error = %format!("{e:#}"), "CNI configuration");
             }
         }
@@ -246,14 +252,34 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("podnet-cni-install-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("05-podnet.conflist"), br#"{"name":"podnet","plugins":[{"type":"podnet"}]}"#).unwrap();
-        std::fs::write(dir.join("10-flannel.conflist"), br#"{"name":"cbr0","plugins":[{"type":"flannel"}]}"#).unwrap();
+        std::fs::write(
+            dir.join("05-podnet.conflist"),
+            br#"{"name":"podnet","plugins":[{"type":"podnet"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("10-flannel.conflist"),
+            br#"{"name":"cbr0","plugins":[{"type":"flannel"}]}"#,
+        )
+        .unwrap();
         let a = args(&dir, false);
         assert!(install_conflist(&a, b"{\"name\":\"podnet\"}").unwrap());
-        assert!(!dir.join("05-podnet.conflist").exists(), "an older podnet conflist is left beside the new one");
-        assert!(dir.join("10-flannel.conflist").exists(), "another network's conflist was touched without --cni-exclusive");
-        assert_eq!(std::fs::read(dir.join(CONFLIST_NAME)).unwrap(), b"{\"name\":\"podnet\"}");
-        assert!(!install_conflist(&a, b"{\"name\":\"podnet\"}").unwrap(), "an unchanged conflist was written again");
+        assert!(
+            !dir.join("05-podnet.conflist").exists(),
+            "an older podnet conflist is left beside the new one"
+        );
+        assert!(
+            dir.join("10-flannel.conflist").exists(),
+            "another network's conflist was touched without --cni-exclusive"
+        );
+        assert_eq!(
+            std::fs::read(dir.join(CONFLIST_NAME)).unwrap(),
+            b"{\"name\":\"podnet\"}"
+        );
+        assert!(
+            !install_conflist(&a, b"{\"name\":\"podnet\"}").unwrap(),
+            "an unchanged conflist was written again"
+        );
         let a = args(&dir, true);
         assert!(install_conflist(&a, b"{\"name\":\"podnet\"}").unwrap());
         assert!(!dir.join("10-flannel.conflist").exists());

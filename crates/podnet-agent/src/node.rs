@@ -104,7 +104,10 @@ mod tests {
         }))
         .unwrap();
         let why = missing(&n).unwrap_err();
-        assert!(why.contains("--pod-network-cidr") && why.contains("--cluster-cidr"), "{why}");
+        assert!(
+            why.contains("--pod-network-cidr") && why.contains("--cluster-cidr"),
+            "{why}"
+        );
         let n: Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "n"}, "spec": {"podCIDRs": ["10.244.3.0/24"]},
             "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.3"}]},

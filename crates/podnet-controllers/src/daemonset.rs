@@ -224,10 +224,7 @@ impl DsController {
                 .unwrap_or("RollingUpdate")
                 == "RollingUpdate";
             if rolling {
-                let desired = fits
-                    .iter()
-                    .filter(|(_, f)| **f)
-                    .count() as i32;
+                let desired = fits.iter().filter(|(_, f)| **f).count() as i32;
                 let max_unavailable = scaled(
                     spec.update_strategy
                         .as_ref()

@@ -67,9 +67,9 @@ struct Args {
     /// instead of watching the API (reloaded on SIGHUP).
     #[arg(long)]
     zone_from_file: Option<PathBuf>,
-    /// UDP worker threads (all reading the same socket); default: CPUs.
-    #[arg(long, env = "PODNET_DNS_UDP_WORKERS")]
-    udp_workers: Option<usize>,
+    /// UDP worker threads (all reading the same socket); 0: one per CPU.
+    #[arg(long, env = "PODNET_DNS_UDP_WORKERS", default_value_t = 0)]
+    udp_workers: usize,
     /// Delay between a change and the rebuild it triggers, milliseconds.
     #[arg(long, default_value_t = 5)]
     debounce_ms: u64,
@@ -132,9 +132,10 @@ async fn run(args: Args) -> Result<()> {
     let listen = Listen {
         dns: args.listen.clone(),
         http: Some(args.metrics_listen),
-        udp_workers: args
-            .udp_workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        udp_workers: match args.udp_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
     };
     let running = server::start(shared.clone(), &listen)
         .await

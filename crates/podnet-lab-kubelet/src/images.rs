@@ -141,7 +141,9 @@ mod tests {
     fn unknown_images_need_a_command() {
         let c: Container =
             serde_json::from_value(serde_json::json!({"name": "x", "image": "redis"})).unwrap();
-        assert!(matches!(resolve(&c, "a", None), Resolved::Unrunnable(r, _) if r == "ErrImagePull"));
+        assert!(
+            matches!(resolve(&c, "a", None), Resolved::Unrunnable(r, _) if r == "ErrImagePull")
+        );
         let c: Container = serde_json::from_value(
             serde_json::json!({"name": "x", "image": "redis", "command": ["sleep", "9"]}),
         )

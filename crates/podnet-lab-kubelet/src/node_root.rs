@@ -24,19 +24,38 @@ pub fn enter(root: &Path) -> anyhow::Result<()> {
     // /run/netns must already be a shared mount for pods' namespaces to
     // be seen from the host: make it so before leaving the host's view.
     podnet_kernel::netns::share_netns_dir().context("sharing /run/netns")?;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare a mount namespace")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE, None::<&str>)
-        .context("make / a slave mount")?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("unshare a mount namespace")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("make / a slave mount")?;
     for path in NODE_PATHS {
         let src = root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(&src).with_context(|| format!("mkdir {}", src.display()))?;
         // The mount point itself: the host gets an empty directory where
         // it had none (never anything in it).
         std::fs::create_dir_all(path).with_context(|| format!("mkdir {path}"))?;
-        mount(Some(&src), *path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .with_context(|| format!("bind {} on {path}", src.display()))?;
-        mount(None::<&str>, *path, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
-            .with_context(|| format!("make {path} private"))?;
+        mount(
+            Some(&src),
+            *path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind {} on {path}", src.display()))?;
+        mount(
+            None::<&str>,
+            *path,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .with_context(|| format!("make {path} private"))?;
     }
     Ok(())
 }

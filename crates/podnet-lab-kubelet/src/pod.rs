@@ -226,7 +226,12 @@ pub(super) fn new_handle(k: &Kubelet, pod: &Pod) -> PodHandle {
 fn register_containers(h: &PodHandle, state: CState) {
     let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
     let mut cs = h.containers.lock().unwrap();
-    for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
         let rt = cs.entry(c.name.clone()).or_insert_with(|| ContainerRt {
             spec: c.clone(),
             state: state.clone(),
@@ -257,7 +262,10 @@ async fn wait_for_network(k: &Kubelet, h: &PodHandle) -> bool {
                 h,
                 CState::Waiting(
                     "ContainerCreating".into(),
-                    format!("network is not ready: {}", crate::network::NOT_READY_MESSAGE),
+                    format!(
+                        "network is not ready: {}",
+                        crate::network::NOT_READY_MESSAGE
+                    ),
                 ),
             );
             report(k, h).await;
@@ -537,9 +545,9 @@ fn make_sandbox(
     let ip = match &h.netns {
         None => Some(k.args.node_ip.to_string()),
         Some(ns) => {
-            let list = k.conflist().ok_or_else(|| {
-                anyhow::anyhow!("{}", crate::network::NOT_READY_MESSAGE)
-            })?;
+            let list = k
+                .conflist()
+                .ok_or_else(|| anyhow::anyhow!("{}", crate::network::NOT_READY_MESSAGE))?;
             let result = invoker(k).add(&list, &attachment(h, ns))?;
             tracing::debug!(pod = %h.name, "CNI ADD done");
             let ip = result["ips"][0]["address"]
@@ -692,8 +700,7 @@ async fn supervise(
                 let started = now();
                 let pod = h.pod.lock().unwrap().clone();
                 let ip = h.ip.lock().unwrap().clone();
-                let env = match crate::pod_config::environment(&k, &pod, &spec, ip.as_deref())
-                    .await
+                let env = match crate::pod_config::environment(&k, &pod, &spec, ip.as_deref()).await
                 {
                     Ok(env) => env,
                     Err(e) => {
@@ -712,6 +719,13 @@ async fn supervise(
                         continue;
                     }
                 };
+                // `$(VAR)` in command and args, from the container's env.
+                let mut spec = spec.clone();
+                for list in [&mut spec.command, &mut spec.args].into_iter().flatten() {
+                    for a in list.iter_mut() {
+                        *a = crate::pod_config::expand(a, &env);
+                    }
+                }
                 let spawned = match resolve(&spec, &k.exe, k.args.podnet_bin_dir.as_deref()) {
                     Resolved::Unrunnable(reason, msg) => {
                         set_state(&h, &name, CState::Waiting(reason, msg));

@@ -127,13 +127,14 @@ fn resource(c: &Container, resource: &str, divisor: Option<&str>) -> String {
     let value = set
         .and_then(|m| m.get(which))
         .map(|q| q.0.clone())
-        .unwrap_or_else(|| {
-            if which == "cpu" { "2" } else { "8Gi" }.to_string()
-        });
+        .unwrap_or_else(|| if which == "cpu" { "2" } else { "8Gi" }.to_string());
     let n = quantity(&value);
     let d = divisor.map(quantity).filter(|d| *d > 0.0).unwrap_or(1.0);
     // Rounded up, as the kubelet does.
-    format!("{}", (n / d).ceil().max(if n > 0.0 { 1.0 } else { 0.0 }) as i64)
+    format!(
+        "{}",
+        (n / d).ceil().max(if n > 0.0 { 1.0 } else { 0.0 }) as i64
+    )
 }
 
 fn quantity(q: &str) -> f64 {
@@ -263,7 +264,11 @@ pub async fn environment(
                     .unwrap_or_else(|| c.clone()),
                 None => c.clone(),
             };
-            let v = resource(&target, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()));
+            let v = resource(
+                &target,
+                &r.resource,
+                r.divisor.as_ref().map(|d| d.0.as_str()),
+            );
             set(&mut env, e.name, v);
         }
     }
@@ -275,8 +280,9 @@ fn lossy(v: Vec<u8>) -> String {
 }
 
 /// `$(VAR)` references to earlier variables, as the kubelet expands them
-/// (`$$` escapes; an unknown reference stays as written).
-fn expand(v: &str, env: &[(String, String)]) -> String {
+/// (`$$` escapes; an unknown reference stays as written). The kubelet
+/// also expands a container's `command` and `args` with its environment.
+pub fn expand(v: &str, env: &[(String, String)]) -> String {
     let mut out = String::new();
     let mut rest = v;
     while let Some(i) = rest.find('$') {
@@ -442,8 +448,8 @@ pub async fn volumes(k: &Kubelet, pod: &Pod, dir: &Path) -> Result<Vec<Mount>, C
             let mut files = BTreeMap::new();
             for item in d.items.clone().unwrap_or_default() {
                 if let Some(f) = item.field_ref {
-                    let value = field(pod, &k.args.node_ip.to_string(), &f.field_path)
-                        .unwrap_or_default();
+                    let value =
+                        field(pod, &k.args.node_ip.to_string(), &f.field_path).unwrap_or_default();
                     files.insert(item.path, value.into_bytes());
                 }
             }
@@ -526,7 +532,9 @@ pub async fn volumes(k: &Kubelet, pod: &Pod, dir: &Path) -> Result<Vec<Mount>, C
                     read_only: true,
                 });
             }
-            Err(e) => tracing::warn!(pod = ?pod.metadata.name, error = %e.0, "no ServiceAccount token for the pod"),
+            Err(e) => {
+                tracing::warn!(pod = ?pod.metadata.name, error = %e.0, "no ServiceAccount token for the pod")
+            }
         }
     }
     Ok(mounts)
@@ -544,7 +552,10 @@ mod tests {
 
     #[test]
     fn resources_round_up_in_divisor_units() {
-        let c: Container = serde_json::from_value(json!({"name": "c", "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}})).unwrap();
+        let c: Container = serde_json::from_value(
+            json!({"name": "c", "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}}),
+        )
+        .unwrap();
         assert_eq!(resource(&c, "limits.cpu", None), "1");
         assert_eq!(resource(&c, "limits.cpu", Some("1m")), "250");
         assert_eq!(resource(&c, "limits.memory", Some("1Mi")), "64");

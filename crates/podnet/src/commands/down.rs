@@ -25,11 +25,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Removes everything of lab `name`.
 pub fn teardown(name: &str, rec: Option<&LabRecord>) {
     if let Some(rec) = rec {
-        // The daemon first: it would start the agents again.
+        // The daemon first: it would start the kubelets again.
         let pids = rec.daemon_pid.into_iter().chain(
             rec.nodes
                 .iter()
-                .filter_map(|n| lab::agents::pid(name, &n.name)),
+                .filter_map(|n| lab::kubelets::pid(name, &n.name)),
         );
         for pid in pids {
             let _ = nix::sys::signal::kill(

@@ -32,10 +32,10 @@ pub fn run(_: Args) -> anyhow::Result<()> {
         );
         for n in &rec.nodes {
             println!(
-                "  {:<24} {:<14} agent {}",
+                "  {:<24} {:<14} kubelet {}",
                 n.name,
                 n.ip,
-                if lab::alive(lab::agents::pid(&rec.name, &n.name)) {
+                if lab::alive(lab::kubelets::pid(&rec.name, &n.name)) {
                     "running"
                 } else {
                     "NOT running"

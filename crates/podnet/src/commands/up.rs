@@ -9,6 +9,16 @@ use anyhow::{Context, bail};
 
 use crate::lab::{self, Encap, LabRecord, NodeRecord, topology};
 
+/// What a lab runs, all beside `podnet`: the lab's kubelet, and podnet's
+/// own binaries, which the lab's kubelets run for the image
+/// `ghcr.io/podnet/podnet` that `deploy/` names.
+pub const LAB_BINARIES: [&str; 4] = [
+    "podnet-lab-kubelet",
+    "podnet-agent",
+    "podnet-cni",
+    "podnet-dns",
+];
+
 /// Arguments of `podnet up`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -67,10 +77,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .parent()
         .context("no directory for the podnet binary")?
         .to_path_buf();
-    for bin in ["podnet-agent", "podnet-cni", "podnet-dns"] {
+    for bin in LAB_BINARIES {
         if !exe_dir.join(bin).exists() {
             bail!(
-                "{bin} is not beside podnet in {} (build it: cargo build -p podnet -p podnet-agent -p podnet-cni -p podnet-dns)",
+                "{bin} is not beside podnet in {} (build it: cargo build -p podnet -p podnet-lab-kubelet -p podnet-agent -p podnet-cni -p podnet-dns)",
                 exe_dir.display()
             );
         }
@@ -128,14 +138,8 @@ fn bring_up(
     };
     rec.save()?;
 
-    let cni_bin = state.join("cni-bin");
-    std::fs::create_dir_all(&cni_bin)?;
-    let plugin = cni_bin.join("podnet");
-    let _ = std::fs::remove_file(&plugin);
-    std::os::unix::fs::symlink(exe_dir.join("podnet-cni"), &plugin)?;
-
     step(
-        "starting the API server, the controllers and a podnet agent (kubelet, routes, proxy, policy) per node",
+        "starting the API server, the controllers and a kubelet per node; installing podnet from deploy/",
     );
     let mut daemon = Command::new(exe_dir.join("podnet"));
     daemon
@@ -156,7 +160,6 @@ fn bring_up(
     for n in names {
         daemon.args(["--node", n]);
     }
-    daemon.arg("--dns-binary").arg(exe_dir.join("podnet-dns"));
     rec.daemon_pid = Some(spawn_detached(
         daemon,
         &state.join("logs/control-plane.log"),
@@ -191,7 +194,7 @@ fn bring_up(
         },
         Duration::from_secs(60),
     )
-    .context("nodes did not become Ready (see the agents' logs under nodes/*/agent.log)")?;
+    .context("nodes did not become Ready (kubectl -n kube-system logs ds/podnet; the kubelets' logs are nodes/*/kubelet.log)")?;
     Ok(rec)
 }
 

@@ -28,9 +28,6 @@ pub struct Args {
     /// Node names, for whom kubeconfigs are written.
     #[arg(long = "node")]
     nodes: Vec<String>,
-    /// The podnet-dns binary the cluster DNS pods run.
-    #[arg(long)]
-    dns_binary: PathBuf,
     /// The agents' encapsulation (`vxlan` or `host-gw`).
     #[arg(long)]
     encap: String,
@@ -85,129 +82,6 @@ async fn ensure_kubernetes_slice(client: &kube::Client, advertise: Ipv4Addr) -> 
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// The cluster DNS, as a real cluster runs it: Deployment `coredns` (two
-/// replicas of podnet-dns, label `k8s-app=kube-dns`) behind Service
-/// `kube-dns` at 10.96.0.10. In the lab the pods run the host's podnet-dns
-/// binary with a kubeconfig file (the lab projects no service-account
-/// tokens), and forward nothing outside the cluster domain: the lab has no
-/// upstream unless a test gives it one.
-async fn ensure_cluster_dns(
-    client: &kube::Client,
-    binary: &std::path::Path,
-    kubeconfig: &std::path::Path,
-) -> anyhow::Result<()> {
-    use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::Service;
-    let labels = serde_json::json!({"k8s-app": "kube-dns"});
-    let svc: Service = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "kube-dns", "namespace": "kube-system",
-                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "podnet-dns"}},
-        "spec": {"clusterIP": "10.96.0.10", "selector": labels, "ports": [
-            {"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"},
-            {"name": "dns-tcp", "port": 53, "targetPort": 53, "protocol": "TCP"},
-            {"name": "metrics", "port": 9153, "targetPort": 9153, "protocol": "TCP"}]},
-    }))?;
-    let deploy: Deployment = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
-        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"dnsPolicy": "Default", "priorityClassName": "system-cluster-critical",
-                "containers": [{"name": "podnet-dns", "image": "podnet/podnet-dns:0.1.0",
-                    "command": [binary.display().to_string()],
-                    "args": ["--listen=0.0.0.0:53", "--metrics-listen=0.0.0.0:9153", "--zone=cluster.local",
-                             "--ns-addr=10.96.0.10", "--no-forward", "--udp-workers=1",
-                             format!("--kubeconfig={}", kubeconfig.display())],
-                    "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
-                              {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
-                              {"name": "metrics", "containerPort": 9153, "protocol": "TCP"}],
-                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 9153},
-                                       "periodSeconds": 1, "timeoutSeconds": 1}}]}}},
-    }))?;
-    // What podnet-dns may read (the API server enforces RBAC): the same
-    // ClusterRole and binding as crates/podnet-dns/manifests/kube-dns.yaml.
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    let role: ClusterRole = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": "system:podnet-dns", "labels": {"k8s-app": "kube-dns"}},
-        "rules": [
-            {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": ["list", "watch"]},
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
-        ],
-    }))?;
-    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "system:podnet-dns", "labels": {"k8s-app": "kube-dns"}},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:podnet-dns"},
-        "subjects": [{"kind": "ServiceAccount", "name": "podnet-dns", "namespace": "kube-system"}],
-    }))?;
-    let roles: kube::Api<ClusterRole> = kube::Api::all(client.clone());
-    let bindings: kube::Api<ClusterRoleBinding> = kube::Api::all(client.clone());
-    for r in [
-        roles.create(&Default::default(), &role).await.map(drop),
-        bindings
-            .create(&Default::default(), &binding)
-            .await
-            .map(drop),
-    ] {
-        match r {
-            Ok(()) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let svcs: kube::Api<Service> = kube::Api::namespaced(client.clone(), "kube-system");
-    let deps: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), "kube-system");
-    for r in [
-        svcs.create(&Default::default(), &svc).await.map(drop),
-        deps.create(&Default::default(), &deploy).await.map(drop),
-    ] {
-        match r {
-            Ok(()) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// Restarts a node's agent when its pod is deleted, as deleting a
-/// DaemonSet's pod does on a real cluster: the old agent stops, its pod is
-/// removed, and the supervisor starts a new agent, which registers a new pod.
-async fn restart_deleted_agents(client: kube::Client, lab: String) {
-    use futures::StreamExt;
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let pods: kube::Api<Pod> = kube::Api::namespaced(client, "kube-system");
-    let cfg = watcher::Config::default().labels("k8s-app=podnet");
-    let stream = watcher(pods.clone(), cfg)
-        .default_backoff()
-        .applied_objects();
-    futures::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
-        let Ok(pod) = ev else { continue };
-        if pod.metadata.deletion_timestamp.is_none() {
-            continue;
-        }
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
-            continue;
-        };
-        tracing::info!(%node, "agent pod deleted: restarting the agent");
-        let (lab2, node2) = (lab.clone(), node.clone());
-        let _ = tokio::task::spawn_blocking(move || super::agents::restart(&lab2, &node2)).await;
-        let mut dp = kube::api::DeleteParams::default().grace_period(0);
-        dp.preconditions = Some(kube::api::Preconditions {
-            uid: pod.metadata.uid.clone(),
-            resource_version: None,
-        });
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        if let Err(e) = pods.delete(&name, &dp).await {
-            tracing::warn!(%node, error = %e, "removing the old agent pod");
-        }
     }
 }
 
@@ -271,20 +145,6 @@ async fn serve(args: Args, host_listener: std::net::TcpListener) -> anyhow::Resu
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(cfg)?;
     ensure_kubernetes_slice(&client, args.advertise).await?;
-    let dns_token = server.tokens.issue(
-        "system:serviceaccount:kube-system:podnet-dns",
-        &["system:serviceaccounts"],
-    )?;
-    let dns_kubeconfig = state.join("dns.kubeconfig");
-    podnet_apiserver::security::write_kubeconfig(
-        &dns_kubeconfig,
-        &format!("podnet-{}", args.name),
-        &in_cluster_url,
-        &server.ca_pem,
-        "podnet-dns",
-        &dns_token,
-    )?;
-    ensure_cluster_dns(&client, &args.dns_binary, &dns_kubeconfig).await?;
     let admin = client.clone();
     tokio::spawn(async move {
         let config = podnet_controllers::ControllersConfig::default();
@@ -293,20 +153,37 @@ async fn serve(args: Args, host_listener: std::net::TcpListener) -> anyhow::Resu
         }
     });
 
-    // The node agents, supervised as a DaemonSet's pods would be.
-    let agents = super::agents::AgentConfig {
+    // A kubelet per node, supervised as systemd keeps a node's kubelet.
+    let kubelets = super::kubelets::KubeletConfig {
         lab: args.name.clone(),
-        encap: args.encap.clone(),
-        proxy_mode: args.proxy_mode.clone(),
         exe_dir: std::env::current_exe()?
             .parent()
             .context("no directory for the podnet binary")?
             .to_path_buf(),
     };
     for (i, node) in args.nodes.iter().enumerate() {
-        super::agents::supervise(agents.clone(), node.clone(), i);
+        super::kubelets::supervise(kubelets.clone(), node.clone(), i);
     }
-    tokio::spawn(restart_deleted_agents(admin.clone(), args.name.clone()));
+
+    // podnet itself, installed from deploy/ as an operator installs it.
+    // The agents reach the API server at its address, not through the
+    // `kubernetes` ClusterIP: podnet is the lab's service proxy, so that
+    // address only works once the agents run (docs/install.md). The lab has
+    // no upstream resolver: names outside the cluster get REFUSED.
+    let values = std::collections::BTreeMap::from(
+        [
+            ("PODNET_API_SERVER", in_cluster_url.as_str()),
+            ("PODNET_ENCAP", args.encap.as_str()),
+            ("PODNET_PROXY_MODE", args.proxy_mode.as_str()),
+            ("PODNET_DNS_NO_FORWARD", "true"),
+            ("PODNET_DNS_UDP_WORKERS", "1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let objects = super::install::render(&values)?;
+    super::install::apply(&admin, &objects)
+        .await
+        .context("installing podnet from deploy/")?;
 
     let listener = tokio::net::TcpListener::from_std(host_listener)?;
     std::fs::write(state.join("ready"), b"")?;

@@ -3,8 +3,9 @@
 //! `<lab>-underlay`, `<lab>-pod-*`) and recorded under its state directory,
 //! so `down` (or the next `up`) can remove all of it, even after `kill -9`.
 
-pub mod agents;
 pub mod daemon;
+pub mod install;
+pub mod kubelets;
 pub mod topology;
 
 use std::net::Ipv4Addr;
