@@ -199,7 +199,7 @@ fn scenario(encap: &str) {
 
     // The seed's admin tip: the CNI pods in kube-system and their logs.
     let system = lab.kubectl(&["get", "pods", "-n", "kube-system"]);
-    let agent_pod = format!("podnet-{client_node}");
+    let agent_pod = lab.agent_pod(&client_node);
     assert!(system.contains(&agent_pod), "{system}");
     let agent_log = lab.kubectl(&["logs", "-n", "kube-system", &agent_pod]);
     assert!(agent_log.contains("podnet agent starting"), "{agent_log}");
@@ -276,11 +276,7 @@ fn scenario(encap: &str) {
         !pod_namespaces(&lab.name).contains(&sandbox),
         "the sandbox outlived the pod"
     );
-    let state = std::fs::read_to_string(format!(
-        "/var/lib/podnet/{}/nodes/{server_node}/ipam/podnet/state.json",
-        lab.name
-    ))
-    .unwrap();
+    let state = std::fs::read_to_string(lab.ipam_state(&server_node)).unwrap();
     let state: serde_json::Value = serde_json::from_str(&state).unwrap();
     let held: Vec<&str> = state["allocations"]
         .as_array()

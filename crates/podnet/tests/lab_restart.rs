@@ -1,5 +1,5 @@
 //! Restarting podnet's agents, as an operator does with
-//! `kubectl delete pod -n kube-system -l k8s-app=podnet`: pods keep
+//! `kubectl -n kube-system rollout restart ds/podnet`: pods keep
 //! running (same processes, addresses, restart counts), an established
 //! connection through a Service keeps working, a pod under a deny-all
 //! policy is never reached while the agents are away, and the agents
@@ -259,8 +259,9 @@ fn restart_keeps_everything(mode: &str) {
     let before_agents = agent_pod_uids(&lab);
     assert_eq!(before_agents.len(), 3, "three agents");
 
-    // Restart every agent, as an operator restarts a DaemonSet.
-    lab.kubectl(&["delete", "pod", "-n", "kube-system", "-l", "k8s-app=podnet"]);
+    // Restart every agent, as an operator restarts a DaemonSet: one node
+    // at a time (maxUnavailable 1), each pod replaced by a new one.
+    lab.kubectl(&["-n", "kube-system", "rollout", "restart", "ds/podnet"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = agent_pod_uids(&lab);
@@ -331,12 +332,13 @@ fn restarting_the_agents_keeps_pods_connections_isolation_and_the_iptables_rules
     restart_keeps_everything("iptables");
 }
 
-/// Every agent killed (SIGKILL) while a burst of pods is starting: once the
-/// supervisor has started them again, every pod runs exactly once (no
-/// second container for a run the old agent started but never recorded, no
-/// pod stuck on a half-made sandbox), with no namespace or address left over.
+/// Every kubelet killed (SIGKILL) while a burst of pods is starting: once
+/// the supervisor has started them again, every pod runs exactly once (no
+/// second container for a run the old kubelet started but never recorded,
+/// no pod stuck on a half-made sandbox), with no namespace or address left
+/// over.
 #[test]
-fn agents_killed_in_the_middle_of_a_burst_leave_every_pod_running_once() {
+fn kubelets_killed_in_the_middle_of_a_burst_leave_every_pod_running_once() {
     let lab = Lab::up("rsk", "vxlan");
     lab.kubectl(&[
         "create",
@@ -352,7 +354,7 @@ fn agents_killed_in_the_middle_of_a_burst_leave_every_pod_running_once() {
     std::thread::sleep(Duration::from_millis(250));
     let nodes = ["control-plane", "worker", "worker2"].map(|n| format!("{}-{n}", lab.name));
     for node in &nodes {
-        kill9(lab.agent_pid(node));
+        kill9(lab.kubelet_pid(node));
     }
     lab.wait_ready("app=burst");
     // Settle: nothing more may start once all are Ready.
@@ -396,14 +398,8 @@ fn agents_killed_in_the_middle_of_a_burst_leave_every_pod_running_once() {
     assert_eq!(netns, with_netns, "one namespace per pod");
     let mut allocated = 0;
     for node in &nodes {
-        let state: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(format!(
-                "/var/lib/podnet/{}/nodes/{node}/ipam/podnet/state.json",
-                lab.name
-            ))
-            .unwrap(),
-        )
-        .unwrap();
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(lab.ipam_state(node)).unwrap()).unwrap();
         allocated += state["allocations"].as_array().unwrap().len();
     }
     assert_eq!(allocated, with_netns, "one address per pod");
@@ -411,18 +407,18 @@ fn agents_killed_in_the_middle_of_a_burst_leave_every_pod_running_once() {
 }
 
 /// Every node's launcher killed (SIGKILL): pods still start, each helper
-/// exec'd by the agent instead, and each agent's log says why.
+/// exec'd by the kubelet instead, and each kubelet's log says why.
 #[test]
 fn pods_start_after_the_launchers_are_killed() {
     let lab = Lab::up("rsl", "host-gw");
     let nodes = ["control-plane", "worker", "worker2"].map(|n| format!("{}-{n}", lab.name));
-    // The launchers are the agents' children named on their command line.
+    // The launchers are the kubelets' children named on their command line.
     let mut killed = 0;
     for node in &nodes {
         let found = Command::new("pgrep")
             .args([
                 "-P",
-                &lab.agent_pid(node).to_string(),
+                &lab.kubelet_pid(node).to_string(),
                 "-f",
                 "^[^ ]+ launcher ",
             ])
@@ -433,7 +429,7 @@ fn pods_start_after_the_launchers_are_killed() {
             killed += 1;
         }
     }
-    assert_eq!(killed, 3, "one launcher per agent");
+    assert_eq!(killed, 3, "one launcher per kubelet");
     lab.kubectl(&[
         "create",
         "deployment",
@@ -451,13 +447,13 @@ fn pods_start_after_the_launchers_are_killed() {
         .collect();
     for node in &on {
         let log = std::fs::read_to_string(format!(
-            "/var/lib/podnet/{}/nodes/{node}/agent.log",
+            "/var/lib/podnet/{}/nodes/{node}/kubelet.log",
             lab.name
         ))
         .unwrap();
         assert!(
             log.contains("the launcher is gone"),
-            "{node}'s agent did not say why it execs"
+            "{node}'s kubelet did not say why it execs"
         );
     }
 }

@@ -397,7 +397,7 @@ fn churn(lab: &Lab) {
 /// connections to Ready endpoints only and stop sending any to
 /// terminating ones.
 fn grow_deployment() -> String {
-    let agent = podnet().with_file_name("podnet-agent");
+    let kubelet = podnet().with_file_name("podnet-lab-kubelet");
     format!(
         r#"
 apiVersion: apps/v1
@@ -416,7 +416,7 @@ spec:
       containers:
       - name: web
         image: busybox
-        command: ["sh", "-c", "trap '' TERM; exec {agent} image agnhost netexec --http-port=8080"]
+        command: ["sh", "-c", "trap '' TERM; exec {kubelet} image agnhost netexec --http-port=8080"]
         readinessProbe:
           httpGet: {{path: /hostname, port: 8080}}
           periodSeconds: 1
@@ -431,7 +431,7 @@ spec:
   - port: 80
     targetPort: 8080
 "#,
-        agent = agent.display()
+        kubelet = kubelet.display()
     )
 }
 

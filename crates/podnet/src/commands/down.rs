@@ -40,6 +40,9 @@ pub fn teardown(name: &str, rec: Option<&LabRecord>) {
     }
     topology::destroy(name);
     let _ = std::fs::remove_dir_all(lab::state_dir(name));
+    if let Some(rec) = rec {
+        lab::remove_mount_points(name, &rec.mount_points);
+    }
     if rec.is_some_and(|r| r.kubeconfig == lab::state_dir(name).join("kubeconfig")) {
         let ctx = format!("podnet-{name}");
         for what in ["delete-context", "delete-cluster", "delete-user"] {

@@ -135,6 +135,7 @@ fn bring_up(
         daemon_pid: None,
         nodes,
         kubeconfig: kubeconfig.clone(),
+        mount_points: lab::make_mount_points()?,
     };
     rec.save()?;
 

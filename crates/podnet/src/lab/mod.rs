@@ -60,6 +60,12 @@ pub struct LabRecord {
     pub nodes: Vec<NodeRecord>,
     /// The kubeconfig written for the user.
     pub kubeconfig: PathBuf,
+    /// Empty directories `up` made on the host as mount points for the
+    /// nodes' own `/etc/cni/net.d`, `/opt/cni/bin`, `/var/lib/cni` (a
+    /// bind needs a directory to land on); `down` removes them again when
+    /// no other lab is left and they are still empty.
+    #[serde(default)]
+    pub mount_points: Vec<PathBuf>,
 }
 
 /// The lab's state directory.
@@ -107,4 +113,44 @@ impl LabRecord {
 /// Whether a pid is alive.
 pub fn alive(pid: Option<i32>) -> bool {
     pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+}
+
+/// The host paths the lab's kubelets bind each node's own directories on.
+pub const NODE_PATHS: [&str; 3] = ["/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni"];
+
+/// Makes the missing mount points of [`NODE_PATHS`] (and their missing
+/// parents), returning every directory made, deepest last.
+pub fn make_mount_points() -> anyhow::Result<Vec<PathBuf>> {
+    let mut made = Vec::new();
+    for path in NODE_PATHS {
+        let mut missing: Vec<PathBuf> = std::path::Path::new(path)
+            .ancestors()
+            .take_while(|p| !p.exists())
+            .map(PathBuf::from)
+            .collect();
+        missing.reverse();
+        for dir in missing {
+            std::fs::create_dir(&dir)
+                .map_err(|e| anyhow::anyhow!("mkdir {}: {e}", dir.display()))?;
+            made.push(dir);
+        }
+    }
+    Ok(made)
+}
+
+/// Removes the mount points a lab made, deepest first, each only if it is
+/// empty, and only when no other lab is recorded (another lab's kubelets
+/// may have their nodes' directories bound there).
+pub fn remove_mount_points(lab: &str, made: &[PathBuf]) {
+    let others = std::fs::read_dir(STATE_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name() != lab && e.path().join("lab.json").exists());
+    if others {
+        return;
+    }
+    for dir in made.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }

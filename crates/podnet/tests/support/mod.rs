@@ -18,18 +18,24 @@ static BUILD: Once = Once::new();
 /// for a 2-core machine.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// The podnet binary, with its siblings (agent, CNI plugin). `cargo test
+/// The podnet binary, with its siblings (the lab's kubelet, the agent,
+/// the CNI plugin, the DNS server). `cargo test
 /// --workspace` builds them all (their packages have integration tests);
 /// when one is missing (`cargo test -p podnet`), it is built here.
 pub fn podnet() -> PathBuf {
     let podnet = PathBuf::from(env!("CARGO_BIN_EXE_podnet"));
     BUILD.call_once(|| {
-        let missing = ["podnet-agent", "podnet-cni"]
-            .iter()
-            .any(|b| !podnet.with_file_name(b).exists());
+        let bins = [
+            "podnet-lab-kubelet",
+            "podnet-agent",
+            "podnet-cni",
+            "podnet-dns",
+        ];
+        let missing = bins.iter().any(|b| !podnet.with_file_name(b).exists());
         if missing {
             let out = Command::new(env!("CARGO"))
-                .args(["build", "-q", "-p", "podnet-agent", "-p", "podnet-cni"])
+                .args(["build", "-q"])
+                .args(bins.iter().flat_map(|b| ["-p", b]))
                 .status()
                 .expect("run cargo build");
             assert!(out.success(), "building the lab's binaries failed");
@@ -237,14 +243,41 @@ impl Lab {
             .collect()
     }
 
-    /// The pid of node `node`'s agent (its supervisor's record).
-    pub fn agent_pid(&self, node: &str) -> i32 {
-        let path = format!("/var/lib/podnet/{}/nodes/{node}/agent.pid", self.name);
+    /// The pid of node `node`'s kubelet (its supervisor's record).
+    pub fn kubelet_pid(&self, node: &str) -> i32 {
+        let path = format!("/var/lib/podnet/{}/nodes/{node}/kubelet.pid", self.name);
         std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{path}: {e}"))
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// The name of the podnet DaemonSet's pod on `node`.
+    pub fn agent_pod(&self, node: &str) -> String {
+        let name = self.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "kube-system",
+            "-l",
+            "k8s-app=podnet",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ]);
+        assert!(!name.is_empty(), "no podnet agent pod on {node}");
+        name
+    }
+
+    /// The file where node `node`'s IPAM keeps its allocations (in the
+    /// node's own root, under the conflist's `dataDir`).
+    pub fn ipam_state(&self, node: &str) -> PathBuf {
+        PathBuf::from(format!(
+            "/var/lib/podnet/{}/nodes/{node}/root/var/lib/cni/podnet/{node}/podnet/state.json",
+            self.name
+        ))
     }
 
     /// `podnet down`.
