@@ -802,27 +802,25 @@ fn upstream_inside_the_lab_and_cache(lab: &Lab) {
     );
     lab.wait_ready("run=upstream");
     let up_ip = lab.pod_ip_node("upstream").0;
-    let deploy = lab.get_json(&["deployment", "-n", "kube-system", "coredns"]);
-    let args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .filter(|a| a != "--no-forward")
-        .chain([format!("--upstream={up_ip}")])
-        .collect();
-    let patch = serde_json::json!([{
-        "op": "replace", "path": "/spec/template/spec/containers/0/args", "value": args,
-    }]);
+    // As deploy/config.yaml says: change podnet-config, then restart.
+    let patch = serde_json::json!({"data": {
+        "PODNET_DNS_NO_FORWARD": "false", "PODNET_DNS_UPSTREAM": up_ip,
+    }});
     lab.kubectl(&[
         "patch",
-        "deployment",
+        "configmap",
         "-n",
         "kube-system",
-        "coredns",
-        "--type=json",
+        "podnet-config",
         "-p",
         &patch.to_string(),
+    ]);
+    lab.kubectl(&[
+        "rollout",
+        "restart",
+        "-n",
+        "kube-system",
+        "deployment/coredns",
     ]);
     lab.kubectl(&[
         "rollout",
