@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPS=${REPS:-5}
 KUBECTL=${KUBECTL:-/usr/lib/google-cloud-sdk/bin/kubectl.1.33}
-cargo build -q --release -p podnet -p podnet-agent -p podnet-cni -p podnet-dns
+cargo build -q --release -p podnet -p podnet-lab-kubelet -p podnet-agent -p podnet-cni -p podnet-dns
 PODNET=${CARGO_TARGET_DIR:-target}/release/podnet
 LAB=bdns
 KC=/tmp/podnet-$LAB.kubeconfig
