@@ -54,6 +54,10 @@ pub struct ControllersConfig {
     /// How often every controller looks again with no change seen (catches
     /// time-based conditions such as minReadySeconds).
     pub resync: Duration,
+    /// Whether node IPAM assigns pod CIDRs (kube-controller-manager's
+    /// `--allocate-node-cidrs`); off, nodes keep the CIDRs someone else
+    /// sets, or none.
+    pub allocate_node_cidrs: bool,
 }
 
 impl Default for ControllersConfig {
@@ -63,6 +67,7 @@ impl Default for ControllersConfig {
             node_mask_v4: 24,
             node_mask_v6: 64,
             resync: Duration::from_secs(5),
+            allocate_node_cidrs: true,
         }
     }
 }
@@ -94,7 +99,9 @@ pub async fn run(client: kube::Client, config: ControllersConfig) -> Result<(), 
     // One task per controller, so they use every core; the set aborts them
     // all when this future is dropped.
     let mut set = tokio::task::JoinSet::new();
-    set.spawn(node_ipam::run_with(caches.clone(), ipam, config.resync));
+    if config.allocate_node_cidrs {
+        set.spawn(node_ipam::run_with(caches.clone(), ipam, config.resync));
+    }
     set.spawn(scheduler::run_with(caches.clone(), config.resync));
     set.spawn(deployment::run_with(caches.clone(), config.resync));
     set.spawn(replicaset::run_with(caches.clone(), config.resync));

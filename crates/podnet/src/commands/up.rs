@@ -38,6 +38,12 @@ pub struct Args {
     /// `iptables` (kube-proxy's KUBE-* chains, for `iptables -t nat -L`).
     #[arg(long, value_parser = ["nftables", "iptables"], default_value = "nftables")]
     pub proxy_mode: String,
+    /// Whether the control plane gives nodes their pod CIDRs
+    /// (kube-controller-manager's `--allocate-node-cidrs`). With `false`
+    /// the nodes stay NotReady until each gets `spec.podCIDRs` by hand
+    /// (`kubectl patch node`), and `up` does not wait for them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub allocate_node_cidrs: bool,
 }
 
 fn step(msg: &str) {
@@ -157,7 +163,11 @@ fn bring_up(
             args.encap.as_str(),
             "--proxy-mode",
             &args.proxy_mode,
-        ]);
+        ])
+        .arg(format!(
+            "--allocate-node-cidrs={}",
+            args.allocate_node_cidrs
+        ));
     for n in names {
         daemon.args(["--node", n]);
     }
@@ -177,6 +187,10 @@ fn bring_up(
         merge_kubeconfig(&lab_config, &format!("podnet-{}", args.name))?;
     }
 
+    if !args.allocate_node_cidrs {
+        step("not waiting for the nodes: they get no pod CIDR until you give them one");
+        return Ok(rec);
+    }
     step("waiting for the nodes to be Ready");
     let kc = lab_config.display().to_string();
     wait_for(

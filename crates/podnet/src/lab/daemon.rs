@@ -34,6 +34,9 @@ pub struct Args {
     /// The agents' proxy backend.
     #[arg(long)]
     proxy_mode: String,
+    /// Whether node IPAM gives nodes their pod CIDRs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    allocate_node_cidrs: bool,
 }
 
 /// The API server's port inside the control-plane node.
@@ -146,8 +149,12 @@ async fn serve(args: Args, host_listener: std::net::TcpListener) -> anyhow::Resu
     let client = kube::Client::try_from(cfg)?;
     ensure_kubernetes_slice(&client, args.advertise).await?;
     let admin = client.clone();
+    let allocate_node_cidrs = args.allocate_node_cidrs;
     tokio::spawn(async move {
-        let config = podnet_controllers::ControllersConfig::default();
+        let config = podnet_controllers::ControllersConfig {
+            allocate_node_cidrs,
+            ..Default::default()
+        };
         if let Err(e) = podnet_controllers::run(client, config).await {
             tracing::error!(error = %e, "controllers stopped");
         }
