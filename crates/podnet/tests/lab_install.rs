@@ -155,12 +155,9 @@ fn a_removed_conflist_comes_back_and_the_node_goes_not_ready_then_ready() {
     ));
     assert!(conflist.exists(), "{} missing", conflist.display());
     let agent = lab.agent_pod(&node);
-    let template =
-        r#"{range .status.conditions[?(@.type=="Ready")]}{.status} {.message}{"\n"}{end}"#;
     let mut watch = Command::new(support::KUBECTL)
         .args(["--kubeconfig", lab.kubeconfig.to_str().unwrap()])
-        .args(["get", "node", &node, "-w", "-o"])
-        .arg(format!("jsonpath={template}"))
+        .args(["get", "node", &node, "-w", "-o", "json"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -182,7 +179,24 @@ fn a_removed_conflist_comes_back_and_the_node_goes_not_ready_then_ready() {
     std::thread::sleep(Duration::from_millis(500));
     let _ = watch.kill();
     let out = watch.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Each event's Ready condition, "<status> <message>".
+    let seen: Vec<String> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<serde_json::Value>()
+        .filter_map(Result::ok)
+        .filter_map(|n| {
+            let c = n["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?
+                .clone();
+            Some(format!(
+                "{} {}",
+                c["status"].as_str()?,
+                c["message"].as_str().unwrap_or_default()
+            ))
+        })
+        .collect();
+    let seen = seen.join("\n");
     let not_ready = seen
         .lines()
         .position(|l| {
@@ -266,8 +280,16 @@ fn node_inventory(lab: &Lab, node: &str) -> Vec<String> {
     for l in in_ns(&["ip", "-4", "route", "show", "table", "all"]).lines() {
         v.push(format!("route {l}"));
     }
+    // iptables-nft keeps its rules in nft tables of its own (`ip filter`,
+    // `ip nat`, ...), which stay once made, as with any user of iptables;
+    // their contents are checked through iptables-save below.
     for l in in_ns(&["nft", "list", "tables"]).lines() {
-        v.push(format!("nft {l}"));
+        let iptables_own = ["filter", "nat", "mangle", "raw", "security"]
+            .iter()
+            .any(|t| l == format!("table ip {t}") || l == format!("table ip6 {t}"));
+        if !iptables_own {
+            v.push(format!("nft {l}"));
+        }
     }
     for l in in_ns(&["iptables-save"]).lines() {
         if l.starts_with(':')

@@ -210,6 +210,29 @@ fn bring_up(
         Duration::from_secs(60),
     )
     .context("nodes did not become Ready (kubectl -n kube-system logs ds/podnet; the kubelets' logs are nodes/*/kubelet.log)")?;
+    step("waiting for the cluster DNS");
+    wait_for(
+        || {
+            Command::new(kubectl())
+                .args([
+                    "--kubeconfig",
+                    &kc,
+                    "get",
+                    "endpointslices",
+                    "-n",
+                    "kube-system",
+                ])
+                .args(["-l", "kubernetes.io/service-name=kube-dns", "-o"])
+                .arg("jsonpath={.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}")
+                .output()
+                .map(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+                .unwrap_or(false)
+        },
+        Duration::from_secs(60),
+    )
+    .context(
+        "the cluster DNS did not become ready (kubectl -n kube-system describe deploy/coredns)",
+    )?;
     Ok(rec)
 }
 
