@@ -667,12 +667,11 @@ async fn supervise(
             .is_some_and(|ics| ics.iter().any(|c| c.name == name));
         // An init container runs to success: it is restarted on failure
         // unless the pod's policy is Never, never after success.
-        let policy = match (init, policy.as_str()) {
+        match (init, policy.as_str()) {
             (true, "Never") => "Never".to_string(),
             (true, _) => "OnFailure".to_string(),
             _ => policy,
-        };
-        policy
+        }
     };
     let mut backoff = Duration::from_secs(1);
     let mut stop = h.stop.subscribe();

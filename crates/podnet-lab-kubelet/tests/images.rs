@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use podnet_kernel::netns::NetNs;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_podnet-agent");
+const KUBELET: &str = env!("CARGO_BIN_EXE_podnet-lab-kubelet");
 
 struct Killed(Child);
 
@@ -41,7 +41,7 @@ fn agnhost_netexec_and_nginx_answer() {
     podnet_kernel::netns::sweep_stale("pnimg");
     let ns = NetNs::unique("pnimg").unwrap();
     let _netexec = Killed(
-        ns.command(AGENT)
+        ns.command(KUBELET)
             .args([
                 "image",
                 "agnhost",
@@ -54,7 +54,7 @@ fn agnhost_netexec_and_nginx_answer() {
             .unwrap(),
     );
     let _nginx = Killed(
-        ns.command(AGENT)
+        ns.command(KUBELET)
             .args(["image", "nginx"])
             .stdout(Stdio::null())
             .spawn()
@@ -78,7 +78,7 @@ fn agnhost_netexec_and_nginx_answer() {
 
 #[test]
 fn unknown_built_in_image_is_refused() {
-    let out = std::process::Command::new(AGENT)
+    let out = std::process::Command::new(KUBELET)
         .args(["image", "redis"])
         .output()
         .unwrap();
