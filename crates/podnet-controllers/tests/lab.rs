@@ -457,11 +457,19 @@ async fn deployment_replicaset_pods_scale_replace_roll_and_delete() -> Result<()
             && c.reason.as_deref() == Some("NewReplicaSetAvailable")),
         "{conds:?}"
     );
-    let table = lab.kubectl(&["get", "deploy", "web", "--no-headers"])?;
-    assert!(
-        table.split_whitespace().take(4).collect::<Vec<_>>() == ["web", "3/3", "3", "3"],
-        "{table}"
-    );
+    // The surplus pod of the adoption above may still be counted by a
+    // ReplicaSet status written a moment earlier: wait for the columns.
+    eventually("kubectl's deployment columns", || async {
+        let table = lab.kubectl(&["get", "deploy", "web", "--no-headers"])?;
+        Ok(
+            if table.split_whitespace().take(4).collect::<Vec<_>>() == ["web", "3/3", "3", "3"] {
+                Ok(())
+            } else {
+                Err(table)
+            },
+        )
+    })
+    .await?;
 
     // Scale up, replace a deleted pod, scale to zero and back.
     scale(&lab, "web", 5).await?;
