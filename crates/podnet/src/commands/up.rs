@@ -70,8 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             print_usage(&rec);
             return Ok(());
         }
-        step("a previous run of this lab died; cleaning it up");
-        super::down::teardown(&args.name, Some(&rec));
+        return resume(rec);
     } else {
         super::down::teardown(&args.name, None);
     }
@@ -134,6 +133,7 @@ fn bring_up(
         .kubeconfig
         .clone()
         .unwrap_or_else(|| state.join("kubeconfig"));
+    std::fs::create_dir_all(state.join("logs"))?;
     let mut rec = LabRecord {
         name: args.name.clone(),
         encap: args.encap,
@@ -142,16 +142,76 @@ fn bring_up(
         nodes,
         kubeconfig: kubeconfig.clone(),
         mount_points: lab::make_mount_points()?,
+        proxy_mode: args.proxy_mode.clone(),
+        allocate_node_cidrs: args.allocate_node_cidrs,
     };
     rec.save()?;
 
+    start_control_plane(&mut rec, exe_dir, args.kubeconfig.is_some())?;
+    Ok(rec)
+}
+
+/// `up` on a lab whose control plane died (killed, or the host rebooted):
+/// the same cluster again, from its store. Node namespaces that are gone
+/// (a reboot) are made again; kubelets still running are adopted, the
+/// others start and take their pods back from their checkpoints (or make
+/// them again); the API server reopens its store, so every object, every
+/// resourceVersion and the watch history are what they were.
+fn resume(mut rec: LabRecord) -> anyhow::Result<()> {
+    let started = Instant::now();
+    step("the lab's control plane is not running; resuming the cluster from its store");
+    let exe_dir = exe_dir()?;
+    if !Path::new("/run/netns")
+        .join(topology::underlay(&rec.name))
+        .exists()
+    {
+        topology::create_underlay(&rec.name)?;
+    }
+    let big = (rec.encap == lab::Encap::HostGw).then_some(topology::BIG_TCP_SIZE);
+    for (i, n) in rec.nodes.clone().iter().enumerate() {
+        if !Path::new("/run/netns").join(&n.name).exists() {
+            step(&format!("making node {} again", n.name));
+            topology::create_node(&rec.name, i, &n.name, big)?;
+        }
+    }
+    rec.mount_points.extend(lab::make_mount_points()?);
+    let own_kubeconfig = rec.kubeconfig != lab::state_dir(&rec.name).join("kubeconfig");
+    start_control_plane(&mut rec, &exe_dir, own_kubeconfig)?;
+    println!(
+        "Lab {:?} is up again: {} nodes, in {:.1}s.",
+        rec.name,
+        rec.nodes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    print_usage(&rec);
+    Ok(())
+}
+
+/// Where `podnet` and its sibling binaries are.
+fn exe_dir() -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("no directory for the podnet binary")?
+        .to_path_buf())
+}
+
+/// Starts the control-plane daemon for `rec` and waits until the nodes are
+/// Ready and the cluster DNS has a ready endpoint.
+fn start_control_plane(
+    rec: &mut LabRecord,
+    exe_dir: &Path,
+    own_kubeconfig: bool,
+) -> anyhow::Result<()> {
+    let state = lab::state_dir(&rec.name);
+    let names: Vec<String> = rec.nodes.iter().map(|n| n.name.clone()).collect();
+    let _ = std::fs::remove_file(state.join("ready"));
     step(
         "starting the API server, the controllers and a kubelet per node; installing podnet from deploy/",
     );
     let mut daemon = Command::new(exe_dir.join("podnet"));
     daemon
         .arg("lab-daemon")
-        .args(["--name", &args.name, "--api-port", &api_port.to_string()])
+        .args(["--name", &rec.name, "--api-port", &rec.api_port.to_string()])
         .args([
             "--netns",
             &names[0],
@@ -160,15 +220,12 @@ fn bring_up(
         ])
         .args([
             "--encap",
-            args.encap.as_str(),
+            rec.encap.as_str(),
             "--proxy-mode",
-            &args.proxy_mode,
+            &rec.proxy_mode,
         ])
-        .arg(format!(
-            "--allocate-node-cidrs={}",
-            args.allocate_node_cidrs
-        ));
-    for n in names {
+        .arg(format!("--allocate-node-cidrs={}", rec.allocate_node_cidrs));
+    for n in &names {
         daemon.args(["--node", n]);
     }
     rec.daemon_pid = Some(spawn_detached(
@@ -181,15 +238,15 @@ fn bring_up(
 
     step("writing the kubeconfig");
     let lab_config = state.join("kubeconfig");
-    if args.kubeconfig.is_some() {
-        std::fs::copy(&lab_config, &kubeconfig)?;
+    if own_kubeconfig {
+        std::fs::copy(&lab_config, &rec.kubeconfig)?;
     } else {
-        merge_kubeconfig(&lab_config, &format!("podnet-{}", args.name))?;
+        merge_kubeconfig(&lab_config, &format!("podnet-{}", rec.name))?;
     }
 
-    if !args.allocate_node_cidrs {
+    if !rec.allocate_node_cidrs {
         step("not waiting for the nodes: they get no pod CIDR until you give them one");
-        return Ok(rec);
+        return Ok(());
     }
     step("waiting for the nodes to be Ready");
     let kc = lab_config.display().to_string();
@@ -233,7 +290,7 @@ fn bring_up(
     .context(
         "the cluster DNS did not become ready (kubectl -n kube-system describe deploy/coredns)",
     )?;
-    Ok(rec)
+    Ok(())
 }
 
 /// The kubectl to use for merging kubeconfigs and waiting.

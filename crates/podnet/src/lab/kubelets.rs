@@ -88,10 +88,36 @@ fn command(cfg: &KubeletConfig, node: &str, i: usize) -> anyhow::Result<(Command
     Ok((kubelet, ns))
 }
 
+/// Whether `pid` is node `node`'s kubelet of lab `lab` (a recorded pid may
+/// have been reused by anything after a reboot).
+fn is_kubelet(pid: i32, lab: &str, node: &str) -> bool {
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+    let has = |flag: &str, value: &str| {
+        args.windows(2)
+            .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
+    };
+    args.first()
+        .is_some_and(|a| a.ends_with(b"podnet-lab-kubelet"))
+        && has("--node", node)
+        && has("--lab", lab)
+}
+
 /// Runs node `i`'s kubelet for as long as this process lives: started
 /// again one second after it exits, as systemd restarts a node's kubelet.
+/// A kubelet still running from before (this daemon was killed and started
+/// again) is adopted: watched until it exits, not started twice.
 pub fn supervise(cfg: KubeletConfig, node: String, i: usize) {
     std::thread::spawn(move || {
+        if let Some(old) = pid(&cfg.lab, &node).filter(|p| is_kubelet(*p, &cfg.lab, &node)) {
+            tracing::info!(%node, pid = old, "kubelet still running: adopted");
+            while is_kubelet(old, &cfg.lab, &node) {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            tracing::warn!(%node, "adopted kubelet exited; starting it again");
+        }
         loop {
             match command(&cfg, &node, i).and_then(|(mut c, _ns)| {
                 c.spawn()

@@ -66,6 +66,20 @@ pub struct LabRecord {
     /// no other lab is left and they are still empty.
     #[serde(default)]
     pub mount_points: Vec<PathBuf>,
+    /// The agents' proxy mode (`up --proxy-mode`), for a resumed lab.
+    #[serde(default = "default_proxy_mode")]
+    pub proxy_mode: String,
+    /// Whether node IPAM assigns pod CIDRs (`up --allocate-node-cidrs`).
+    #[serde(default = "yes")]
+    pub allocate_node_cidrs: bool,
+}
+
+fn default_proxy_mode() -> String {
+    "nftables".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The lab's state directory.
@@ -110,9 +124,16 @@ impl LabRecord {
     }
 }
 
-/// Whether a pid is alive.
+/// Whether a pid is alive: it exists and is not a zombie (where PID 1 does
+/// not reap, a killed daemon stays a zombie).
 pub fn alive(pid: Option<i32>) -> bool {
-    pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+    pid.is_some_and(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+            // "<pid> (<comm>) <state> ...": comm may hold spaces.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        })
+    })
 }
 
 /// The host paths the lab's kubelets bind each node's own directories on.
