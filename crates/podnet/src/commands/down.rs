@@ -38,6 +38,7 @@ pub fn teardown(name: &str, rec: Option<&LabRecord>) {
             );
         }
     }
+    lab::cgroup::kill_all(name);
     topology::destroy(name);
     let _ = std::fs::remove_dir_all(lab::state_dir(name));
     if let Some(rec) = rec {

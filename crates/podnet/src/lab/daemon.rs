@@ -59,6 +59,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // Into the lab's cgroup before any thread or child: every process of
+    // the lab descends from this one, so `down` finds them all there.
+    super::cgroup::join(&args.name).context("joining the lab's cgroup")?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

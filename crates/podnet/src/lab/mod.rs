@@ -3,6 +3,7 @@
 //! `<lab>-underlay`, `<lab>-pod-*`) and recorded under its state directory,
 //! so `down` (or the next `up`) can remove all of it, even after `kill -9`.
 
+pub mod cgroup;
 pub mod daemon;
 pub mod install;
 pub mod kubelets;

@@ -341,6 +341,12 @@ pub fn host_traces(lab: &str) -> Vec<String> {
     for m in mounts.lines().filter(|m| m.contains(lab)) {
         out.push(format!("mount {m}"));
     }
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let cg = format!("{root}/podnet-{lab}");
+        if std::path::Path::new(&cg).exists() {
+            out.push(format!("cgroup {cg}"));
+        }
+    }
     if std::path::Path::new(&format!("/var/lib/podnet/{lab}")).exists() {
         out.push(format!("dir /var/lib/podnet/{lab}"));
     }
