@@ -160,6 +160,10 @@ fn main() -> anyhow::Result<()> {
             // shim and CNI plugin it starts inherits.
             if let Some(root) = &cli.kubelet.node_root {
                 node_root::enter(root)?;
+                // A node's hostname is its name (hostNetwork pods see it,
+                // as on a kind node); the host's stays as it is.
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)?;
+                nix::unistd::sethostname(&cli.kubelet.node)?;
             }
             // From the main thread, which lives as long as the kubelet.
             // PODNET_LAUNCHER=exec: exec each helper instead (to compare,

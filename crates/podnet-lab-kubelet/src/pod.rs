@@ -408,7 +408,7 @@ fn start_sandbox_process(argv: &[String]) -> anyhow::Result<i32> {
 fn pod_files(h: &PodHandle, ip: Option<&str>) -> anyhow::Result<()> {
     let pod = h.pod.lock().unwrap().clone();
     let spec = pod.spec.clone().unwrap_or_default();
-    let hostname = spec.hostname.clone().unwrap_or_else(|| h.name.clone());
+    let hostname = hostname_of(&spec, &h.name);
     let mut hosts = String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::1\tip6-mcastprefix\n",
     );
@@ -522,7 +522,7 @@ fn make_sandbox(
         podnet_kernel::netns::add_named(ns)?;
     }
     tracing::debug!(pod = %h.name, "network namespace made");
-    let hostname = spec.hostname.clone().unwrap_or_else(|| h.name.clone());
+    let hostname = hostname_of(&spec, &h.name);
     let mut argv = vec![
         k.exe.clone(),
         "sandbox".into(),
@@ -1138,13 +1138,19 @@ fn spawn_container(
 }
 
 fn spec_hostname(h: &PodHandle) -> String {
-    h.pod
-        .lock()
-        .unwrap()
-        .spec
-        .as_ref()
-        .and_then(|s| s.hostname.clone())
-        .unwrap_or_else(|| h.name.clone())
+    let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
+    hostname_of(&spec, &h.name)
+}
+
+/// A pod's hostname, as the kubelet sets it: a hostNetwork pod shares the
+/// node's (its name); others have `spec.hostname`, else the pod's name.
+fn hostname_of(spec: &k8s_openapi::api::core::v1::PodSpec, pod: &str) -> String {
+    if spec.host_network == Some(true)
+        && let Some(node) = &spec.node_name
+    {
+        return node.clone();
+    }
+    spec.hostname.clone().unwrap_or_else(|| pod.to_string())
 }
 
 /// Copies a container's output to its log and to attached clients.

@@ -19,10 +19,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Bring a lab cluster up (idempotent): namespaces, API server, agents.
+    /// Bring a lab cluster up (idempotent; resumes a lab whose control
+    /// plane died): namespaces, API server, kubelets, podnet from deploy/.
     Up(commands::up::Args),
     /// Tear a lab down, leaving nothing behind.
     Down(commands::down::Args),
+    /// Run a command on a lab node, in its network namespace and with its
+    /// own files (`podnet node exec lab-worker -- iptables -t nat -L -n`).
+    Node(commands::node::Args),
     /// Show the labs on this machine and their nodes.
     Status(commands::status::Args),
     /// Probe who reaches whom among pods (real connections), optionally
@@ -39,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(a) => commands::up::run(a),
         Command::Down(a) => commands::down::run(a),
+        Command::Node(a) => commands::node::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Connectivity(a) => commands::connectivity::run(a),
         Command::LabDaemon(a) => lab::daemon::run(a),

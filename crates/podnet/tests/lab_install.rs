@@ -481,3 +481,42 @@ fn a_node_without_a_pod_cidr_waits_then_joins() {
     }
     lab.down();
 }
+
+/// `podnet node exec`: a command on a lab node, as `docker exec` on a kind
+/// node: the node's hostname, network namespace and files. The seed's
+/// `iptables -t nat -L -n | grep KUBE` runs where it means.
+#[test]
+fn node_exec_runs_on_the_node_with_its_own_files() {
+    let lab = Lab::up_with("inn", "host-gw", &["--proxy-mode", "iptables"]);
+    let (node, ip, cidr) = lab.nodes()[1].clone();
+    let out = Command::new(support::podnet())
+        .args(["node", "exec", &node, "--"])
+        .args([
+            "sh",
+            "-c",
+            "hostname; ip -4 -o addr show eth0; iptables -t nat -L -n | grep KUBE-SERVICES; cat /etc/cni/net.d/10-podnet.conflist",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().next(), Some(node.as_str()), "{text}");
+    assert!(text.contains(&format!("inet {ip}/")), "{text}");
+    assert!(text.contains("Chain KUBE-SERVICES"), "{text}");
+    assert!(text.contains(&format!("\"subnet\": \"{cidr}\"")), "{text}");
+    let out = Command::new(support::podnet())
+        .args(["node", "exec", "no-such-node", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no lab has a node \"no-such-node\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.down();
+}

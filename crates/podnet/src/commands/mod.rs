@@ -2,5 +2,6 @@
 
 pub mod connectivity;
 pub mod down;
+pub mod node;
 pub mod status;
 pub mod up;
