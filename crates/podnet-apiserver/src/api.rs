@@ -25,6 +25,10 @@ use crate::table;
 /// The largest request body accepted (kube-apiserver's limit).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// How long an Event lives after its last update (kube-apiserver's
+/// `--event-ttl` default).
+pub const EVENT_TTL: Duration = Duration::from_secs(3600);
+
 /// An API error, rendered as a `Status` object.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -1918,9 +1922,16 @@ impl Api {
     pub async fn upkeep(self: Arc<Self>) {
         let mut rx = self.store.watch("", None, None).map(|(_, s)| s.rx).ok();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
-                _ = tick.tick() => self.reap_pods().await,
+                _ = tick.tick() => {
+                    self.reap_pods().await;
+                    ticks += 1;
+                    if ticks % 5 == 0 {
+                        self.reap_events().await;
+                    }
+                }
                 ev = async { match rx.as_mut() { Some(r) => r.recv().await.ok(), None => std::future::pending().await } } => {
                     if let Some(ev) = ev {
                         if ev.kind == EventType::Deleted {
@@ -1935,6 +1946,49 @@ impl Api {
                     }
                 }
             }
+        }
+    }
+
+    /// Deletes Events not updated for [`EVENT_TTL`] (kube-apiserver's
+    /// `--event-ttl`, default 1 h): events are a story of the recent past,
+    /// and a busy cluster would otherwise keep every one forever.
+    async fn reap_events(&self) {
+        let now = jiff::Timestamp::now().as_second();
+        let (events, _) = self.store.list("events", None);
+        for e in events {
+            let m = &e.value;
+            let last = ["lastTimestamp", "eventTime", "firstTimestamp"]
+                .iter()
+                .find_map(|f| m[*f].as_str())
+                .or_else(|| m["metadata"]["creationTimestamp"].as_str())
+                .and_then(|s| s.parse::<jiff::Timestamp>().ok());
+            let Some(last) = last else { continue };
+            if now - last.as_second() < EVENT_TTL.as_secs() as i64 {
+                continue;
+            }
+            let ns = m["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let rv = m["metadata"]["resourceVersion"].clone();
+            let _ = self
+                .store
+                .mutate(
+                    "events",
+                    &ns,
+                    obj_name(m),
+                    false,
+                    |cur, _| -> Result<Change, ApiError> {
+                        // Not if it was updated meanwhile.
+                        Ok(match cur {
+                            Some(c) if c.value["metadata"]["resourceVersion"] == rv => {
+                                Change::Delete
+                            }
+                            _ => Change::Keep,
+                        })
+                    },
+                )
+                .await;
         }
     }
 

@@ -792,9 +792,6 @@ pub fn bootstrap_cluster_roles() -> Vec<Value> {
                 rule(READ, &[""], &["configmaps", "secrets", "serviceaccounts"]),
                 rule(&["create"], &[""], &["serviceaccounts/token"]),
                 rule(READ_WRITE, &["coordination.k8s.io"], &["leases"]),
-                // The lab's node agent is also its proxy and policy engine:
-                rule(READ, &[""], &["namespaces"]),
-                rule(READ, &["networking.k8s.io"], &["networkpolicies"]),
             ],
             None,
         ),

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
+pub mod events;
 pub mod gc;
 pub mod node_ipam;
 pub mod replicaset;

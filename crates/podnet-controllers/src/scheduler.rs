@@ -14,9 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{
-    Binding, Event, EventSource, Node, ObjectReference, Pod, PodCondition, Taint,
-};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -502,7 +500,8 @@ pub async fn record_event(
     record_event_for(client, "default-scheduler", p, type_, reason, msg).await
 }
 
-/// Records a core/v1 Event about `obj` from `component`.
+/// Records a core/v1 Event about `obj` from `component` (repeats are
+/// counted on one Event: [`crate::events`]).
 pub async fn record_event_for<K: kube::Resource<DynamicType = ()>>(
     client: &kube::Client,
     component: &str,
@@ -511,45 +510,11 @@ pub async fn record_event_for<K: kube::Resource<DynamicType = ()>>(
     reason: &str,
     msg: &str,
 ) -> Result<(), kube::Error> {
-    let meta = obj.meta();
-    let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
-    let name = meta.name.clone().unwrap_or_default();
-    let now = crate::util::now();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let ev = Event {
-        metadata: ObjectMeta {
-            name: Some(format!("{name}.{nanos:x}")),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some(K::api_version(&()).into_owned()),
-            kind: Some(K::kind(&()).into_owned()),
-            name: Some(name),
-            namespace: meta.namespace.clone(),
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
-            ..Default::default()
-        },
-        reason: Some(reason.into()),
-        message: Some(msg.into()),
-        type_: Some(type_.into()),
-        source: Some(EventSource {
-            component: Some(component.into()),
-            host: None,
-        }),
-        reporting_component: Some(component.into()),
-        reporting_instance: Some(component.into()),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        count: Some(1),
-        ..Default::default()
+    let source = crate::events::Source {
+        component: component.into(),
+        host: None,
     };
-    let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &ev).await.map(|_| ())
+    crate::events::record(client, &source, obj, type_, reason, msg).await
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 mod builtin_images;
 mod checkpoint;
+mod events;
 mod images;
 mod kubelet;
 mod launcher;

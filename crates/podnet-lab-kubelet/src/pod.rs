@@ -325,6 +325,13 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
         Ok(Err(e)) => {
             tracing::warn!(pod = %h.name, error = %e, "sandbox");
             let msg = format!("{e:#}");
+            crate::events::pod_event(
+                &k,
+                &h,
+                crate::events::WARNING,
+                "FailedCreatePodSandBox",
+                format!("Failed to create pod sandbox: {msg}"),
+            );
             for c in h.containers.lock().unwrap().values_mut() {
                 c.state = CState::Waiting("CreatePodSandboxError".into(), msg.clone());
             }
@@ -705,6 +712,13 @@ async fn supervise(
                     Err(e) => {
                         // As the kubelet: wait, saying why, until the
                         // ConfigMap or Secret appears.
+                        crate::events::pod_event(
+                            &k,
+                            &h,
+                            crate::events::WARNING,
+                            "Failed",
+                            format!("Error: {}", e.0),
+                        );
                         set_state(
                             &h,
                             &name,
@@ -735,6 +749,12 @@ async fn supervise(
                 };
                 match spawned {
                     Ok((child, io, shim)) => {
+                        crate::events::container_started(
+                            &k,
+                            &h,
+                            &name,
+                            spec.image.as_deref().unwrap_or_default(),
+                        );
                         let pid = container_pid(&run).await;
                         let ready = spec.readiness_probe.is_none();
                         (started, io, child, shim, pid, ready)
@@ -798,6 +818,16 @@ async fn supervise(
             if restart {
                 c.last = Some(term);
                 c.restarts += 1;
+                crate::events::pod_event(
+                    &k,
+                    &h,
+                    crate::events::WARNING,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}_{}({})",
+                        h.name, h.namespace, h.uid
+                    ),
+                );
                 c.state = CState::Waiting(
                     "CrashLoopBackOff".into(),
                     format!(
@@ -907,6 +937,27 @@ async fn readiness(
             // exec and gRPC probes are not run by the lab: ready when running.
             _ => true,
         };
+        if !ok {
+            let what = match (&probe.http_get, &probe.tcp_socket) {
+                (Some(get), _) => format!(
+                    "Get \"http://{ip}:{}{}\": the probe got no 2xx or 3xx answer",
+                    port_of(&get.port).unwrap_or(0),
+                    get.path.as_deref().unwrap_or("/")
+                ),
+                (None, Some(tcp)) => format!(
+                    "dial tcp {ip}:{}: connect: connection refused",
+                    port_of(&tcp.port).unwrap_or(0)
+                ),
+                _ => String::new(),
+            };
+            crate::events::pod_event(
+                &k,
+                &h,
+                crate::events::WARNING,
+                "Unhealthy",
+                format!("Readiness probe failed: {what}"),
+            );
+        }
         let changed = {
             let mut cs = h.containers.lock().unwrap();
             match cs.get_mut(&name) {
@@ -1350,6 +1401,23 @@ async fn terminate(k: Arc<Kubelet>, h: Arc<PodHandle>, grace: i64) {
             }
         }
     };
+    let running: Vec<String> = h
+        .containers
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, c)| c.pid.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in running {
+        crate::events::pod_event(
+            &k,
+            &h,
+            crate::events::NORMAL,
+            "Killing",
+            format!("Stopping container {name}"),
+        );
+    }
     signal_all(nix::sys::signal::Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(grace.max(0) as u64);
     while tokio::time::Instant::now() < deadline
