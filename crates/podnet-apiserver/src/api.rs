@@ -1928,7 +1928,7 @@ impl Api {
                 _ = tick.tick() => {
                     self.reap_pods().await;
                     ticks += 1;
-                    if ticks % 5 == 0 {
+                    if ticks.is_multiple_of(5) {
                         self.reap_events().await;
                     }
                 }
