@@ -133,6 +133,13 @@ const CONFIGMAP: &[F] = &[
     (3, "binaryData", K::MapBytes),
     (4, "immutable", K::Bool),
 ];
+const SECRET: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "data", K::MapBytes),
+    (3, "type", K::Str),
+    (4, "stringData", K::MapStr),
+    (5, "immutable", K::Bool),
+];
 const OBJREF: &[F] = &[
     (1, "kind", K::Str),
     (2, "namespace", K::Str),
@@ -264,6 +271,7 @@ fn schema(kind: &str) -> Option<&'static [F]> {
     Some(match kind {
         "Namespace" => NAMESPACE,
         "ConfigMap" => CONFIGMAP,
+        "Secret" => SECRET,
         "ServiceAccount" => SA,
         "Deployment" => DEPLOYMENT,
         "Service" => SERVICE,
