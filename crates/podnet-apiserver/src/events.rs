@@ -42,10 +42,10 @@ pub fn from_core(v: &Value) -> Value {
     let mut out = rename(v, false, "events.k8s.io/v1");
     // core/v1 always has an involvedObject; an events.k8s.io Event may not
     // have said what it regards.
-    if out["regarding"].as_object().is_some_and(Map::is_empty) {
-        if let Some(m) = out.as_object_mut() {
-            m.remove("regarding");
-        }
+    if out["regarding"].as_object().is_some_and(Map::is_empty)
+        && let Some(m) = out.as_object_mut()
+    {
+        m.remove("regarding");
     }
     out
 }

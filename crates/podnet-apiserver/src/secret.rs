@@ -193,15 +193,14 @@ pub fn validate(obj: &Value, errs: &mut Vec<FieldError>) {
             .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).err())
     };
     match obj["type"].as_str().unwrap_or(OPAQUE) {
-        "kubernetes.io/service-account-token" => {
+        "kubernetes.io/service-account-token"
             if obj["metadata"]["annotations"][SA_NAME_ANNOTATION]
                 .as_str()
-                .is_none_or(str::is_empty)
-            {
-                errs.push(required(format!(
-                    "metadata.annotations[{SA_NAME_ANNOTATION}]"
-                )));
-            }
+                .is_none_or(str::is_empty) =>
+        {
+            errs.push(required(format!(
+                "metadata.annotations[{SA_NAME_ANNOTATION}]"
+            )));
         }
         "kubernetes.io/dockercfg" | "kubernetes.io/dockerconfigjson" => {
             let key = if obj["type"] == "kubernetes.io/dockercfg" {

@@ -644,6 +644,143 @@ fn deletion_propagation_policies() {
     );
 }
 
+const CORE_EVENT: &str = "apiVersion: v1
+kind: Event
+metadata: {name: old-style}
+involvedObject: {apiVersion: v1, kind: Pod, name: web, namespace: default}
+reason: Pulled
+message: Container image pulled
+type: Normal
+count: 3
+firstTimestamp: '2025-01-01T00:00:00Z'
+lastTimestamp: '2025-01-01T00:01:00Z'
+source: {component: kubelet, host: n1}
+";
+
+const NEW_EVENT: &str = "apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {name: new-style}
+eventTime: '2025-01-01T00:02:00.000000Z'
+reportingController: podnet.io/agent
+reportingInstance: n1
+action: Binding
+reason: Scheduled
+regarding: {apiVersion: v1, kind: Pod, name: api, namespace: default}
+note: Assigned to n1
+type: Normal
+";
+
+#[test]
+fn events_are_served_in_both_apis() {
+    let lab = Lab::start();
+    let v = "1.33";
+    lab.ok(v, &["create", "-f", &lab.file("core.yaml", CORE_EVENT)]);
+    lab.ok(v, &["create", "-f", &lab.file("new.yaml", NEW_EVENT)]);
+
+    // The newer API shows both, with its field names.
+    let old = json(&lab.ok(
+        v,
+        &["get", "events.v1.events.k8s.io", "old-style", "-o", "json"],
+    ));
+    assert_eq!(old["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(old["regarding"]["name"], "web");
+    assert_eq!(old["note"], "Container image pulled");
+    assert_eq!(old["deprecatedCount"], 3);
+    assert_eq!(old["deprecatedSource"]["component"], "kubelet");
+    assert_eq!(old["deprecatedLastTimestamp"], "2025-01-01T00:01:00Z");
+    assert!(old.get("message").is_none() && old.get("involvedObject").is_none());
+    // The core API shows both, with its own.
+    let new = json(&lab.ok(v, &["get", "events", "new-style", "-o", "json"]));
+    assert_eq!(new["apiVersion"], "v1");
+    assert_eq!(new["involvedObject"]["name"], "api");
+    assert_eq!(new["message"], "Assigned to n1");
+    assert_eq!(new["reportingComponent"], "podnet.io/agent");
+    assert_eq!(new["action"], "Binding");
+
+    for v in KUBECTLS {
+        let table = lab.ok(v, &["get", "events.events.k8s.io"]);
+        assert_eq!(
+            header(&table),
+            ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+            "{table}"
+        );
+        assert!(
+            table.contains("pod/web") && table.contains("Container image pulled"),
+            "{table}"
+        );
+        assert!(
+            table.contains("pod/api") && table.contains("Assigned to n1"),
+            "{table}"
+        );
+        let events = lab.ok(v, &["events"]);
+        assert_eq!(
+            header(&events),
+            ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+            "{events}"
+        );
+        assert!(
+            events.contains("Scheduled") && events.contains("Pulled"),
+            "{events}"
+        );
+        let for_api = lab.ok(v, &["events", "--for", "pod/api"]);
+        assert!(
+            for_api.contains("Assigned to n1") && !for_api.contains("Pulled"),
+            "{for_api}"
+        );
+        let selected = lab.ok(
+            v,
+            &[
+                "get",
+                "events.events.k8s.io",
+                "--field-selector=regarding.name=web",
+                "-o",
+                "name",
+            ],
+        );
+        assert_eq!(selected.trim(), "event.events.k8s.io/old-style");
+    }
+
+    // A watch through the newer API converts every event.
+    let (code, body) = lab.curl(
+        "GET",
+        "/apis/events.k8s.io/v1/namespaces/default/events?watch=1&timeoutSeconds=1",
+        "application/json",
+        None,
+        true,
+    );
+    assert_eq!(code, 200, "{body}");
+    let lines: Vec<Value> = body.lines().map(json).collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    for l in &lines {
+        assert_eq!(l["type"], "ADDED");
+        assert_eq!(l["object"]["apiVersion"], "events.k8s.io/v1");
+        assert!(l["object"]["note"].is_string(), "{l}");
+    }
+
+    // Created through events.k8s.io/v1, an Event must say who, what and when.
+    let before = lab.rv();
+    let bad = "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {name: bad}\nreason: X\ntype: Normal\ndeprecatedCount: 2\n";
+    let err = lab.fails(v, &["create", "-f", &lab.file("bad.yaml", bad)]);
+    for field in [
+        "eventTime: Required value",
+        "reportingController: Required value",
+        "reportingInstance: Required value",
+        "action: Required value",
+        "deprecatedCount: Invalid value: \"\": needs to be unset",
+    ] {
+        assert!(err.contains(field), "{field} not in {err}");
+    }
+    assert!(err.contains("The Event \"bad\" is invalid"), "{err}");
+    assert_eq!(lab.rv(), before);
+
+    // Deleted through one API, gone from both.
+    lab.ok(v, &["delete", "events.events.k8s.io", "old-style"]);
+    assert!(
+        lab.fails(v, &["get", "events", "old-style"])
+            .contains("NotFound")
+    );
+}
+
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
