@@ -781,6 +781,201 @@ fn events_are_served_in_both_apis() {
     );
 }
 
+fn varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A length-delimited protobuf field.
+fn pb(field: u64, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    varint((field << 3) | 2, &mut v);
+    varint(payload.len() as u64, &mut v);
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A varint protobuf field.
+fn pb_int(field: u64, n: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    varint(field << 3, &mut v);
+    varint(n, &mut v);
+    v
+}
+
+/// A Pod in kube's protobuf envelope, with `spec` as given.
+fn pb_pod(name: &str, spec: &[u8]) -> Vec<u8> {
+    let meta = pb(1, name.as_bytes());
+    let pod = [pb(1, &meta), pb(2, spec)].concat();
+    let tm = [pb(1, b"v1"), pb(2, b"Pod")].concat();
+    [b"k8s\0".to_vec(), pb(1, &tm), pb(2, &pod)].concat()
+}
+
+#[test]
+fn pods_sent_as_protobuf() {
+    let lab = Lab::start();
+    lab.ok(
+        "1.33",
+        &[
+            "create",
+            "-f",
+            &lab.file(
+                "n1.yaml",
+                "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+            ),
+        ],
+    );
+    // kubectl 1.33 sends the node debugging pod as protobuf.
+    let out = lab.ok("1.33", &["debug", "node/n1", "--image=busybox:1.36"]);
+    assert!(
+        out.contains("Creating debugging pod node-debugger-n1-"),
+        "{out}"
+    );
+    let pods = json(&lab.ok("1.33", &["get", "pods", "-o", "json"]));
+    let pod = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("node-debugger-n1-")
+        })
+        .unwrap_or_else(|| panic!("no debugging pod in {pods}"))
+        .clone();
+    let spec = &pod["spec"];
+    assert_eq!(spec["nodeName"], "n1", "{pod}");
+    assert_eq!(spec["restartPolicy"], "Never");
+    assert_eq!(spec["hostPID"], true);
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(spec["volumes"][0]["hostPath"]["path"], "/");
+    let vname = spec["volumes"][0]["name"].clone();
+    assert_eq!(spec["containers"][0]["volumeMounts"][0]["name"], vname);
+    assert_eq!(
+        spec["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/host"
+    );
+    assert_eq!(spec["containers"][0]["image"], "busybox:1.36");
+    assert_eq!(spec["tolerations"][0]["operator"], "Exists");
+    // The profiles a network engineer uses: privileged, and NET_ADMIN/NET_RAW.
+    for (profile, field, want) in [
+        ("sysadmin", "privileged", serde_json::json!(true)),
+        (
+            "netadmin",
+            "capabilities",
+            serde_json::json!({"add": ["NET_ADMIN", "NET_RAW"]}),
+        ),
+    ] {
+        let before: std::collections::HashSet<String> = lab
+            .ok("1.33", &["get", "pods", "-o", "name"])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lab.ok(
+            "1.33",
+            &[
+                "debug",
+                "node/n1",
+                "--image=busybox:1.36",
+                &format!("--profile={profile}"),
+            ],
+        );
+        let after = lab.ok("1.33", &["get", "pods", "-o", "name"]);
+        let new = after
+            .lines()
+            .find(|l| !before.contains(*l))
+            .unwrap_or_else(|| panic!("no new pod in {after}"));
+        let p = json(&lab.ok("1.33", &["get", new, "-o", "json"]));
+        assert_eq!(
+            p["spec"]["containers"][0]["securityContext"][field], want,
+            "{profile}: {p}"
+        );
+    }
+
+    for v in KUBECTLS {
+        let name = format!("run-{}", v.replace('.', ""));
+        lab.ok(
+            v,
+            &[
+                "run",
+                &name,
+                "--image=nginx:1.25",
+                "--env=A=1",
+                "--labels=app=run",
+                "--port=8080",
+                "--restart=Never",
+            ],
+        );
+        let p = json(&lab.ok(v, &["get", "pod", &name, "-o", "json"]));
+        let c = &p["spec"]["containers"][0];
+        assert_eq!(
+            c["env"][0],
+            serde_json::json!({"name": "A", "value": "1"}),
+            "{p}"
+        );
+        assert_eq!(c["ports"][0]["containerPort"], 8080);
+        assert_eq!(p["metadata"]["labels"]["app"], "run");
+        assert_eq!(p["spec"]["restartPolicy"], "Never");
+    }
+
+    // A Pod with env from a ConfigMap key, a ConfigMap volume and an
+    // emptyDir with a size limit, posted as protobuf.
+    let key_ref = [pb(1, &pb(1, b"cm")), pb(2, b"k")].concat();
+    let env = [pb(1, b"A"), pb(3, &pb(3, &key_ref))].concat();
+    let mount = [pb(1, b"v"), pb(3, b"/etc/v")].concat();
+    let container = [pb(1, b"c"), pb(2, b"busybox"), pb(7, &env), pb(9, &mount)].concat();
+    let cm_volume = [pb(1, b"v"), pb(2, &pb(19, &pb(1, &pb(1, b"cm"))))].concat();
+    let empty_dir = [pb(1, b"scratch"), pb(2, &pb(2, &pb(2, &pb(1, b"1Gi"))))].concat();
+    let spec = [
+        pb(1, &cm_volume),
+        pb(1, &empty_dir),
+        pb(2, &container),
+        pb_int(12, 1),
+    ]
+    .concat();
+    let (code, body) = lab.curl(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        "application/vnd.kubernetes.protobuf",
+        Some(&pb_pod("pb", &spec)),
+        true,
+    );
+    assert_eq!(code, 201, "{body}");
+    let p = json(&body);
+    let c = &p["spec"]["containers"][0];
+    assert_eq!(
+        c["env"][0],
+        serde_json::json!({"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}})
+    );
+    assert_eq!(
+        c["volumeMounts"][0],
+        serde_json::json!({"name": "v", "mountPath": "/etc/v"})
+    );
+    assert_eq!(
+        p["spec"]["volumes"],
+        serde_json::json!([{"name": "v", "configMap": {"name": "cm"}}, {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}])
+    );
+    assert_eq!(p["spec"]["hostPID"], true);
+
+    // A field the decoder does not know is refused, not dropped.
+    let before = lab.rv();
+    let unknown = [pb(2, &container), pb(99, b"x")].concat();
+    let (code, body) = lab.curl(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        "application/vnd.kubernetes.protobuf",
+        Some(&pb_pod("pb2", &unknown)),
+        true,
+    );
+    assert_eq!(code, 415, "{body}");
+    assert!(body.contains("field 99 of spec is not supported"), "{body}");
+    assert_eq!(lab.rv(), before);
+}
+
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
