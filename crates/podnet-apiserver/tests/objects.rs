@@ -338,7 +338,7 @@ fn node_confirms(lab: &Lab, ns: &str, pod: &str) {
 
 #[test]
 fn namespaces_terminate_as_on_a_cluster() {
-    let lab = Lab::start();
+    let mut lab = Lab::start();
     let v = "1.33";
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let err = lab.fails(v, &["delete", "namespace", ns]);
@@ -454,7 +454,11 @@ fn namespaces_terminate_as_on_a_cluster() {
             .contains("NotFound")
     );
 
-    // Once the node has stopped the pod, the namespace goes.
+    // A crashed and restarted server carries the termination on: once the
+    // node has stopped the pod, the namespace goes.
+    lab.restart();
+    let row = lab.ok(v, &["get", "namespace", "term", "--no-headers"]);
+    assert!(row.contains("Terminating"), "{row}");
     node_confirms(&lab, "term", "held");
     wait_gone(&lab, &["get", "namespace", "term"]);
     // And may be made again.
