@@ -76,7 +76,9 @@ pub fn typed_view(kind: &str, v: &Value) -> Result<Value, String> {
         "Service" => roundtrip::<core::Service>(v),
         "Endpoints" => roundtrip::<core::Endpoints>(v),
         "Event" => roundtrip::<core::Event>(v),
+        "events.k8s.io/Event" => roundtrip::<k8s_openapi::api::events::v1::Event>(v),
         "ConfigMap" => roundtrip::<core::ConfigMap>(v),
+        "Secret" => roundtrip::<core::Secret>(v),
         "ServiceAccount" => roundtrip::<core::ServiceAccount>(v),
         "EndpointSlice" => roundtrip::<disc::EndpointSlice>(v),
         "NetworkPolicy" => roundtrip::<net::NetworkPolicy>(v),
@@ -624,6 +626,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<FieldError> {
         "Event" if obj["involvedObject"].is_null() => {
             errs.push(FieldError::required("involvedObject"));
         }
+        "Secret" => crate::secret::validate(obj, &mut errs),
         "Role" => check_rules(obj, true, &mut errs),
         "ClusterRole" => check_rules(obj, false, &mut errs),
         "RoleBinding" | "ClusterRoleBinding" => check_binding(kind, obj, &mut errs),
@@ -686,6 +689,7 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> 
                 ),
             });
         }
+        "Secret" => crate::secret::validate_update(old, new, &mut errs),
         "EndpointSlice" if old["addressType"] != new["addressType"] => {
             errs.push(FieldError::invalid(
                 "addressType",
@@ -865,6 +869,7 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
                 obj["status"] = json!({"phase": "Active"});
             }
         }
+        "Secret" => crate::secret::apply_defaults(obj),
         "NetworkPolicy" => {
             let spec = &mut obj["spec"];
             if spec.is_object() && spec["policyTypes"].is_null() {
@@ -977,8 +982,8 @@ pub fn field_value<'a>(
         | "involvedObject.fieldPath"
         | "reason"
         | "reportingComponent"
-        | "source"
-        | "type" => kind == "Event",
+        | "source" => kind == "Event",
+        "type" => kind == "Event" || kind == "Secret",
         "spec.unschedulable" => kind == "Node",
         "spec.clusterIP" | "spec.type" => kind == "Service",
         _ => false,

@@ -27,6 +27,11 @@ enum K {
     RepMsg(&'static [F]),
     IntOrStr,
     Time,
+    /// An embedded message whose fields JSON inlines into its parent
+    /// (`Volume.volumeSource`, `LocalObjectReference` in key selectors).
+    Inline(&'static [F]),
+    /// A `resource.Quantity` (a message holding its string form).
+    Qty,
 }
 
 type F = (u64, &'static str, K);
@@ -68,7 +73,88 @@ const CPORT: &[F] = &[
     (4, "protocol", K::Str),
     (5, "hostIP", K::Str),
 ];
-const ENV: &[F] = &[(1, "name", K::Str), (2, "value", K::Str)];
+const FIELD_REF: &[F] = &[(1, "apiVersion", K::Str), (2, "fieldPath", K::Str)];
+const QTY: &[F] = &[(1, "string", K::Str)];
+const RESOURCE_REF: &[F] = &[
+    (1, "containerName", K::Str),
+    (2, "resource", K::Str),
+    (3, "divisor", K::Qty),
+];
+const KEY_REF: &[F] = &[
+    (1, "", K::Inline(LOCALREF)),
+    (2, "key", K::Str),
+    (3, "optional", K::Bool),
+];
+const ENV_SOURCE: &[F] = &[
+    (1, "fieldRef", K::Msg(FIELD_REF)),
+    (2, "resourceFieldRef", K::Msg(RESOURCE_REF)),
+    (3, "configMapKeyRef", K::Msg(KEY_REF)),
+    (4, "secretKeyRef", K::Msg(KEY_REF)),
+];
+const ENV: &[F] = &[
+    (1, "name", K::Str),
+    (2, "value", K::Str),
+    (3, "valueFrom", K::Msg(ENV_SOURCE)),
+];
+const ENV_FROM_REF: &[F] = &[(1, "", K::Inline(LOCALREF)), (2, "optional", K::Bool)];
+const ENV_FROM: &[F] = &[
+    (1, "prefix", K::Str),
+    (2, "configMapRef", K::Msg(ENV_FROM_REF)),
+    (3, "secretRef", K::Msg(ENV_FROM_REF)),
+];
+const MOUNT: &[F] = &[
+    (1, "name", K::Str),
+    (2, "readOnly", K::Bool),
+    (3, "mountPath", K::Str),
+    (4, "subPath", K::Str),
+    (5, "mountPropagation", K::Str),
+    (6, "subPathExpr", K::Str),
+];
+const CAPABILITIES: &[F] = &[(1, "add", K::RepStr), (2, "drop", K::RepStr)];
+const SECURITY: &[F] = &[
+    (1, "capabilities", K::Msg(CAPABILITIES)),
+    (2, "privileged", K::Bool),
+    (4, "runAsUser", K::Int),
+    (5, "runAsNonRoot", K::Bool),
+    (6, "readOnlyRootFilesystem", K::Bool),
+    (7, "allowPrivilegeEscalation", K::Bool),
+    (8, "runAsGroup", K::Int),
+];
+const POD_SECURITY: &[F] = &[
+    (2, "runAsUser", K::Int),
+    (3, "runAsNonRoot", K::Bool),
+    (5, "fsGroup", K::Int),
+    (6, "runAsGroup", K::Int),
+];
+const TOLERATION: &[F] = &[
+    (1, "key", K::Str),
+    (2, "operator", K::Str),
+    (3, "value", K::Str),
+    (4, "effect", K::Str),
+    (5, "tolerationSeconds", K::Int),
+];
+const KEY_TO_PATH: &[F] = &[(1, "key", K::Str), (2, "path", K::Str), (3, "mode", K::Int)];
+const HOST_PATH: &[F] = &[(1, "path", K::Str), (2, "type", K::Str)];
+const EMPTY_DIR: &[F] = &[(1, "medium", K::Str), (2, "sizeLimit", K::Qty)];
+const SECRET_VOLUME: &[F] = &[
+    (1, "secretName", K::Str),
+    (2, "items", K::RepMsg(KEY_TO_PATH)),
+    (3, "defaultMode", K::Int),
+    (4, "optional", K::Bool),
+];
+const CONFIGMAP_VOLUME: &[F] = &[
+    (1, "", K::Inline(LOCALREF)),
+    (2, "items", K::RepMsg(KEY_TO_PATH)),
+    (3, "defaultMode", K::Int),
+    (4, "optional", K::Bool),
+];
+const VOLUME_SOURCE: &[F] = &[
+    (1, "hostPath", K::Msg(HOST_PATH)),
+    (2, "emptyDir", K::Msg(EMPTY_DIR)),
+    (6, "secret", K::Msg(SECRET_VOLUME)),
+    (19, "configMap", K::Msg(CONFIGMAP_VOLUME)),
+];
+const VOLUME: &[F] = &[(1, "name", K::Str), (2, "", K::Inline(VOLUME_SOURCE))];
 const RESOURCES: &[F] = &[(1, "limits", K::MapQty), (2, "requests", K::MapQty)];
 const CONTAINER: &[F] = &[
     (1, "name", K::Str),
@@ -79,14 +165,18 @@ const CONTAINER: &[F] = &[
     (6, "ports", K::RepMsg(CPORT)),
     (7, "env", K::RepMsg(ENV)),
     (8, "resources", K::Msg(RESOURCES)),
+    (9, "volumeMounts", K::RepMsg(MOUNT)),
     (13, "terminationMessagePath", K::Str),
     (14, "imagePullPolicy", K::Str),
+    (15, "securityContext", K::Msg(SECURITY)),
     (16, "stdin", K::Bool),
     (17, "stdinOnce", K::Bool),
     (18, "tty", K::Bool),
+    (19, "envFrom", K::RepMsg(ENV_FROM)),
     (20, "terminationMessagePolicy", K::Str),
 ];
 const POD_SPEC: &[F] = &[
+    (1, "volumes", K::RepMsg(VOLUME)),
     (2, "containers", K::RepMsg(CONTAINER)),
     (3, "restartPolicy", K::Str),
     (4, "terminationGracePeriodSeconds", K::Int),
@@ -95,8 +185,21 @@ const POD_SPEC: &[F] = &[
     (8, "serviceAccountName", K::Str),
     (10, "nodeName", K::Str),
     (11, "hostNetwork", K::Bool),
+    (12, "hostPID", K::Bool),
+    (13, "hostIPC", K::Bool),
+    (14, "securityContext", K::Msg(POD_SECURITY)),
+    (16, "hostname", K::Str),
+    (17, "subdomain", K::Str),
     (19, "schedulerName", K::Str),
     (20, "initContainers", K::RepMsg(CONTAINER)),
+    (21, "automountServiceAccountToken", K::Bool),
+    (22, "tolerations", K::RepMsg(TOLERATION)),
+    (30, "enableServiceLinks", K::Bool),
+];
+const POD: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(POD_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
 ];
 const TEMPLATE: &[F] = &[(1, "metadata", K::Msg(META)), (2, "spec", K::Msg(POD_SPEC))];
 const ROLLING: &[F] = &[
@@ -132,6 +235,13 @@ const CONFIGMAP: &[F] = &[
     (2, "data", K::MapStr),
     (3, "binaryData", K::MapBytes),
     (4, "immutable", K::Bool),
+];
+const SECRET: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "data", K::MapBytes),
+    (3, "type", K::Str),
+    (4, "stringData", K::MapStr),
+    (5, "immutable", K::Bool),
 ];
 const OBJREF: &[F] = &[
     (1, "kind", K::Str),
@@ -264,6 +374,8 @@ fn schema(kind: &str) -> Option<&'static [F]> {
     Some(match kind {
         "Namespace" => NAMESPACE,
         "ConfigMap" => CONFIGMAP,
+        "Secret" => SECRET,
+        "Pod" => POD,
         "ServiceAccount" => SA,
         "Deployment" => DEPLOYMENT,
         "Service" => SERVICE,
@@ -402,6 +514,16 @@ fn message(b: &[u8], fields: &'static [F], path: &str) -> Result<Value, ProtoErr
                 (!s.is_empty()).then(|| json!(s))
             }
             (K::Msg(f), 2) => Some(message(r.bytes()?, f, &p)?),
+            (K::Qty, 2) => {
+                let q = message(r.bytes()?, QTY, &p)?;
+                q["string"].as_str().map(|s| json!(s))
+            }
+            (K::Inline(f), 2) => {
+                if let Value::Object(m) = message(r.bytes()?, f, path)? {
+                    out.extend(m);
+                }
+                None
+            }
             (K::Time, 2) => {
                 let t = message(
                     r.bytes()?,

@@ -687,13 +687,19 @@ pub fn bootstrap_cluster_roles() -> Vec<Value> {
             "system:aggregate-to-edit",
             json!({AGG_ADMIN: "true", AGG_EDIT: "true"}),
             vec![
-                rule(READ, &[""], &["pods/attach", "pods/exec"]),
+                rule(READ, &[""], &["pods/attach", "pods/exec", "secrets"]),
                 rule(&["impersonate"], &[""], &["serviceaccounts"]),
                 rule(WRITE, &[""], &["pods", "pods/attach", "pods/exec"]),
                 rule(
                     WRITE,
                     &[""],
-                    &["configmaps", "events", "serviceaccounts", "services"],
+                    &[
+                        "configmaps",
+                        "events",
+                        "secrets",
+                        "serviceaccounts",
+                        "services",
+                    ],
                 ),
                 rule(&["create"], &[""], &["serviceaccounts/token"]),
                 rule(

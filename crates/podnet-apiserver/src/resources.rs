@@ -30,8 +30,9 @@ pub struct Resource {
 
 impl Resource {
     /// "pods" for core, "apps/deployments" otherwise: the store key prefix.
+    /// events.k8s.io Events are kept with core Events (one store, two versions).
     pub fn id(&self) -> String {
-        if self.group.is_empty() {
+        if self.group.is_empty() || (self.group == "events.k8s.io" && self.plural == "events") {
             self.plural.to_string()
         } else {
             format!("{}/{}", self.group, self.plural)
@@ -167,6 +168,7 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         false,
     ),
+    r("", "Secret", "secrets", "secret", true, &[], &[], false),
     r(
         "",
         "ServiceAccount",
@@ -226,6 +228,16 @@ pub static RESOURCES: &[Resource] = &[
         &["ds"],
         &["status"],
         true,
+    ),
+    r(
+        "events.k8s.io",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        &[],
+        false,
     ),
     r(
         "coordination.k8s.io",
@@ -319,6 +331,7 @@ pub static GROUPS: &[&str] = &[
     "discovery.k8s.io",
     "networking.k8s.io",
     "coordination.k8s.io",
+    "events.k8s.io",
 ];
 
 /// The resource at `group`/`version`/`plural`.

@@ -486,6 +486,22 @@ pub fn columns(kind: &str) -> Vec<Value> {
             col("Data", "string", 0, "Data contains the configuration data."),
             c("Age", "string", 0),
         ],
+        "Secret" => vec![
+            c("Name", "string", 0),
+            col(
+                "Type",
+                "string",
+                0,
+                "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types",
+            ),
+            col(
+                "Data",
+                "string",
+                0,
+                "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'. The serialized form of the secret data is a base64 encoded string, representing the arbitrary (possibly non-string) data value here. Described in https://tools.ietf.org/html/rfc4648#section-4",
+            ),
+            c("Age", "string", 0),
+        ],
         "ServiceAccount" => vec![
             c("Name", "string", 0),
             col(
@@ -1038,6 +1054,12 @@ pub fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 + o["binaryData"].as_object().map(Map::len).unwrap_or(0);
             vec![name, json!(n), age]
         }
+        "Secret" => vec![
+            name,
+            json!(s(&o["type"])),
+            json!(o["data"].as_object().map(Map::len).unwrap_or(0)),
+            age,
+        ],
         "ServiceAccount" => vec![
             name,
             json!(o["secrets"].as_array().map(Vec::len).unwrap_or(0)),
