@@ -1,7 +1,8 @@
 //! podnet-apiserver (see README.md and docs/apiserver.md): the lab's Kubernetes API server. A small, honest
 //! implementation of the API a pod network needs (core namespaces, nodes,
 //! pods, services, endpoints, events, configmaps, serviceaccounts;
-//! EndpointSlices; NetworkPolicies; Deployments, ReplicaSets, DaemonSets;
+//! EndpointSlices; NetworkPolicies; Deployments, ReplicaSets, DaemonSets,
+//! StatefulSets; Jobs, CronJobs;
 //! Leases), so the real `kubectl` and kube-rs work against it unchanged.
 //!
 //! Run it in-process with [`Server::start`] (the lab supervisor does) or as
