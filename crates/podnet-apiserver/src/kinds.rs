@@ -64,11 +64,11 @@ fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String
 /// Decodes `v` as its typed kind and back: Err on a wrong type, Ok with the
 /// typed view (which has no unknown fields) otherwise.
 pub fn typed_view(kind: &str, v: &Value) -> Result<Value, String> {
+    use k8s_openapi::api::batch::v1 as batch;
     use k8s_openapi::api::{
         apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
         networking::v1 as net, rbac::v1 as rbac,
     };
-    use k8s_openapi::api::batch::v1 as batch;
     let v = &quantities_as_strings(v.clone());
     match kind {
         "Namespace" => roundtrip::<core::Namespace>(v),
@@ -697,14 +697,22 @@ fn check_cronjob(obj: &Value, errs: &mut Vec<FieldError>) {
         )),
         Some(s) => {
             if let Err(e) = podnet_core::cron::Schedule::parse(s) {
-                errs.push(FieldError::invalid("spec.schedule", &spec["schedule"], &e.0));
+                errs.push(FieldError::invalid(
+                    "spec.schedule",
+                    &spec["schedule"],
+                    &e.0,
+                ));
             }
         }
     }
     if let Some(tz) = spec["timeZone"].as_str()
         && let Err(e) = podnet_core::cron::time_zone(Some(tz))
     {
-        errs.push(FieldError::invalid("spec.timeZone", &spec["timeZone"], &e.0));
+        errs.push(FieldError::invalid(
+            "spec.timeZone",
+            &spec["timeZone"],
+            &e.0,
+        ));
     }
     if let Some(p) = spec["concurrencyPolicy"].as_str()
         && !matches!(p, "Allow" | "Forbid" | "Replace")
@@ -909,7 +917,11 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> 
                 ("completionMode", "spec.completionMode"),
             ] {
                 if old["spec"][k] != new["spec"][k] {
-                    errs.push(FieldError::invalid(path, &new["spec"][k], "field is immutable"));
+                    errs.push(FieldError::invalid(
+                        path,
+                        &new["spec"][k],
+                        "field is immutable",
+                    ));
                 }
             }
             // The template may change only while the Job is suspended.
@@ -1144,12 +1156,14 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
         }
         "Job" => {
             default_job_spec(&mut obj["spec"]);
-            let (uid, name) = (obj["metadata"]["uid"].clone(), obj["metadata"]["name"].clone());
+            let (uid, name) = (
+                obj["metadata"]["uid"].clone(),
+                obj["metadata"]["name"].clone(),
+            );
             let spec = &mut obj["spec"];
             if spec.is_object() && spec["manualSelector"] != json!(true) && uid.is_string() {
                 if spec["selector"].is_null() {
-                    spec["selector"] =
-                        json!({"matchLabels": {JOB_UID_LABEL: uid.clone()}});
+                    spec["selector"] = json!({"matchLabels": {JOB_UID_LABEL: uid.clone()}});
                 }
                 if spec["template"].is_object() {
                     if !spec["template"]["metadata"].is_object() {

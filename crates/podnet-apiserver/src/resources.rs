@@ -237,16 +237,7 @@ pub static RESOURCES: &[Resource] = &[
         &["status", "scale"],
         true,
     ),
-    r(
-        "batch",
-        "Job",
-        "jobs",
-        "job",
-        true,
-        &[],
-        &["status"],
-        true,
-    ),
+    r("batch", "Job", "jobs", "job", true, &[], &["status"], true),
     r(
         "batch",
         "CronJob",

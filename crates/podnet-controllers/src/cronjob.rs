@@ -82,7 +82,12 @@ fn job_ref(j: &Job) -> ObjectReference {
 }
 
 /// The most recent scheduled time in `(earliest, now]`.
-fn most_recent(s: &Schedule, earliest: Timestamp, now: Timestamp, tz: &jiff::tz::TimeZone) -> Option<Timestamp> {
+fn most_recent(
+    s: &Schedule,
+    earliest: Timestamp,
+    now: Timestamp,
+    tz: &jiff::tz::TimeZone,
+) -> Option<Timestamp> {
     // Look back in widening windows so a frequent schedule never walks
     // through a long gap minute by minute.
     for window in [3_600i64, 86_400, 86_400 * 32, 86_400 * 366 * 8] {
@@ -137,7 +142,11 @@ pub fn plan(cj: &CronJob, jobs: &[&Job], now: Timestamp) -> CronPlan {
                     });
                 }
                 if cond == "Complete" {
-                    let done = j.status.as_ref().and_then(|s| s.completion_time.as_ref()).map(|t| t.0);
+                    let done = j
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.completion_time.as_ref())
+                        .map(|t| t.0);
                     out.last_successful = out.last_successful.max(done);
                     succeeded.push(j);
                 } else {
@@ -154,12 +163,16 @@ pub fn plan(cj: &CronJob, jobs: &[&Job], now: Timestamp) -> CronPlan {
     ] {
         list.sort_by_key(|j| {
             (
-                j.status.as_ref().and_then(|s| s.start_time.clone()).or(j.metadata.creation_timestamp.clone()),
+                j.status
+                    .as_ref()
+                    .and_then(|s| s.start_time.clone())
+                    .or(j.metadata.creation_timestamp.clone()),
                 j.metadata.name.clone(),
             )
         });
         let extra = list.len().saturating_sub(limit.max(0) as usize);
-        out.delete.extend(list[..extra].iter().filter_map(|j| j.metadata.name.clone()));
+        out.delete
+            .extend(list[..extra].iter().filter_map(|j| j.metadata.name.clone()));
     }
     out.active = active.iter().map(|j| job_ref(j)).collect();
 
@@ -176,19 +189,31 @@ pub fn plan(cj: &CronJob, jobs: &[&Job], now: Timestamp) -> CronPlan {
     let schedule = match Schedule::parse(&spec.schedule) {
         Ok(s) => s,
         Err(e) => {
-            out.events.push(warn("UnparseableSchedule", format!("unparseable schedule: {:?} : {}", spec.schedule, e.0)));
+            out.events.push(warn(
+                "UnparseableSchedule",
+                format!("unparseable schedule: {:?} : {}", spec.schedule, e.0),
+            ));
             return out;
         }
     };
     out.next = schedule
         .next_after(now, &tz)
         .map(|t| Duration::from_millis(t.duration_since(now).as_millis().max(0) as u64));
-    let created = cj.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+    let created = cj
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(now);
     let mut earliest = out.last_schedule.unwrap_or(created);
     if let Some(d) = spec.starting_deadline_seconds {
         earliest = earliest.max(now - jiff::SignedDuration::from_secs(d.max(0)));
     }
-    if schedule.times_between(earliest, now, &tz, MAX_MISSED + 1).len() > MAX_MISSED {
+    if schedule
+        .times_between(earliest, now, &tz, MAX_MISSED + 1)
+        .len()
+        > MAX_MISSED
+    {
         out.events.push(warn(
             "TooManyMissedTimes",
             "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew".into(),
@@ -200,18 +225,25 @@ pub fn plan(cj: &CronJob, jobs: &[&Job], now: Timestamp) -> CronPlan {
     if let Some(d) = spec.starting_deadline_seconds
         && scheduled + jiff::SignedDuration::from_secs(d.max(0)) < now
     {
-        out.events.push(warn("MissedSchedule", format!("Missed scheduled time to start a job: {scheduled}")));
+        out.events.push(warn(
+            "MissedSchedule",
+            format!("Missed scheduled time to start a job: {scheduled}"),
+        ));
         return out;
     }
     let want = job_name(name, scheduled);
-    if jobs.iter().any(|j| j.metadata.name.as_deref() == Some(want.as_str())) {
+    if jobs
+        .iter()
+        .any(|j| j.metadata.name.as_deref() == Some(want.as_str()))
+    {
         out.last_schedule = Some(scheduled);
         return out;
     }
     match spec.concurrency_policy.as_deref().unwrap_or("Allow") {
         "Forbid" if !active.is_empty() => return out,
         "Replace" => {
-            out.delete.extend(active.iter().filter_map(|j| j.metadata.name.clone()));
+            out.delete
+                .extend(active.iter().filter_map(|j| j.metadata.name.clone()));
             out.active.clear();
         }
         _ => {}
@@ -231,11 +263,17 @@ pub fn job_for(cj: &CronJob, scheduled: Timestamp) -> Job {
     let mut annotations = tmeta.annotations.unwrap_or_default();
     annotations.insert(
         SCHEDULED_ANNOTATION.into(),
-        scheduled.to_zoned(tz).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+        scheduled
+            .to_zoned(tz)
+            .strftime("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string(),
     );
     Job {
         metadata: ObjectMeta {
-            name: Some(job_name(cj.metadata.name.as_deref().unwrap_or(""), scheduled)),
+            name: Some(job_name(
+                cj.metadata.name.as_deref().unwrap_or(""),
+                scheduled,
+            )),
             namespace: cj.metadata.namespace.clone(),
             labels: tmeta.labels,
             annotations: Some(annotations),
@@ -281,7 +319,10 @@ impl CronController {
     async fn pass(&mut self) -> Next {
         let cjs = self.caches.cron_jobs().all();
         let jobs = self.caches.jobs().all();
-        let live: HashSet<&str> = cjs.iter().filter_map(|c| c.metadata.uid.as_deref()).collect();
+        let live: HashSet<&str> = cjs
+            .iter()
+            .filter_map(|c| c.metadata.uid.as_deref())
+            .collect();
         self.pending.retain(|k, _| live.contains(k.as_str()));
         let mut next = Next::Idle;
         for cj in &cjs {
@@ -314,9 +355,26 @@ impl CronController {
             .map_or(Next::Idle, |d| Next::After(d + Duration::from_millis(50)));
         let jobs: kube::Api<Job> = kube::Api::namespaced(client.clone(), &ns);
         for j in &plan.delete {
-            match jobs.delete(j, &DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() }).await {
+            match jobs
+                .delete(
+                    j,
+                    &DeleteParams {
+                        propagation_policy: Some(PropagationPolicy::Background),
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
                 Ok(_) => {
-                    let _ = record_event_for(&client, COMPONENT, cj, "Normal", "SuccessfulDelete", &format!("Deleted job {j}")).await;
+                    let _ = record_event_for(
+                        &client,
+                        COMPONENT,
+                        cj,
+                        "Normal",
+                        "SuccessfulDelete",
+                        &format!("Deleted job {j}"),
+                    )
+                    .await;
                 }
                 Err(e) if crate::benign(&e) => {}
                 Err(e) => {
@@ -332,13 +390,26 @@ impl CronController {
                 Ok(made) => {
                     tracing::info!(cronjob = %format!("{ns}/{name}"), job = %jname, "created scheduled job");
                     plan.active.push(job_ref(&made));
-                    self.pending.insert(uid.to_string(), (jname.clone(), Instant::now()));
-                    let _ = record_event_for(&client, COMPONENT, cj, "Normal", "SuccessfulCreate", &format!("Created job {jname}")).await;
+                    self.pending
+                        .insert(uid.to_string(), (jname.clone(), Instant::now()));
+                    let _ = record_event_for(
+                        &client,
+                        COMPONENT,
+                        cj,
+                        "Normal",
+                        "SuccessfulCreate",
+                        &format!("Created job {jname}"),
+                    )
+                    .await;
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => {
                     crate::log_write_error("cronjob", "create job", &e);
-                    plan.last_schedule = cj.status.as_ref().and_then(|s| s.last_schedule_time.as_ref()).map(|t| t.0);
+                    plan.last_schedule = cj
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.last_schedule_time.as_ref())
+                        .map(|t| t.0);
                     next = next.min(Next::After(RETRY));
                 }
             }
@@ -355,14 +426,19 @@ impl CronController {
         if changed {
             let api: kube::Api<CronJob> = kube::Api::namespaced(client.clone(), &ns);
             if let Err(e) = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"status": status})),
+                )
                 .await
             {
                 crate::log_write_error("cronjob", "status", &e);
                 return next.min(Next::After(RETRY));
             }
             for ev in &plan.events {
-                let _ = record_event_for(&client, COMPONENT, cj, ev.type_, ev.reason, &ev.message).await;
+                let _ = record_event_for(&client, COMPONENT, cj, ev.type_, ev.reason, &ev.message)
+                    .await;
             }
         }
         next
@@ -409,7 +485,7 @@ mod tests {
 
     #[test]
     fn names_jobs_by_scheduled_minute() {
-        assert_eq!(job_name("cj", ts("2025-01-01T00:05:00Z")), "cj-29032805");
+        assert_eq!(job_name("cj", ts("2025-01-01T00:05:00Z")), "cj-28928165");
     }
 
     #[test]
@@ -420,7 +496,11 @@ mod tests {
         assert_eq!(p.last_schedule, Some(ts("2025-01-01T00:10:00Z")));
         assert_eq!(p.next, Some(Duration::from_secs(150)));
         // Its Job exists: nothing new until the next time.
-        let j = job(&job_name("cj", ts("2025-01-01T00:10:00Z")), None, "2025-01-01T00:10:00Z");
+        let j = job(
+            &job_name("cj", ts("2025-01-01T00:10:00Z")),
+            None,
+            "2025-01-01T00:10:00Z",
+        );
         let p = plan(&c, &[&j], ts("2025-01-01T00:12:30Z"));
         assert_eq!(p.create, None);
         assert_eq!(p.active.len(), 1);
@@ -431,10 +511,17 @@ mod tests {
     #[test]
     fn time_zone_moves_the_schedule() {
         let c = cj(json!({"schedule": "0 9 * * *", "timeZone": "Asia/Tokyo"}));
-        let p = plan(&c, &[], ts("2025-01-01T00:30:00Z"));
-        assert_eq!(p.create, Some(ts("2025-01-01T00:00:00Z")), "09:00 in Tokyo is 00:00 UTC");
+        let p = plan(&c, &[], ts("2025-01-02T00:30:00Z"));
+        assert_eq!(
+            p.create,
+            Some(ts("2025-01-02T00:00:00Z")),
+            "09:00 in Tokyo is 00:00 UTC"
+        );
         let j = job_for(&c, p.create.unwrap());
-        assert_eq!(j.metadata.annotations.unwrap()[SCHEDULED_ANNOTATION], "2025-01-01T09:00:00+09:00");
+        assert_eq!(
+            j.metadata.annotations.unwrap()[SCHEDULED_ANNOTATION],
+            "2025-01-02T09:00:00+09:00"
+        );
         assert_eq!(j.metadata.labels.unwrap()["team"], "a");
         assert_eq!(j.metadata.owner_references.unwrap()[0].kind, "CronJob");
     }
@@ -488,8 +575,14 @@ mod tests {
     fn bad_schedules_and_zones_only_warn() {
         let c = cj(json!({"schedule": "not a schedule"}));
         let p = plan(&c, &[], ts("2025-01-01T01:00:00Z"));
-        assert_eq!((p.create, p.events[0].reason), (None, "UnparseableSchedule"));
+        assert_eq!(
+            (p.create, p.events[0].reason),
+            (None, "UnparseableSchedule")
+        );
         let c = cj(json!({"timeZone": "Nowhere/Land"}));
-        assert_eq!(plan(&c, &[], ts("2025-01-01T01:00:00Z")).events[0].reason, "UnknownTimeZone");
+        assert_eq!(
+            plan(&c, &[], ts("2025-01-01T01:00:00Z")).events[0].reason,
+            "UnknownTimeZone"
+        );
     }
 }

@@ -136,7 +136,8 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp) -> JobPlan {
     };
 
     // Finished: only the TTL is left to watch.
-    if let Some(done) = has_condition(&prev, "Complete").or_else(|| has_condition(&prev, "Failed")) {
+    if let Some(done) = has_condition(&prev, "Complete").or_else(|| has_condition(&prev, "Failed"))
+    {
         if let Some(ttl) = spec.ttl_seconds_after_finished {
             let finished = done
                 .last_transition_time
@@ -180,9 +181,12 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp) -> JobPlan {
         out.delete = active_names();
         st.start_time = None;
         if has_condition(st, "Suspended").is_none() {
-            st.conditions
-                .get_or_insert_with(Vec::new)
-                .push(condition("Suspended", "JobSuspended", "Job suspended", now));
+            st.conditions.get_or_insert_with(Vec::new).push(condition(
+                "Suspended",
+                "JobSuspended",
+                "Job suspended",
+                now,
+            ));
         }
         return out;
     }
@@ -199,12 +203,21 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp) -> JobPlan {
         Some(c) => succeeded >= c,
         None => succeeded > 0 && active.is_empty(),
     };
-    let restarts: i32 = if spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref())
+    let restarts: i32 = if spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
         == Some("OnFailure")
     {
         active
             .iter()
-            .flat_map(|p| p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default())
+            .flat_map(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.clone())
+                    .unwrap_or_default()
+            })
             .map(|c| c.restart_count)
             .sum()
     } else {
@@ -254,7 +267,8 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp) -> JobPlan {
             }
         }
     }
-    let ending = has_condition(st, "SuccessCriteriaMet").or_else(|| has_condition(st, "FailureTarget"));
+    let ending =
+        has_condition(st, "SuccessCriteriaMet").or_else(|| has_condition(st, "FailureTarget"));
     if let Some(c) = ending {
         out.delete = active_names();
         if active.is_empty() && terminating == 0 {
@@ -362,7 +376,10 @@ impl JobController {
     async fn pass(&mut self) -> Next {
         let jobs = self.caches.jobs().all();
         let pods = self.caches.pods().all();
-        let live: HashSet<&str> = jobs.iter().filter_map(|j| j.metadata.uid.as_deref()).collect();
+        let live: HashSet<&str> = jobs
+            .iter()
+            .filter_map(|j| j.metadata.uid.as_deref())
+            .collect();
         self.expectations.retain(&live);
         let mut next = Next::Idle;
         for job in &jobs {
@@ -414,7 +431,15 @@ impl JobController {
         if plan.create > 0 {
             let (made, failed) = create_pods(&api, &job_pod(job), plan.create, "job").await;
             for p in &made {
-                let _ = record_event_for(&client, COMPONENT, job, "Normal", "SuccessfulCreate", &format!("Created pod: {p}")).await;
+                let _ = record_event_for(
+                    &client,
+                    COMPONENT,
+                    job,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &format!("Created pod: {p}"),
+                )
+                .await;
             }
             if failed {
                 next = next.min(Next::After(RETRY));
@@ -425,11 +450,24 @@ impl JobController {
             let doomed: Vec<&Arc<Pod>> = owned
                 .iter()
                 .copied()
-                .filter(|p| p.metadata.name.as_ref().is_some_and(|n| plan.delete.contains(n)))
+                .filter(|p| {
+                    p.metadata
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| plan.delete.contains(n))
+                })
                 .collect();
             let (gone, failed) = delete_pods(&api, &doomed, "job").await;
             for p in &gone {
-                let _ = record_event_for(&client, COMPONENT, job, "Normal", "SuccessfulDelete", &format!("Deleted pod: {p}")).await;
+                let _ = record_event_for(
+                    &client,
+                    COMPONENT,
+                    job,
+                    "Normal",
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {p}"),
+                )
+                .await;
             }
             if failed {
                 next = next.min(Next::After(RETRY));
@@ -438,14 +476,19 @@ impl JobController {
         }
         if job.status.as_ref() != Some(&plan.status) {
             if let Err(e) = jobs
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": plan.status})))
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"status": plan.status})),
+                )
                 .await
             {
                 crate::log_write_error("job", "status", &e);
                 return next.min(Next::After(RETRY));
             }
             for ev in &plan.events {
-                let _ = record_event_for(&client, COMPONENT, job, ev.type_, ev.reason, &ev.message).await;
+                let _ = record_event_for(&client, COMPONENT, job, ev.type_, ev.reason, &ev.message)
+                    .await;
             }
         }
         next
@@ -455,7 +498,9 @@ impl JobController {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus};
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
+    };
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -467,7 +512,10 @@ mod tests {
         for (k, v) in extra.as_object().unwrap() {
             spec[k] = v.clone();
         }
-        serde_json::from_value(json!({"metadata": {"name": "j", "namespace": "default", "uid": "u1"}, "spec": spec})).unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": "j", "namespace": "default", "uid": "u1"}, "spec": spec}),
+        )
+        .unwrap()
     }
 
     fn pod(name: &str, phase: &str, finished: Option<&str>) -> Pod {
@@ -495,7 +543,11 @@ mod tests {
     }
 
     fn types(st: &JobStatus) -> Vec<String> {
-        st.conditions.iter().flatten().map(|c| c.type_.clone()).collect()
+        st.conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.clone())
+            .collect()
     }
 
     #[test]
@@ -516,12 +568,19 @@ mod tests {
         let p = plan(&j, &[], now);
         assert_eq!(p.create, 2);
         assert_eq!(p.status.start_time, Some(Time(now)));
-        let (a, b, c) = (pod("a", "Succeeded", None), pod("b", "Running", None), pod("c", "Pending", None));
+        let (a, b, c) = (
+            pod("a", "Succeeded", None),
+            pod("b", "Running", None),
+            pod("c", "Pending", None),
+        );
         let p = plan(&j, &[&a, &b, &c], now);
         assert_eq!(p.create, 0, "2 active cover the 2 completions left");
         let b2 = pod("b", "Succeeded", None);
         let p = plan(&j, &[&a, &b2, &c], now);
-        assert_eq!((p.create, p.status.succeeded, p.status.active), (0, Some(2), Some(1)));
+        assert_eq!(
+            (p.create, p.status.succeeded, p.status.active),
+            (0, Some(2), Some(1))
+        );
         let c2 = pod("c", "Succeeded", None);
         let p = plan(&j, &[&a, &b2, &c2], now);
         assert_eq!(types(&p.status), ["SuccessCriteriaMet", "Complete"]);
@@ -574,7 +633,10 @@ mod tests {
         j.status = Some(p.status);
         let p = plan(&j, &[], ts("2025-01-01T00:00:31Z"));
         assert_eq!(types(&p.status), ["FailureTarget", "Failed"]);
-        assert_eq!(p.status.conditions.unwrap()[1].reason.as_deref(), Some("DeadlineExceeded"));
+        assert_eq!(
+            p.status.conditions.unwrap()[1].reason.as_deref(),
+            Some("DeadlineExceeded")
+        );
     }
 
     #[test]

@@ -31,7 +31,9 @@ use tokio::sync::Notify;
 
 use crate::replicaset::{Expectations, delete_pods, pod_from_template};
 use crate::scheduler::record_event_for;
-use crate::util::{controller_of, is_available, is_ready, is_terminal, is_terminating, labels_of, template_hash};
+use crate::util::{
+    controller_of, is_available, is_ready, is_terminal, is_terminating, labels_of, template_hash,
+};
 use crate::{Caches, Error, Next, RETRY};
 
 /// The label naming a StatefulSet pod (a Service may select one pod by it).
@@ -131,8 +133,7 @@ pub fn plan(sts: &StatefulSet, pods: &[&Pod], update_rev: &str) -> Plan {
         }
         match by_ord.get(&ord) {
             None => {
-                let keep_current =
-                    rolling && ord - start < partition && current_rev != update_rev;
+                let keep_current = rolling && ord - start < partition && current_rev != update_rev;
                 out.create.push((ord, keep_current));
                 all_healthy = false;
             }
@@ -162,7 +163,12 @@ pub fn plan(sts: &StatefulSet, pods: &[&Pod], update_rev: &str) -> Plan {
     }
     // Rolling update: from the highest ordinal down to the partition, one
     // pod at a time, only while every other pod is healthy.
-    if rolling && all_healthy && condemned.is_empty() && out.create.is_empty() && out.delete.is_empty() {
+    if rolling
+        && all_healthy
+        && condemned.is_empty()
+        && out.create.is_empty()
+        && out.delete.is_empty()
+    {
         for idx in (partition..replicas).rev() {
             let Some(p) = by_ord.get(&(start + idx)) else {
                 break;
@@ -177,11 +183,19 @@ pub fn plan(sts: &StatefulSet, pods: &[&Pod], update_rev: &str) -> Plan {
 }
 
 /// The status a StatefulSet should show for its pods.
-pub fn status_for(sts: &StatefulSet, pods: &[&Pod], update_rev: &str, now: Time) -> StatefulSetStatus {
+pub fn status_for(
+    sts: &StatefulSet,
+    pods: &[&Pod],
+    update_rev: &str,
+    now: Time,
+) -> StatefulSetStatus {
     let spec = sts.spec.clone().unwrap_or_default();
     let want = spec.replicas.unwrap_or(1);
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    let live: Vec<&&Pod> = pods.iter().filter(|p| !is_terminating(p) && !is_terminal(p)).collect();
+    let live: Vec<&&Pod> = pods
+        .iter()
+        .filter(|p| !is_terminating(p) && !is_terminal(p))
+        .collect();
     let count = |f: &dyn Fn(&Pod) -> bool| live.iter().filter(|p| f(p)).count() as i32;
     let prev = sts.status.clone().unwrap_or_default();
     let mut current_rev = prev
@@ -196,7 +210,9 @@ pub fn status_for(sts: &StatefulSet, pods: &[&Pod], update_rev: &str, now: Time)
     StatefulSetStatus {
         replicas: live.len() as i32,
         ready_replicas: Some(count(&|p| healthy(p))),
-        available_replicas: Some(count(&|p| healthy(p) && is_available(p, min_ready, now.clone()))),
+        available_replicas: Some(count(&|p| {
+            healthy(p) && is_available(p, min_ready, now.clone())
+        })),
         current_replicas: Some(current),
         updated_replicas: Some(updated),
         current_revision: Some(current_rev),
@@ -208,7 +224,12 @@ pub fn status_for(sts: &StatefulSet, pods: &[&Pod], update_rev: &str, now: Time)
 }
 
 /// The pod of ordinal `ord`, from `template` at `revision`.
-pub fn stateful_pod(sts: &StatefulSet, ord: i32, template: &PodTemplateSpec, revision: &str) -> Pod {
+pub fn stateful_pod(
+    sts: &StatefulSet,
+    ord: i32,
+    template: &PodTemplateSpec,
+    revision: &str,
+) -> Pod {
     let set = sts.metadata.name.clone().unwrap_or_default();
     let name = format!("{set}-{ord}");
     let mut pod = pod_from_template(sts, Some(template), "");
@@ -275,7 +296,10 @@ impl StsController {
     async fn pass(&mut self) -> Next {
         let sets = self.caches.stateful_sets().all();
         let pods = self.caches.pods().all();
-        let live: HashSet<&str> = sets.iter().filter_map(|s| s.metadata.uid.as_deref()).collect();
+        let live: HashSet<&str> = sets
+            .iter()
+            .filter_map(|s| s.metadata.uid.as_deref())
+            .collect();
         self.expectations.retain(&live);
         self.warned.retain(|u| live.contains(u.as_str()));
         let mut next = Next::Idle;
@@ -302,7 +326,10 @@ impl StsController {
         self.templates
             .entry(update_rev.clone())
             .or_insert_with(|| spec.template.clone());
-        if spec.volume_claim_templates.as_ref().is_some_and(|v| !v.is_empty())
+        if spec
+            .volume_claim_templates
+            .as_ref()
+            .is_some_and(|v| !v.is_empty())
             && self.warned.insert(uid.to_string())
         {
             let names: Vec<String> = spec
@@ -316,7 +343,16 @@ impl StsController {
                 names.join(", ")
             );
             tracing::warn!(sts = %format!("{ns}/{name}"), "{msg}");
-            if let Err(e) = record_event_for(&client, COMPONENT, sts, "Warning", "VolumeClaimTemplatesAsEmptyDir", &msg).await {
+            if let Err(e) = record_event_for(
+                &client,
+                COMPONENT,
+                sts,
+                "Warning",
+                "VolumeClaimTemplatesAsEmptyDir",
+                &msg,
+            )
+            .await
+            {
                 tracing::debug!(error = %e, "event not recorded");
             }
         }
@@ -329,7 +365,9 @@ impl StsController {
             let mut made = Vec::new();
             for (ord, keep_current) in &plan.create {
                 let (rev, template) = match current_rev.as_ref().filter(|_| *keep_current) {
-                    Some(c) if self.templates.contains_key(c) => (c.clone(), self.templates[c].clone()),
+                    Some(c) if self.templates.contains_key(c) => {
+                        (c.clone(), self.templates[c].clone())
+                    }
                     _ => (update_rev.clone(), spec.template.clone()),
                 };
                 let pod = stateful_pod(sts, *ord, &template, &rev);
@@ -338,7 +376,15 @@ impl StsController {
                     Ok(_) => {
                         made.push(pod_name.clone());
                         let msg = format!("create Pod {pod_name} in StatefulSet {name} successful");
-                        let _ = record_event_for(&client, COMPONENT, sts, "Normal", "SuccessfulCreate", &msg).await;
+                        let _ = record_event_for(
+                            &client,
+                            COMPONENT,
+                            sts,
+                            "Normal",
+                            "SuccessfulCreate",
+                            &msg,
+                        )
+                        .await;
                     }
                     Err(e) => {
                         crate::log_write_error("statefulset", "create pod", &e);
@@ -349,12 +395,19 @@ impl StsController {
             let doomed: Vec<&Arc<Pod>> = owned
                 .iter()
                 .copied()
-                .filter(|p| p.metadata.name.as_ref().is_some_and(|n| plan.delete.contains(n)))
+                .filter(|p| {
+                    p.metadata
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| plan.delete.contains(n))
+                })
                 .collect();
             let (gone, failed) = delete_pods(&api, &doomed, "statefulset").await;
             for pod_name in &gone {
                 let msg = format!("delete Pod {pod_name} in StatefulSet {name} successful");
-                let _ = record_event_for(&client, COMPONENT, sts, "Normal", "SuccessfulDelete", &msg).await;
+                let _ =
+                    record_event_for(&client, COMPONENT, sts, "Normal", "SuccessfulDelete", &msg)
+                        .await;
             }
             if failed {
                 next = Next::After(RETRY);
@@ -372,7 +425,11 @@ impl StsController {
         if sts.status.as_ref() != Some(&status) {
             let sts_api: kube::Api<StatefulSet> = kube::Api::namespaced(client, &ns);
             if let Err(e) = sts_api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"status": status})),
+                )
                 .await
             {
                 crate::log_write_error("statefulset", "status", &e);
@@ -431,7 +488,10 @@ mod tests {
         let s = sts(3, "OrderedReady", 0);
         assert_eq!(plan(&s, &[], "r1").create, vec![(0, false)]);
         let p0 = pod("web-0", "r1", false);
-        assert!(plan(&s, &[&p0], "r1").create.is_empty(), "waits for web-0 to be Ready");
+        assert!(
+            plan(&s, &[&p0], "r1").create.is_empty(),
+            "waits for web-0 to be Ready"
+        );
         let p0 = pod("web-0", "r1", true);
         assert_eq!(plan(&s, &[&p0], "r1").create, vec![(1, false)]);
         // A deleted middle pod is recreated under its own name, first.
@@ -442,22 +502,39 @@ mod tests {
     #[test]
     fn parallel_creates_and_removes_all_at_once() {
         let s = sts(3, "Parallel", 0);
-        assert_eq!(plan(&s, &[], "r1").create, vec![(0, false), (1, false), (2, false)]);
+        assert_eq!(
+            plan(&s, &[], "r1").create,
+            vec![(0, false), (1, false), (2, false)]
+        );
         let s = sts(1, "Parallel", 0);
-        let ps = [pod("web-0", "r1", true), pod("web-1", "r1", false), pod("web-2", "r1", true)];
+        let ps = [
+            pod("web-0", "r1", true),
+            pod("web-1", "r1", false),
+            pod("web-2", "r1", true),
+        ];
         let refs: Vec<&Pod> = ps.iter().collect();
-        assert_eq!(plan(&s, &refs, "r1").delete, vec!["web-2".to_string(), "web-1".to_string()]);
+        assert_eq!(
+            plan(&s, &refs, "r1").delete,
+            vec!["web-2".to_string(), "web-1".to_string()]
+        );
     }
 
     #[test]
     fn ordered_scale_down_takes_the_highest_first_and_waits_for_health() {
         let s = sts(1, "OrderedReady", 0);
-        let ps = [pod("web-0", "r1", true), pod("web-1", "r1", true), pod("web-2", "r1", true)];
+        let ps = [
+            pod("web-0", "r1", true),
+            pod("web-1", "r1", true),
+            pod("web-2", "r1", true),
+        ];
         let refs: Vec<&Pod> = ps.iter().collect();
         assert_eq!(plan(&s, &refs, "r1").delete, vec!["web-2".to_string()]);
         let ps = [pod("web-0", "r1", false), pod("web-1", "r1", true)];
         let refs: Vec<&Pod> = ps.iter().collect();
-        assert!(plan(&s, &refs, "r1").delete.is_empty(), "an unready pod holds the scale-down");
+        assert!(
+            plan(&s, &refs, "r1").delete.is_empty(),
+            "an unready pod holds the scale-down"
+        );
     }
 
     #[test]
@@ -467,24 +544,50 @@ mod tests {
             current_revision: Some("r1".into()),
             ..Default::default()
         });
-        let ps = [pod("web-0", "r1", true), pod("web-1", "r1", true), pod("web-2", "r1", true)];
+        let ps = [
+            pod("web-0", "r1", true),
+            pod("web-1", "r1", true),
+            pod("web-2", "r1", true),
+        ];
         let refs: Vec<&Pod> = ps.iter().collect();
         assert_eq!(plan(&s, &refs, "r2").delete, vec!["web-2".to_string()]);
-        let ps = [pod("web-0", "r1", true), pod("web-1", "r1", true), pod("web-2", "r2", false)];
+        let ps = [
+            pod("web-0", "r1", true),
+            pod("web-1", "r1", true),
+            pod("web-2", "r2", false),
+        ];
         let refs: Vec<&Pod> = ps.iter().collect();
-        assert!(plan(&s, &refs, "r2").delete.is_empty(), "waits for web-2 to be Ready");
-        let ps = [pod("web-0", "r1", true), pod("web-1", "r1", true), pod("web-2", "r2", true)];
+        assert!(
+            plan(&s, &refs, "r2").delete.is_empty(),
+            "waits for web-2 to be Ready"
+        );
+        let ps = [
+            pod("web-0", "r1", true),
+            pod("web-1", "r1", true),
+            pod("web-2", "r2", true),
+        ];
         let refs: Vec<&Pod> = ps.iter().collect();
         assert_eq!(plan(&s, &refs, "r2").delete, vec!["web-1".to_string()]);
-        let ps = [pod("web-0", "r1", true), pod("web-1", "r2", true), pod("web-2", "r2", true)];
+        let ps = [
+            pod("web-0", "r1", true),
+            pod("web-1", "r2", true),
+            pod("web-2", "r2", true),
+        ];
         let refs: Vec<&Pod> = ps.iter().collect();
-        assert_eq!(plan(&s, &refs, "r2"), Plan::default(), "web-0 is below the partition");
+        assert_eq!(
+            plan(&s, &refs, "r2"),
+            Plan::default(),
+            "web-0 is below the partition"
+        );
         // Below the partition a missing pod keeps the current revision.
         let ps = [pod("web-1", "r2", true), pod("web-2", "r2", true)];
         let refs: Vec<&Pod> = ps.iter().collect();
         assert_eq!(plan(&s, &refs, "r2").create, vec![(0, true)]);
         let st = status_for(&s, &refs, "r2", crate::util::now());
-        assert_eq!((st.updated_replicas, st.current_replicas), (Some(2), Some(0)));
+        assert_eq!(
+            (st.updated_replicas, st.current_replicas),
+            (Some(2), Some(0))
+        );
         assert_eq!(st.current_revision.as_deref(), Some("r1"));
     }
 

@@ -22,7 +22,11 @@ fn apply(lab: &Lab, yaml: &str) -> Result<String> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    child.stdin.take().expect("stdin").write_all(yaml.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())?;
     let out = child.wait_with_output()?;
     let text = format!(
         "{}{}",
@@ -134,8 +138,16 @@ async fn statefulset_orders_names_recreates_scales_and_rolls() -> Result<()> {
     let spec = web1.spec.clone().unwrap();
     assert_eq!(spec.hostname.as_deref(), Some("web-1"));
     assert_eq!(spec.subdomain.as_deref(), Some("nginx"));
-    let vol = spec.volumes.unwrap().into_iter().find(|v| v.name == "www").expect("www volume");
-    assert!(vol.empty_dir.is_some(), "the claim template became an emptyDir");
+    let vol = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "www")
+        .expect("www volume");
+    assert!(
+        vol.empty_dir.is_some(),
+        "the claim template became an emptyDir"
+    );
     let labels = web1.metadata.labels.clone().unwrap();
     assert_eq!(labels["statefulset.kubernetes.io/pod-name"], "web-1");
     assert_eq!(labels["apps.kubernetes.io/pod-index"], "1");
@@ -144,12 +156,26 @@ async fn statefulset_orders_names_recreates_scales_and_rolls() -> Result<()> {
     assert_eq!(revision(&web1), st.update_revision.clone().unwrap());
     let ev = events_for(&lab, "web").await?;
     assert!(
-        ev.iter().any(|(t, r, m)| t == "Warning" && r == "VolumeClaimTemplatesAsEmptyDir" && m.contains("www")),
+        ev.iter().any(|(t, r, m)| t == "Warning"
+            && r == "VolumeClaimTemplatesAsEmptyDir"
+            && m.contains("www")),
         "{ev:?}"
     );
-    assert!(ev.iter().any(|(_, r, m)| r == "SuccessfulCreate" && m == "create Pod web-2 in StatefulSet web successful"), "{ev:?}");
+    assert!(
+        ev.iter().any(|(_, r, m)| r == "SuccessfulCreate"
+            && m == "create Pod web-2 in StatefulSet web successful"),
+        "{ev:?}"
+    );
     let table = lab.kubectl(&["get", "sts", "web"])?;
-    assert!(table.lines().next().unwrap().split_whitespace().eq(["NAME", "READY", "AGE"]), "{table}");
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .eq(["NAME", "READY", "AGE"]),
+        "{table}"
+    );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..2], ["web", "3/3"], "{table}");
     let all = lab.kubectl(&["get", "all"])?;
@@ -168,12 +194,26 @@ async fn statefulset_orders_names_recreates_scales_and_rolls() -> Result<()> {
     .await?;
 
     // Rolling update above a partition: web-2 and web-1 change, web-0 stays.
-    lab.kubectl(&["patch", "sts", "web", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":1}}}}"#])?;
+    lab.kubectl(&[
+        "patch",
+        "sts",
+        "web",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":1}}}}"#,
+    ])?;
     lab.kubectl(&["set", "image", "sts/web", "nginx=nginx:1.27"])?;
     let out = lab.kubectl(&["rollout", "status", "sts/web", "--timeout=60s"])?;
-    assert!(out.contains("partitioned roll out complete: 2 new pods have been updated"), "{out}");
+    assert!(
+        out.contains("partitioned roll out complete: 2 new pods have been updated"),
+        "{out}"
+    );
     let st = sets.get("web").await?.status.unwrap();
-    let image = |p: &Pod| p.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
+    let image = |p: &Pod| {
+        p.spec.as_ref().unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap()
+    };
     let p0 = pods.get("web-0").await?;
     assert_eq!(image(&p0), "nginx:1.25");
     assert_eq!(revision(&p0), st.current_revision.clone().unwrap());
@@ -191,13 +231,28 @@ async fn statefulset_orders_names_recreates_scales_and_rolls() -> Result<()> {
             .into_iter()
             .filter_map(|p| p.metadata.name)
             .collect();
-        Ok(if names == ["web-0"] { Ok(()) } else { Err(format!("{names:?}")) })
+        Ok(if names == ["web-0"] {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        })
     })
     .await?;
     let ev = events_for(&lab, "web").await?;
-    let deletes: Vec<&String> = ev.iter().filter(|(_, r, _)| r == "SuccessfulDelete").map(|(_, _, m)| m).collect();
-    let pos = |pod: &str| deletes.iter().rposition(|m| m.contains(&format!("Pod {pod} ")));
-    assert!(pos("web-2") < pos("web-1"), "web-2 goes before web-1: {deletes:?}");
+    let deletes: Vec<&String> = ev
+        .iter()
+        .filter(|(_, r, _)| r == "SuccessfulDelete")
+        .map(|(_, _, m)| m)
+        .collect();
+    let pos = |pod: &str| {
+        deletes
+            .iter()
+            .rposition(|m| m.contains(&format!("Pod {pod} ")))
+    };
+    assert!(
+        pos("web-2") < pos("web-1"),
+        "web-2 goes before web-1: {deletes:?}"
+    );
     Ok(())
 }
 
@@ -216,8 +271,14 @@ spec:
     spec: {containers: [{name: c, image: nginx}]}
 "#;
     let e = apply(&lab, bad_sts).unwrap_err().to_string();
-    assert!(e.contains("spec.template.metadata.labels: Invalid value"), "{e}");
-    assert!(e.contains("`selector` does not match template `labels`"), "{e}");
+    assert!(
+        e.contains("spec.template.metadata.labels: Invalid value"),
+        "{e}"
+    );
+    assert!(
+        e.contains("`selector` does not match template `labels`"),
+        "{e}"
+    );
     let bad_cj = r#"
 apiVersion: batch/v1
 kind: CronJob
@@ -230,7 +291,10 @@ spec:
         spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}
 "#;
     let e = apply(&lab, bad_cj).unwrap_err().to_string();
-    assert!(e.contains("spec.schedule: Invalid value: \"61 * * * *\""), "{e}");
+    assert!(
+        e.contains("spec.schedule: Invalid value: \"61 * * * *\""),
+        "{e}"
+    );
     let bad_job = r#"
 apiVersion: batch/v1
 kind: Job
@@ -245,7 +309,10 @@ spec:
         "{e}"
     );
     let out = lab.kubectl(&["get", "sts,jobs,cronjobs"])?;
-    assert!(out.contains("No resources found"), "nothing was stored: {out}");
+    assert!(
+        out.contains("No resources found"),
+        "nothing was stored: {out}"
+    );
     Ok(())
 }
 
@@ -269,7 +336,12 @@ spec:
 async fn job_runs_its_completions_and_kubectl_waits_for_it() -> Result<()> {
     let lab = lab_with_nodes().await?;
     apply(&lab, PARALLEL_JOB)?;
-    let out = lab.kubectl(&["wait", "--for=condition=complete", "job/lookup", "--timeout=60s"])?;
+    let out = lab.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/lookup",
+        "--timeout=60s",
+    ])?;
     assert!(out.contains("job.batch/lookup condition met"), "{out}");
     let jobs: kube::Api<Job> = kube::Api::namespaced(lab.client.clone(), "default");
     let j = jobs.get("lookup").await?;
@@ -277,12 +349,22 @@ async fn job_runs_its_completions_and_kubectl_waits_for_it() -> Result<()> {
     assert_eq!(spec.backoff_limit, Some(6));
     assert_eq!(spec.completion_mode.as_deref(), Some("NonIndexed"));
     let st = j.status.clone().unwrap();
-    assert_eq!((st.succeeded, st.active.unwrap_or(0), st.failed.unwrap_or(0)), (Some(3), 0, 0));
-    let types: Vec<&str> = st.conditions.iter().flatten().map(|c| c.type_.as_str()).collect();
+    assert_eq!(
+        (st.succeeded, st.active.unwrap_or(0), st.failed.unwrap_or(0)),
+        (Some(3), 0, 0)
+    );
+    let types: Vec<&str> = st
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| c.type_.as_str())
+        .collect();
     assert_eq!(types, ["SuccessCriteriaMet", "Complete"]);
     assert!(st.start_time.is_some() && st.completion_time.is_some());
     let uid = j.metadata.uid.clone().unwrap();
-    let pods = lab.pods("default", "batch.kubernetes.io/job-name=lookup").await?;
+    let pods = lab
+        .pods("default", "batch.kubernetes.io/job-name=lookup")
+        .await?;
     assert_eq!(pods.len(), 3);
     for p in &pods {
         let l = p.metadata.labels.as_ref().unwrap();
@@ -290,14 +372,31 @@ async fn job_runs_its_completions_and_kubectl_waits_for_it() -> Result<()> {
         assert_eq!(l["controller-uid"], uid);
         assert_eq!(l["batch.kubernetes.io/controller-uid"], uid);
         assert_eq!(p.metadata.owner_references.as_ref().unwrap()[0].uid, uid);
-        assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Succeeded"));
+        assert_eq!(
+            p.status.as_ref().unwrap().phase.as_deref(),
+            Some("Succeeded")
+        );
     }
     let ev = events_for(&lab, "lookup").await?;
-    assert_eq!(ev.iter().filter(|(_, r, _)| r == "SuccessfulCreate").count(), 3, "{ev:?}");
-    assert!(ev.iter().any(|(_, r, m)| r == "Completed" && m == "Job completed"), "{ev:?}");
+    assert_eq!(
+        ev.iter()
+            .filter(|(_, r, _)| r == "SuccessfulCreate")
+            .count(),
+        3,
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|(_, r, m)| r == "Completed" && m == "Job completed"),
+        "{ev:?}"
+    );
     let table = lab.kubectl(&["get", "job", "lookup"])?;
     let head: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(head, ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"], "{table}");
+    assert_eq!(
+        head,
+        ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        "{table}"
+    );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..3], ["lookup", "Complete", "3/3"], "{table}");
     Ok(())
@@ -320,7 +419,12 @@ spec:
       containers: [{name: c, image: busybox, command: [sh, -c, "exit 3"]}]
 "#,
     )?;
-    let out = lab.kubectl(&["wait", "--for=condition=failed", "job/broken", "--timeout=60s"])?;
+    let out = lab.kubectl(&[
+        "wait",
+        "--for=condition=failed",
+        "job/broken",
+        "--timeout=60s",
+    ])?;
     assert!(out.contains("condition met"), "{out}");
     let jobs: kube::Api<Job> = kube::Api::namespaced(lab.client.clone(), "default");
     let st = jobs.get("broken").await?.status.unwrap();
@@ -334,7 +438,13 @@ spec:
     let mut pods = lab.pods("default", "job-name=broken").await?;
     assert_eq!(pods.len(), 2);
     pods.sort_by_key(|p| p.metadata.creation_timestamp.clone());
-    let first_failed = pods[0].status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+    let first_failed = pods[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
         .state
         .as_ref()
         .unwrap()
@@ -348,7 +458,12 @@ spec:
     let gap = retried.0.duration_since(first_failed.0).as_secs_f64();
     assert!(gap >= 9.0, "retry came {gap} s after the failure");
     let ev = events_for(&lab, "broken").await?;
-    assert!(ev.iter().any(|(t, r, m)| t == "Warning" && r == "BackoffLimitExceeded" && m == "Job has reached the specified backoff limit"), "{ev:?}");
+    assert!(
+        ev.iter().any(|(t, r, m)| t == "Warning"
+            && r == "BackoffLimitExceeded"
+            && m == "Job has reached the specified backoff limit"),
+        "{ev:?}"
+    );
     let table = lab.kubectl(&["get", "job", "broken", "--no-headers"])?;
     assert!(table.split_whitespace().nth(1) == Some("Failed"), "{table}");
     Ok(())
@@ -381,17 +496,37 @@ spec:
       containers: [{name: c, image: busybox, command: [echo, hi]}]
 "#,
     )?;
-    lab.kubectl(&["wait", "--for=condition=failed", "job/slow", "--timeout=60s"])?;
+    lab.kubectl(&[
+        "wait",
+        "--for=condition=failed",
+        "job/slow",
+        "--timeout=60s",
+    ])?;
     let jobs: kube::Api<Job> = kube::Api::namespaced(lab.client.clone(), "default");
     let st = jobs.get("slow").await?.status.unwrap();
-    let failed = st.conditions.unwrap().into_iter().find(|c| c.type_ == "Failed").unwrap();
+    let failed = st
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
     assert_eq!(failed.reason.as_deref(), Some("DeadlineExceeded"));
-    assert_eq!(failed.message.as_deref(), Some("Job was active longer than specified deadline"));
-    assert!(common::active(lab.pods("default", "job-name=slow").await?).is_empty(), "its pod was stopped");
+    assert_eq!(
+        failed.message.as_deref(),
+        Some("Job was active longer than specified deadline")
+    );
+    assert!(
+        common::active(lab.pods("default", "job-name=slow").await?).is_empty(),
+        "its pod was stopped"
+    );
     eventually("brief deleted after finishing, with its pods", || async {
         let j = jobs.get_opt("brief").await?;
         let pods = lab.pods("default", "job-name=brief").await?;
-        Ok(if j.is_none() && pods.is_empty() { Ok(()) } else { Err(format!("job {} pods {}", j.is_some(), pods.len())) })
+        Ok(if j.is_none() && pods.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("job {} pods {}", j.is_some(), pods.len()))
+        })
     })
     .await?;
     Ok(())
@@ -422,28 +557,64 @@ async fn cronjob_defaults_table_and_create_job_from_it() -> Result<()> {
     let spec = cj.spec.clone().unwrap();
     assert_eq!(spec.concurrency_policy.as_deref(), Some("Allow"));
     assert_eq!(spec.suspend, Some(false));
-    assert_eq!((spec.successful_jobs_history_limit, spec.failed_jobs_history_limit), (Some(3), Some(1)));
+    assert_eq!(
+        (
+            spec.successful_jobs_history_limit,
+            spec.failed_jobs_history_limit
+        ),
+        (Some(3), Some(1))
+    );
     let table = lab.kubectl(&["get", "cj"])?;
     let head: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(head, ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST", "SCHEDULE", "AGE"], "{table}");
+    assert_eq!(
+        head,
+        [
+            "NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST", "SCHEDULE", "AGE"
+        ],
+        "{table}"
+    );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(&row[..6], ["nightly", "@yearly", "Europe/Berlin", "False", "0", "<none>"], "{table}");
+    assert_eq!(
+        &row[..6],
+        [
+            "nightly",
+            "@yearly",
+            "Europe/Berlin",
+            "False",
+            "0",
+            "<none>"
+        ],
+        "{table}"
+    );
 
     let out = lab.kubectl(&["create", "job", "by-hand", "--from=cronjob/nightly"])?;
     assert!(out.contains("job.batch/by-hand created"), "{out}");
     let jobs: kube::Api<Job> = kube::Api::namespaced(lab.client.clone(), "default");
     let j = jobs.get("by-hand").await?;
-    assert_eq!(j.metadata.annotations.as_ref().unwrap()["cronjob.kubernetes.io/instantiate"], "manual");
+    assert_eq!(
+        j.metadata.annotations.as_ref().unwrap()["cronjob.kubernetes.io/instantiate"],
+        "manual"
+    );
     assert_eq!(j.metadata.labels.as_ref().unwrap()["team"], "net");
-    assert_eq!(j.metadata.owner_references.as_ref().unwrap()[0].uid, cj.metadata.uid.clone().unwrap());
-    lab.kubectl(&["wait", "--for=condition=complete", "job/by-hand", "--timeout=60s"])?;
+    assert_eq!(
+        j.metadata.owner_references.as_ref().unwrap()[0].uid,
+        cj.metadata.uid.clone().unwrap()
+    );
+    lab.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/by-hand",
+        "--timeout=60s",
+    ])?;
     eventually("the CronJob records the success", || async {
         let st = cjs.get("nightly").await?.status.unwrap_or_default();
-        Ok(if st.last_successful_time.is_some() && st.active.is_none() {
-            Ok(())
-        } else {
-            Err(format!("{st:?}"))
-        })
+        Ok(
+            if st.last_successful_time.is_some() && st.active.is_none() {
+                Ok(())
+            } else {
+                Err(format!("{st:?}"))
+            },
+        )
     })
     .await?;
     // Deleting the CronJob takes its Jobs and their pods with it.
@@ -451,7 +622,11 @@ async fn cronjob_defaults_table_and_create_job_from_it() -> Result<()> {
     eventually("jobs and pods collected", || async {
         let j = jobs.get_opt("by-hand").await?;
         let pods = lab.pods("default", "job-name=by-hand").await?;
-        Ok(if j.is_none() && pods.is_empty() { Ok(()) } else { Err(format!("job {} pods {}", j.is_some(), pods.len())) })
+        Ok(if j.is_none() && pods.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("job {} pods {}", j.is_some(), pods.len()))
+        })
     })
     .await?;
     Ok(())

@@ -40,7 +40,13 @@ const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 /// years (`0 0 30 2 *`) has none at all.
 const HORIZON_DAYS: i32 = 366 * 8;
 
-fn field(text: &str, min: u32, max: u32, names: &[&str], name_base: u32) -> Result<u64, ParseError> {
+fn field(
+    text: &str,
+    min: u32,
+    max: u32,
+    names: &[&str],
+    name_base: u32,
+) -> Result<u64, ParseError> {
     let mut bits = 0u64;
     for part in text.split(',') {
         let (range, step) = match part.split_once('/') {
@@ -49,7 +55,9 @@ fn field(text: &str, min: u32, max: u32, names: &[&str], name_base: u32) -> Resu
                     .parse()
                     .map_err(|_| ParseError(format!("failed to parse int from {s}")))?;
                 if step == 0 {
-                    return Err(ParseError(format!("step of range should be a positive number: {part}")));
+                    return Err(ParseError(format!(
+                        "step of range should be a positive number: {part}"
+                    )));
                 }
                 (r, Some(step))
             }
@@ -72,13 +80,19 @@ fn field(text: &str, min: u32, max: u32, names: &[&str], name_base: u32) -> Resu
             (v, if step.is_some() { max } else { v })
         };
         if lo < min {
-            return Err(ParseError(format!("beginning of range ({lo}) below minimum ({min}): {part}")));
+            return Err(ParseError(format!(
+                "beginning of range ({lo}) below minimum ({min}): {part}"
+            )));
         }
         if hi > max {
-            return Err(ParseError(format!("end of range ({hi}) above maximum ({max}): {part}")));
+            return Err(ParseError(format!(
+                "end of range ({hi}) above maximum ({max}): {part}"
+            )));
         }
         if lo > hi {
-            return Err(ParseError(format!("beginning of range ({lo}) beyond end of range ({hi}): {part}")));
+            return Err(ParseError(format!(
+                "beginning of range ({lo}) beyond end of range ({hi}): {part}"
+            )));
         }
         let step = step.unwrap_or(1);
         let mut v = lo;
@@ -229,10 +243,25 @@ mod tests {
         assert_eq!(s.minutes, (1 << 0) | (1 << 15) | (1 << 30) | (1 << 45));
         assert_eq!(s.months, 0b1110);
         assert_eq!(s.dow, 0b011_1110);
-        assert_eq!(Schedule::parse("@hourly").unwrap(), Schedule::parse("0 * * * *").unwrap());
+        assert_eq!(
+            Schedule::parse("@hourly").unwrap(),
+            Schedule::parse("0 * * * *").unwrap()
+        );
         assert_eq!(Schedule::parse("0 0 * * 7").unwrap().dow, 1);
-        assert_eq!(Schedule::parse("5/20 * * * *").unwrap().minutes, (1 << 5) | (1 << 25) | (1 << 45));
-        for bad in ["", "* * * *", "61 * * * *", "* * * * * *", "a * * * *", "@fortnightly", "5-1 * * * *", "*/0 * * * *"] {
+        assert_eq!(
+            Schedule::parse("5/20 * * * *").unwrap().minutes,
+            (1 << 5) | (1 << 25) | (1 << 45)
+        );
+        for bad in [
+            "",
+            "* * * *",
+            "61 * * * *",
+            "* * * * * *",
+            "a * * * *",
+            "@fortnightly",
+            "5-1 * * * *",
+            "*/0 * * * *",
+        ] {
             assert!(Schedule::parse(bad).is_err(), "{bad:?} must not parse");
         }
         assert_eq!(
@@ -245,27 +274,74 @@ mod tests {
     fn next_times_in_utc_and_zones() {
         let utc = TimeZone::UTC;
         let every = Schedule::parse("* * * * *").unwrap();
-        assert_eq!(every.next_after(ts("2025-01-01T10:00:00Z"), &utc), Some(ts("2025-01-01T10:01:00Z")));
-        assert_eq!(every.next_after(ts("2025-01-01T10:00:30Z"), &utc), Some(ts("2025-01-01T10:01:00Z")));
+        assert_eq!(
+            every.next_after(ts("2025-01-01T10:00:00Z"), &utc),
+            Some(ts("2025-01-01T10:01:00Z"))
+        );
+        assert_eq!(
+            every.next_after(ts("2025-01-01T10:00:30Z"), &utc),
+            Some(ts("2025-01-01T10:01:00Z"))
+        );
         let daily = Schedule::parse("@daily").unwrap();
-        assert_eq!(daily.next_after(ts("2025-01-31T23:59:59Z"), &utc), Some(ts("2025-02-01T00:00:00Z")));
+        assert_eq!(
+            daily.next_after(ts("2025-01-31T23:59:59Z"), &utc),
+            Some(ts("2025-02-01T00:00:00Z"))
+        );
         // Day of month OR day of week when both are restricted.
         let either = Schedule::parse("0 0 13 * fri").unwrap();
-        assert_eq!(either.next_after(ts("2025-06-01T00:00:00Z"), &utc), Some(ts("2025-06-06T00:00:00Z")));
-        assert_eq!(either.next_after(ts("2025-06-06T00:00:00Z"), &utc), Some(ts("2025-06-13T00:00:00Z")));
-        assert_eq!(Schedule::parse("0 0 30 2 *").unwrap().next_after(ts("2025-01-01T00:00:00Z"), &utc), None);
+        assert_eq!(
+            either.next_after(ts("2025-06-01T00:00:00Z"), &utc),
+            Some(ts("2025-06-06T00:00:00Z"))
+        );
+        assert_eq!(
+            either.next_after(ts("2025-06-06T00:00:00Z"), &utc),
+            Some(ts("2025-06-13T00:00:00Z"))
+        );
+        assert_eq!(
+            Schedule::parse("0 0 30 2 *")
+                .unwrap()
+                .next_after(ts("2025-01-01T00:00:00Z"), &utc),
+            None
+        );
         let berlin = time_zone(Some("Europe/Berlin")).unwrap();
         let nine = Schedule::parse("0 9 * * *").unwrap();
-        assert_eq!(nine.next_after(ts("2025-01-01T00:00:00Z"), &berlin), Some(ts("2025-01-01T08:00:00Z")));
-        assert_eq!(nine.next_after(ts("2025-07-01T00:00:00Z"), &berlin), Some(ts("2025-07-01T07:00:00Z")));
+        assert_eq!(
+            nine.next_after(ts("2025-01-01T00:00:00Z"), &berlin),
+            Some(ts("2025-01-01T08:00:00Z"))
+        );
+        assert_eq!(
+            nine.next_after(ts("2025-07-01T00:00:00Z"), &berlin),
+            Some(ts("2025-07-01T07:00:00Z"))
+        );
         assert!(time_zone(Some("Mars/Olympus")).is_err());
     }
 
     #[test]
     fn times_between_lists_missed_runs() {
         let s = Schedule::parse("*/10 * * * *").unwrap();
-        let got = s.times_between(ts("2025-01-01T10:00:00Z"), ts("2025-01-01T10:35:00Z"), &TimeZone::UTC, 100);
-        assert_eq!(got, vec![ts("2025-01-01T10:10:00Z"), ts("2025-01-01T10:20:00Z"), ts("2025-01-01T10:30:00Z")]);
-        assert_eq!(s.times_between(ts("2025-01-01T10:00:00Z"), ts("2025-01-02T10:00:00Z"), &TimeZone::UTC, 5).len(), 5);
+        let got = s.times_between(
+            ts("2025-01-01T10:00:00Z"),
+            ts("2025-01-01T10:35:00Z"),
+            &TimeZone::UTC,
+            100,
+        );
+        assert_eq!(
+            got,
+            vec![
+                ts("2025-01-01T10:10:00Z"),
+                ts("2025-01-01T10:20:00Z"),
+                ts("2025-01-01T10:30:00Z")
+            ]
+        );
+        assert_eq!(
+            s.times_between(
+                ts("2025-01-01T10:00:00Z"),
+                ts("2025-01-02T10:00:00Z"),
+                &TimeZone::UTC,
+                5
+            )
+            .len(),
+            5
+        );
     }
 }
