@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -280,7 +280,7 @@ pub fn job_for(cj: &CronJob, scheduled: Timestamp) -> Job {
             owner_references: Some(vec![owner_ref(cj)]),
             ..Default::default()
         },
-        spec: Some(tmpl.spec.unwrap_or_else(JobSpec::default)),
+        spec: Some(tmpl.spec.unwrap_or_default()),
         status: None,
     }
 }
