@@ -1,10 +1,11 @@
 //! podnet-apiserver (see README.md and docs/apiserver.md): the lab's Kubernetes API server. A small, honest
 //! implementation of the API a pod network needs (core namespaces, nodes,
 //! pods, services, endpoints, events, configmaps, secrets, serviceaccounts;
-//! EndpointSlices; NetworkPolicies; Deployments, ReplicaSets, DaemonSets;
-//! Leases; events.k8s.io Events), with namespace termination and deletion
-//! propagation as a controller manager would carry them out, so the real
-//! `kubectl` and kube-rs work against it unchanged.
+//! EndpointSlices; NetworkPolicies; Deployments, ReplicaSets, DaemonSets,
+//! StatefulSets; Jobs, CronJobs; Leases; events.k8s.io Events), with
+//! namespace termination and deletion propagation as a controller manager
+//! would carry them out, so the real `kubectl` and kube-rs work against it
+//! unchanged.
 //!
 //! Run it in-process with [`Server::start`] (the lab supervisor does) or as
 //! the `podnet-apiserver` binary. Controllers are not here: they are API

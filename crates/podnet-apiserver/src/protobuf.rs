@@ -1,7 +1,8 @@
 //! Decoding of Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`)
 //! into JSON, for the objects kubectl's generator commands send
-//! (`kubectl create namespace|configmap|serviceaccount|deployment|service|
-//! role|clusterrole|rolebinding|clusterrolebinding|token`, `kubectl auth`):
+//! (`kubectl create namespace|configmap|serviceaccount|deployment|job|
+//! cronjob|service|role|clusterrole|rolebinding|clusterrolebinding|token`,
+//! `kubectl auth`):
 //! the `k8s\0` envelope, `runtime.Unknown`, and the messages below by their
 //! field numbers in k8s.io/api's generated.proto. A field this table does not
 //! know is refused (415), never dropped.
@@ -194,7 +195,10 @@ const POD_SPEC: &[F] = &[
     (20, "initContainers", K::RepMsg(CONTAINER)),
     (21, "automountServiceAccountToken", K::Bool),
     (22, "tolerations", K::RepMsg(TOLERATION)),
+    (9, "serviceAccount", K::Str),
+    (25, "priority", K::Int),
     (30, "enableServiceLinks", K::Bool),
+    (31, "preemptionPolicy", K::Str),
 ];
 const POD: &[F] = &[
     (1, "metadata", K::Msg(META)),
@@ -221,6 +225,41 @@ const EMPTY: &[F] = &[];
 const DEPLOYMENT: &[F] = &[
     (1, "metadata", K::Msg(META)),
     (2, "spec", K::Msg(DEPLOY_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
+];
+const JOB_SPEC: &[F] = &[
+    (1, "parallelism", K::Int),
+    (2, "completions", K::Int),
+    (3, "activeDeadlineSeconds", K::Int),
+    (4, "selector", K::Msg(SELECTOR)),
+    (5, "manualSelector", K::Bool),
+    (6, "template", K::Msg(TEMPLATE)),
+    (7, "backoffLimit", K::Int),
+    (8, "ttlSecondsAfterFinished", K::Int),
+    (9, "completionMode", K::Str),
+    (10, "suspend", K::Bool),
+    (14, "podReplacementPolicy", K::Str),
+    (15, "managedBy", K::Str),
+];
+const JOB: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(JOB_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
+];
+const JOB_TEMPLATE: &[F] = &[(1, "metadata", K::Msg(META)), (2, "spec", K::Msg(JOB_SPEC))];
+const CRONJOB_SPEC: &[F] = &[
+    (1, "schedule", K::Str),
+    (2, "startingDeadlineSeconds", K::Int),
+    (3, "concurrencyPolicy", K::Str),
+    (4, "suspend", K::Bool),
+    (5, "jobTemplate", K::Msg(JOB_TEMPLATE)),
+    (6, "successfulJobsHistoryLimit", K::Int),
+    (7, "failedJobsHistoryLimit", K::Int),
+    (8, "timeZone", K::Str),
+];
+const CRONJOB: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(CRONJOB_SPEC)),
     (3, "status", K::Msg(EMPTY)),
 ];
 const NS_SPEC: &[F] = &[(1, "finalizers", K::RepStr)];
@@ -378,6 +417,8 @@ fn schema(kind: &str) -> Option<&'static [F]> {
         "Pod" => POD,
         "ServiceAccount" => SA,
         "Deployment" => DEPLOYMENT,
+        "Job" => JOB,
+        "CronJob" => CRONJOB,
         "Service" => SERVICE,
         "Role" => ROLE,
         "ClusterRole" => CLUSTER_ROLE,
