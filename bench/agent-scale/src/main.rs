@@ -215,6 +215,7 @@ fn main() -> Result<()> {
     // This process moves into the API namespace before any other thread
     // exists: the runtime's threads, the server's socket and the agent's
     // connections are all in namespaces of ours.
+    let home = File::open("/proc/thread-self/ns/net").context("opening our own namespace")?;
     let api_file = File::open(Path::new(NETNS_DIR).join(api_ns.name()))?;
     nix::sched::setns(api_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .context("entering the API namespace")?;
@@ -230,6 +231,9 @@ fn main() -> Result<()> {
         }
     });
     drop(rt);
+    // Back home first: removing the API namespace kills what runs in it.
+    nix::sched::setns(home.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("leaving the API namespace")?;
     // Guards drop here: the agent is killed with its namespace, both
     // namespaces and the temp dir are removed.
     drop(node_ns);
