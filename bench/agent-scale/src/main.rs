@@ -204,7 +204,10 @@ fn main() -> Result<()> {
             node_ns.name(),
         ],
     )?;
-    sh(&api_ns, &["addr", "add", &format!("{API_IP}/16"), "dev", "up0"])?;
+    sh(
+        &api_ns,
+        &["addr", "add", &format!("{API_IP}/16"), "dev", "up0"],
+    )?;
     sh(&api_ns, &["link", "set", "up0", "up"])?;
     sh(
         &node_ns,
@@ -456,7 +459,14 @@ type Put = (&'static str, String, String, Value);
 async fn load(store: &Arc<Store>, env: Envelope) -> Result<()> {
     const CONCURRENCY: usize = 512;
     let objects = (0..env.namespaces)
-        .map(move |i| -> Put { ("namespaces", String::new(), format!("ns-{i}"), namespace_obj(i)) })
+        .map(move |i| -> Put {
+            (
+                "namespaces",
+                String::new(),
+                format!("ns-{i}"),
+                namespace_obj(i),
+            )
+        })
         .chain((0..env.nodes).map(|n| -> Put {
             let name = format!("node-{n}");
             ("nodes", String::new(), name.clone(), node_obj(n, &name))
@@ -590,8 +600,12 @@ fn watch_netlink(ns: &NetNs) -> Result<std::sync::mpsc::Receiver<(Instant, Seen)
                         continue;
                     };
                     let seen = match &m {
-                        RouteNetlinkMessage::NewRoute(r) => dst(r).map(|(a, l)| Seen::RouteAdd(a, l)),
-                        RouteNetlinkMessage::DelRoute(r) => dst(r).map(|(a, l)| Seen::RouteDel(a, l)),
+                        RouteNetlinkMessage::NewRoute(r) => {
+                            dst(r).map(|(a, l)| Seen::RouteAdd(a, l))
+                        }
+                        RouteNetlinkMessage::DelRoute(r) => {
+                            dst(r).map(|(a, l)| Seen::RouteDel(a, l))
+                        }
                         RouteNetlinkMessage::NewNeighbour(n) => fdb_mac(n).map(Seen::FdbAdd),
                         RouteNetlinkMessage::DelNeighbour(n) => fdb_mac(n).map(Seen::FdbDel),
                         _ => None,
@@ -667,10 +681,7 @@ async fn run(args: &Args, agent: &Path, tmp: &Path, node_ns: &NetNs) -> Result<(
         env.namespaces,
         args.encap
     );
-    let cfg = podnet_apiserver::Config::new(
-        format!("{API_IP}:0").parse()?,
-        tmp.join("apiserver"),
-    );
+    let cfg = podnet_apiserver::Config::new(format!("{API_IP}:0").parse()?, tmp.join("apiserver"));
     let server = podnet_apiserver::Server::start(cfg)
         .await
         .context("starting podnet-apiserver")?;
@@ -688,7 +699,8 @@ async fn run(args: &Args, agent: &Path, tmp: &Path, node_ns: &NetNs) -> Result<(
         .agent_log
         .clone()
         .unwrap_or_else(|| tmp.join("agent.log"));
-    let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log =
+        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let cni_dir = tmp.join("cni");
     let conflist = cni_dir.join("10-podnet.conflist");
     let mut cmd = node_ns.command(agent);
@@ -814,24 +826,23 @@ async fn run(args: &Args, agent: &Path, tmp: &Path, node_ns: &NetNs) -> Result<(
     let vxlan = args.encap == "vxlan";
     let mut joins = Vec::new();
     let mut leaves = Vec::new();
-    let wait_for = |want_route: &dyn Fn(&Seen) -> bool,
-                    want_fdb: &dyn Fn(&Seen) -> bool|
-     -> Result<Instant> {
-        let (mut route, mut fdb) = (None, if vxlan { None } else { Some(Instant::now()) });
-        let end = Instant::now() + Duration::from_secs(10);
-        while route.is_none() || fdb.is_none() {
-            let left = end.saturating_duration_since(Instant::now());
-            let (at, seen) = rx
-                .recv_timeout(left)
-                .context("the agent did not program the node change within 10 s")?;
-            if want_route(&seen) {
-                route = Some(at);
-            } else if want_fdb(&seen) {
-                fdb = Some(at);
+    let wait_for =
+        |want_route: &dyn Fn(&Seen) -> bool, want_fdb: &dyn Fn(&Seen) -> bool| -> Result<Instant> {
+            let (mut route, mut fdb) = (None, if vxlan { None } else { Some(Instant::now()) });
+            let end = Instant::now() + Duration::from_secs(10);
+            while route.is_none() || fdb.is_none() {
+                let left = end.saturating_duration_since(Instant::now());
+                let (at, seen) = rx
+                    .recv_timeout(left)
+                    .context("the agent did not program the node change within 10 s")?;
+                if want_route(&seen) {
+                    route = Some(at);
+                } else if want_fdb(&seen) {
+                    fdb = Some(at);
+                }
             }
-        }
-        Ok(route.max(fdb).expect("both seen"))
-    };
+            Ok(route.max(fdb).expect("both seen"))
+        };
     for k in 0..args.node_changes {
         let n = env.nodes + k;
         let name = format!("join-{k}");
@@ -860,15 +871,15 @@ async fn run(args: &Args, agent: &Path, tmp: &Path, node_ns: &NetNs) -> Result<(
     }
     let hwm = vm_hwm(pid)?;
     if let Some(st) = proc.0.try_wait()? {
-        bail!("podnet-agent exited ({st}); its log:\n{}", tail(&log_path, 40));
+        bail!(
+            "podnet-agent exited ({st}); its log:\n{}",
+            tail(&log_path, 40)
+        );
     }
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!();
-    println!(
-        "{:<44} {:>14}  {:>12}  verdict",
-        "figure", "value", "goal"
-    );
+    println!("{:<44} {:>14}  {:>12}  verdict", "figure", "value", "goal");
     println!(
         "{:<44} {:>12.2} s  {:>12}  {}",
         "start to programmed dataplane (conflist)",

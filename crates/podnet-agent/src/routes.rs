@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use podnet_kernel::netlink::Netlink;
 
 use crate::AgentArgs;
 
@@ -235,97 +236,89 @@ fn setup_vxlan(args: &AgentArgs, own: Ipv4Net) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `program -force -batch -` with `lines` on its standard input: one
-/// process for any number of changes (`-force`: a failing line does not
-/// stop the others).
-fn batch(program: &str, lines: &[String]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    if lines.is_empty() {
-        return Ok(());
-    }
-    let mut child = Command::new(program)
-        .args(["-force", "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let mut input = child.stdin.take().expect("piped");
-    input.write_all(lines.join("\n").as_bytes())?;
-    input.write_all(b"\n")?;
-    drop(input);
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{program} -batch: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+/// [`vtep_mac`] as bytes.
+fn vtep_mac_bytes(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0e, 0x70, o[0], o[1], o[2], o[3]]
 }
 
-/// Programs the routes (and, with VXLAN, the neighbour and FDB entries) to
-/// `remotes`: the FDB first, then neighbours and routes, so a route never
-/// points into the overlay before its node's VTEP is known.
+/// The index of link `name`.
+fn link_index(nl: &mut Netlink, name: &str) -> anyhow::Result<u32> {
+    Ok(nl
+        .link_by_name(name)?
+        .ok_or_else(|| anyhow::anyhow!("no link {name}"))?
+        .index)
+}
+
+/// Programs the routes (and, with VXLAN, the FDB and neighbour entries) to
+/// `remotes` over one netlink socket, as `ip route/neigh replace` and
+/// `bridge fdb replace` would, without a process per change: the FDB
+/// first, then the neighbour, then the route, so a route never points
+/// into the overlay before its node's VTEP is known. A failing node is
+/// reported and the others are still programmed.
 fn add(args: &AgentArgs, remotes: &[&Remote]) -> anyhow::Result<()> {
     if remotes.is_empty() {
         return Ok(());
     }
-    let mut ip_lines = Vec::with_capacity(remotes.len() * 2);
-    let mut fdb_result = Ok(());
+    let mut nl = Netlink::open()?;
+    let mut first_error = None;
     if args.encap == "vxlan" {
-        let fdb: Vec<String> = remotes
-            .iter()
-            .map(|r| {
-                format!(
-                    "fdb replace {} dev {VXLAN_DEV} dst {} self permanent",
-                    vtep_mac(r.ip),
-                    r.ip
-                )
-            })
-            .collect();
-        fdb_result = batch("bridge", &fdb);
+        let dev = link_index(&mut nl, VXLAN_DEV)?;
         for r in remotes {
             let vtep = r.cidr.network();
-            ip_lines.push(format!(
-                "neigh replace {vtep} lladdr {} dev {VXLAN_DEV} nud permanent",
-                vtep_mac(r.ip)
-            ));
-            ip_lines.push(format!(
-                "route replace {} via {vtep} dev {VXLAN_DEV} onlink",
-                r.cidr
-            ));
+            let mac = vtep_mac_bytes(r.ip);
+            let res = nl
+                .replace_fdb(dev, mac, r.ip)
+                .and_then(|()| nl.replace_neighbour(dev, vtep, mac))
+                .and_then(|()| {
+                    nl.replace_route_v4(r.cidr.network(), r.cidr.prefix_len(), vtep, dev, true)
+                });
+            if let Err(e) = res {
+                tracing::warn!(cidr = %r.cidr, via = %r.ip, error = %e, "route");
+                first_error.get_or_insert(e);
+            }
         }
     } else {
+        let dev = link_index(&mut nl, &args.uplink)?;
         for r in remotes {
-            ip_lines.push(format!(
-                "route replace {} via {} dev {}",
-                r.cidr, r.ip, args.uplink
-            ));
+            if let Err(e) =
+                nl.replace_route_v4(r.cidr.network(), r.cidr.prefix_len(), r.ip, dev, false)
+            {
+                tracing::warn!(cidr = %r.cidr, via = %r.ip, error = %e, "route");
+                first_error.get_or_insert(e);
+            }
         }
     }
-    let ip_result = batch("ip", &ip_lines);
-    fdb_result.and(ip_result)
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
-/// Removes what [`add`] programmed for `remotes` (routes first); entries
-/// already gone are not an error.
+/// Removes what [`add`] programmed for `remotes` (the route first);
+/// entries already gone are not an error.
 fn remove(args: &AgentArgs, remotes: &[&Remote]) {
     if remotes.is_empty() {
         return;
     }
-    let mut ip_lines = Vec::with_capacity(remotes.len() * 2);
-    for r in remotes {
-        ip_lines.push(format!("route del {}", r.cidr));
-        if args.encap == "vxlan" {
-            ip_lines.push(format!("neigh del {} dev {VXLAN_DEV}", r.cidr.network()));
+    let mut nl = match Netlink::open() {
+        Ok(nl) => nl,
+        Err(e) => {
+            tracing::warn!(error = %e, "removing routes");
+            return;
         }
-    }
-    let _ = batch("ip", &ip_lines);
-    if args.encap == "vxlan" {
-        let fdb: Vec<String> = remotes
-            .iter()
-            .map(|r| format!("fdb del {} dev {VXLAN_DEV} self", vtep_mac(r.ip)))
-            .collect();
-        let _ = batch("bridge", &fdb);
+    };
+    let dev = if args.encap == "vxlan" {
+        link_index(&mut nl, VXLAN_DEV).ok()
+    } else {
+        None
+    };
+    for r in remotes {
+        let _ = nl.delete_route_v4(r.cidr.network(), r.cidr.prefix_len());
+        if let Some(dev) = dev {
+            let _ = nl.delete_neighbour(dev, r.cidr.network());
+            let _ = nl.delete_fdb(dev, vtep_mac_bytes(r.ip));
+        }
     }
 }
 
@@ -337,5 +330,7 @@ mod tests {
     fn vtep_mac_is_local_unicast_and_from_the_address() {
         let m = vtep_mac("172.18.0.3".parse().unwrap());
         assert_eq!(m, "0e:70:ac:12:00:03");
+        let b = vtep_mac_bytes("172.18.0.3".parse().unwrap());
+        assert_eq!(m, b.map(|x| format!("{x:02x}")).join(":"));
     }
 }
