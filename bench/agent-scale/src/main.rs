@@ -334,7 +334,7 @@ fn pod_obj(ns: &str, name: &str, app: usize, node: usize, ip: Option<Ipv4Addr>, 
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "uid": uid("pod", i), "creationTimestamp": CREATED,
             "generateName": format!("app-{app}-5d8f7c9b4-"),
-            "labels": {"app": format!("app-{app}"), "pod-template-hash": "5d8f7c9b4", "tier": if app % 2 == 0 { "web" } else { "api" }},
+            "labels": {"app": format!("app-{app}"), "pod-template-hash": "5d8f7c9b4", "tier": if app.is_multiple_of(2) { "web" } else { "api" }},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("app-{app}-5d8f7c9b4"),
                                  "uid": uid("rs", app), "controller": true, "blockOwnerDeletion": true}]},
         "spec": {
@@ -420,7 +420,7 @@ fn policy_obj(ns_i: usize, m: usize, q: usize) -> Value {
         json!({"podSelector": {"matchLabels": {"app": format!("app-{}", m + 10)}}}),
         json!({"namespaceSelector": {"matchLabels": {"team": format!("team-{}", (ns_i + m) % 10)}}}),
     ];
-    if m % 5 == 0 {
+    if m.is_multiple_of(5) {
         from.push(json!({"ipBlock": {"cidr": format!("192.168.{}.0/24", m), "except": [format!("192.168.{}.128/25", m)]}}));
     }
     json!({
