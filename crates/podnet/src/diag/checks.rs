@@ -10,7 +10,7 @@ use podnet_core::proxy::{Family, ProxyState};
 
 use super::node::{self, NodeShell};
 use super::path::{self, PathPlan, PortSpec};
-use super::world::{CLUSTER_DOMAIN, Target, World, key, pod_place, pod_ready};
+use super::world::{CLUSTER_DOMAIN, World, key, pod_place, pod_ready};
 use super::{Check, pod_sh};
 
 /// Where the agent writes its CNI configuration on each node.
