@@ -125,14 +125,31 @@ fn cluster(w: &World, sh: &LabShell, policy: &PolicyWorld, progress: &Progress) 
             })
             .collect();
         let dns = s.spawn(|| checks::dns(w, sh));
-        let mut v: Vec<Vec<Check>> = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+        let mut v: Vec<Vec<Check>> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect();
         v.push(dns.join().unwrap_or_default());
         v
     });
     let mut all: Vec<Check> = per_node.into_iter().flatten().collect();
     all.extend(checks::policy_selectors(w, policy));
-    let order = ["cni", "routes", "mtu", "dns", "proxy", "conntrack", "hairpin", "policy"];
-    all.sort_by_key(|c| order.iter().position(|a| *a == c.area).unwrap_or(order.len()));
+    let order = [
+        "cni",
+        "routes",
+        "mtu",
+        "dns",
+        "proxy",
+        "conntrack",
+        "hairpin",
+        "policy",
+    ];
+    all.sort_by_key(|c| {
+        order
+            .iter()
+            .position(|a| *a == c.area)
+            .unwrap_or(order.len())
+    });
     out.extend(all);
     out
 }
@@ -157,15 +174,33 @@ async fn path_checks(
         Some(f) => match find_pod(w, f, ns) {
             Some(p) if pod_place(&p).0.is_some() => {
                 let (ip, node, _) = pod_place(&p);
-                out.push(Check::ok("path", format!("from {}", key(&p.metadata)), format!("{} on {}", ip.unwrap_or_default(), node.unwrap_or_default())));
+                out.push(Check::ok(
+                    "path",
+                    format!("from {}", key(&p.metadata)),
+                    format!("{} on {}", ip.unwrap_or_default(), node.unwrap_or_default()),
+                ));
                 Some(p)
             }
             Some(p) => {
-                out.push(Check::fail("path", format!("from {}", key(&p.metadata)), "the pod has no IP (not running)", format!("kubectl -n {} describe pod {}", p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default())));
+                out.push(Check::fail(
+                    "path",
+                    format!("from {}", key(&p.metadata)),
+                    "the pod has no IP (not running)",
+                    format!(
+                        "kubectl -n {} describe pod {}",
+                        p.metadata.namespace.clone().unwrap_or_default(),
+                        p.metadata.name.clone().unwrap_or_default()
+                    ),
+                ));
                 return Ok(out);
             }
             None => {
-                out.push(Check::fail("path", format!("from {f}"), format!("no pod {f} in namespace {ns}"), format!("kubectl -n {ns} get pods")));
+                out.push(Check::fail(
+                    "path",
+                    format!("from {f}"),
+                    format!("no pod {f} in namespace {ns}"),
+                    format!("kubectl -n {ns} get pods"),
+                ));
                 return Ok(out);
             }
         },
@@ -189,23 +224,61 @@ async fn path_checks(
     let (name, spec) = path::split_target(to)?;
     let target = w.resolve(&name, ns);
     let is_dns_name = name.contains('.') && name.parse::<std::net::Ipv4Addr>().is_err();
-    if is_dns_name || matches!(&target, Target::Service(s) if s.metadata.name.as_deref() == Some("kube-dns")) {
+    if is_dns_name
+        || matches!(&target, Target::Service(s) if s.metadata.name.as_deref() == Some("kube-dns"))
+    {
         progress.step("checking DNS");
         out.extend(checks::dns(w, sh));
     }
     if is_dns_name && let Some(f) = &from {
-        let r = pod_sh(&w.client, f, &format!("getent hosts {name} || nslookup {name}")).await;
+        let r = pod_sh(
+            &w.client,
+            f,
+            &format!("getent hosts {name} || nslookup {name}"),
+        )
+        .await;
         let id = format!("{} resolves {name}", key(&f.metadata));
         match r {
-            Ok(o) if o.code == 0 && !o.stdout.trim().is_empty() => out.push(Check::ok("dns", id, o.stdout.lines().next().unwrap_or_default().trim().to_string())),
-            Ok(o) => out.push(Check::fail("dns", id, format!("no answer (exit {}): {}", o.code, o.stdout.trim()), "see the DNS checks above; the name is <service>.<namespace>.svc.cluster.local")),
-            Err(e) => out.push(Check::warn("dns", id, format!("cannot run a lookup in the pod: {e:#}"))),
+            Ok(o) if o.code == 0 && !o.stdout.trim().is_empty() => out.push(Check::ok(
+                "dns",
+                id,
+                o.stdout
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            )),
+            Ok(o) => out.push(Check::fail(
+                "dns",
+                id,
+                format!("no answer (exit {}): {}", o.code, o.stdout.trim()),
+                "see the DNS checks above; the name is <service>.<namespace>.svc.cluster.local",
+            )),
+            Err(e) => out.push(Check::warn(
+                "dns",
+                id,
+                format!("cannot run a lookup in the pod: {e:#}"),
+            )),
         }
     }
     match &target {
-        Target::Missing { namespace, name, kind } => {
-            let what = match kind.as_str() { "svc" => "service", "pod" => "pod", _ => "service or pod" };
-            out.push(Check::fail("path", format!("to {to}"), format!("no {what} {name} in namespace {namespace}"), format!("kubectl -n {namespace} get svc,pods; kubectl get svc -A | grep {name}")));
+        Target::Missing {
+            namespace,
+            name,
+            kind,
+        } => {
+            let what = match kind.as_str() {
+                "svc" => "service",
+                "pod" => "pod",
+                _ => "service or pod",
+            };
+            out.push(Check::fail(
+                "path",
+                format!("to {to}"),
+                format!("no {what} {name} in namespace {namespace}"),
+                format!("kubectl -n {namespace} get svc,pods; kubectl get svc -A | grep {name}"),
+            ));
             return Ok(out);
         }
         Target::Service(svc) => {
@@ -213,9 +286,21 @@ async fn path_checks(
             out.extend(checks::service(w, sh, svc, &spec));
         }
         Target::Pod(p) => {
-            out.push(Check::ok("path", format!("to {}", key(&p.metadata)), format!("{} on {}", pod_place(p).0.unwrap_or_default(), pod_place(p).1.unwrap_or_default())));
+            out.push(Check::ok(
+                "path",
+                format!("to {}", key(&p.metadata)),
+                format!(
+                    "{} on {}",
+                    pod_place(p).0.unwrap_or_default(),
+                    pod_place(p).1.unwrap_or_default()
+                ),
+            ));
         }
-        Target::Ip(ip) => out.push(Check::warn("path", format!("to {ip}"), "neither a pod nor a service: only the source side is checked")),
+        Target::Ip(ip) => out.push(Check::warn(
+            "path",
+            format!("to {ip}"),
+            "neither a pod nor a service: only the source side is checked",
+        )),
     }
     let Some(from) = from else {
         return Ok(out);
@@ -228,15 +313,32 @@ async fn path_checks(
     let plan = match path::plan_path(w, policy, &from, &target, &spec, None) {
         Ok(p) => p,
         Err(e) => {
-            out.push(Check::fail("path", format!("{} → {to}", key(&from.metadata)), format!("{e:#}"), "see the checks above"));
+            out.push(Check::fail(
+                "path",
+                format!("{} → {to}", key(&from.metadata)),
+                format!("{e:#}"),
+                "see the checks above",
+            ));
             return Ok(out);
         }
     };
     if plan.service.is_some() && plan.candidates.is_empty() {
-        out.push(Check::fail("proxy", format!("{src_node} plan for {}", plan.service.clone().unwrap_or_default()), "no endpoints: a new connection is refused at once", "see the service checks above"));
+        out.push(Check::fail(
+            "proxy",
+            format!(
+                "{src_node} plan for {}",
+                plan.service.clone().unwrap_or_default()
+            ),
+            "no endpoints: a new connection is refused at once",
+            "see the service checks above",
+        ));
     }
     progress.step("checking routes, MTU and policy");
-    let backends: Vec<path::Backend> = if plan.candidates.is_empty() { plan.backend.clone().into_iter().collect() } else { plan.candidates.clone() };
+    let backends: Vec<path::Backend> = if plan.candidates.is_empty() {
+        plan.backend.clone().into_iter().collect()
+    } else {
+        plan.candidates.clone()
+    };
     let mut seen_nodes = std::collections::BTreeSet::new();
     for b in &backends {
         let Some(dn) = b.node.clone() else { continue };
@@ -254,8 +356,28 @@ async fn path_checks(
     }
     // MTU: the source pod's eth0 against its node's conflist, and a
     // full-size don't-fragment ping to the first backend.
-    let conf_mtu = sh.node_file(&src_node, checks::CONFLIST).ok().flatten().and_then(|(b, _)| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["plugins"].as_array()?.iter().find(|p| p["type"] == "podnet")?["mtu"].as_u64()).map(|m| m as u32);
-    let pod_mtu = sh.pod_cmd(&from, &["cat", "/sys/class/net/eth0/mtu"]).ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok());
+    let conf_mtu = sh
+        .node_file(&src_node, checks::CONFLIST)
+        .ok()
+        .flatten()
+        .and_then(|(b, _)| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v["plugins"]
+                .as_array()?
+                .iter()
+                .find(|p| p["type"] == "podnet")?["mtu"]
+                .as_u64()
+        })
+        .map(|m| m as u32);
+    let pod_mtu = sh
+        .pod_cmd(&from, &["cat", "/sys/class/net/eth0/mtu"])
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u32>()
+                .ok()
+        });
     if let (Some(cm), Some(pm)) = (conf_mtu, pod_mtu) {
         let id = format!("{} eth0", key(&from.metadata));
         if pm > cm {
@@ -263,12 +385,40 @@ async fn path_checks(
         } else {
             out.push(Check::ok("mtu", id, format!("MTU {pm} ≤ {cm}")));
         }
-        if let Some(b) = backends.first() && plan.egress.verdict().allows() && plan.ingress.verdict().allows() {
+        if let Some(b) = backends.first()
+            && plan.egress.verdict().allows()
+            && plan.ingress.verdict().allows()
+        {
             let size = (pm.saturating_sub(28)).to_string();
-            let ok = sh.pod_cmd(&from, &["ping", "-M", "do", "-s", &size, "-c", "1", "-W", "2", &b.ip.to_string()]).map(|o| o.status.success()).unwrap_or(false);
-            let id = format!("{} → {}", key(&from.metadata), b.pod.clone().unwrap_or_else(|| b.ip.to_string()));
+            let ok = sh
+                .pod_cmd(
+                    &from,
+                    &[
+                        "ping",
+                        "-M",
+                        "do",
+                        "-s",
+                        &size,
+                        "-c",
+                        "1",
+                        "-W",
+                        "2",
+                        &b.ip.to_string(),
+                    ],
+                )
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            let id = format!(
+                "{} → {}",
+                key(&from.metadata),
+                b.pod.clone().unwrap_or_else(|| b.ip.to_string())
+            );
             if ok {
-                out.push(Check::ok("mtu", id, format!("{pm}-byte don't-fragment ping crossed")));
+                out.push(Check::ok(
+                    "mtu",
+                    id,
+                    format!("{pm}-byte don't-fragment ping crossed"),
+                ));
             } else {
                 out.push(Check::fail("mtu", id, format!("{pm}-byte don't-fragment ping was lost (the overlay carries {cm})"), "make the pods' MTU fit the path: PODNET_MTU (0: the uplink's, less 50 with VXLAN), then recreate the pods"));
             }
@@ -279,7 +429,10 @@ async fn path_checks(
     for b in &backends {
         if let Ok(p) = path::plan_path(w, policy, &from, &target, &spec, Some(b.ip)) {
             for c in checks::policy_path(w, &p) {
-                if !policy_checks.iter().any(|x: &Check| x.subject == c.subject && x.evidence == c.evidence) {
+                if !policy_checks
+                    .iter()
+                    .any(|x: &Check| x.subject == c.subject && x.evidence == c.evidence)
+                {
                     policy_checks.push(c);
                 }
             }
@@ -288,14 +441,43 @@ async fn path_checks(
     out.extend(policy_checks);
     // A real connection from the source pod.
     progress.step("connecting from the source pod");
-    let id = format!("{} → {}:{}/{}", key(&from.metadata), plan.dst, plan.dst_port, plan.proto);
-    let script = format!("if {}; then echo ok; fi", checks::probe_script(&plan.dst_ip.to_string(), plan.dst_port, plan.proto, 2));
-    let src_is_backend = backends.iter().any(|b| Some(b.ip) == pod_place(&from).0.and_then(|i| i.parse().ok())) && plan.service.is_some();
+    let id = format!(
+        "{} → {}:{}/{}",
+        key(&from.metadata),
+        plan.dst,
+        plan.dst_port,
+        plan.proto
+    );
+    let script = format!(
+        "if {}; then echo ok; fi",
+        checks::probe_script(&plan.dst_ip.to_string(), plan.dst_port, plan.proto, 2)
+    );
+    let src_is_backend = backends
+        .iter()
+        .any(|b| Some(b.ip) == pod_place(&from).0.and_then(|i| i.parse().ok()))
+        && plan.service.is_some();
     match pod_sh(&w.client, &from, &script).await {
         Ok(o) if o.stdout.contains("ok") => {
-            out.push(Check::ok("connect", id.clone(), format!("connected ({}:{}{})", plan.dst_ip, plan.dst_port, if src_is_backend { ", hairpin through its own service" } else { "" })));
+            out.push(Check::ok(
+                "connect",
+                id.clone(),
+                format!(
+                    "connected ({}:{}{})",
+                    plan.dst_ip,
+                    plan.dst_port,
+                    if src_is_backend {
+                        ", hairpin through its own service"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
             if src_is_backend {
-                out.push(Check::ok("hairpin", key(&from.metadata), "reaches itself through its service"));
+                out.push(Check::ok(
+                    "hairpin",
+                    key(&from.metadata),
+                    "reaches itself through its service",
+                ));
             }
         }
         Ok(_) => {
@@ -305,7 +487,11 @@ async fn path_checks(
                 out.extend(checks::hairpin(sh, &src_node));
             }
         }
-        Err(e) => out.push(Check::warn("connect", id, format!("could not probe: {e:#}"))),
+        Err(e) => out.push(Check::warn(
+            "connect",
+            id,
+            format!("could not probe: {e:#}"),
+        )),
     }
     Ok(out)
 }

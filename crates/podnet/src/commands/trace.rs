@@ -110,10 +110,24 @@ async fn run_async(args: &Args) -> anyhow::Result<bool> {
         nodes.sort();
         nodes.dedup();
         let before: Vec<_> = nodes.iter().map(|n| drop_counters(&sh, n)).collect();
-        let sport = 20000 + (std::process::id() % 20000) as u16 + (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0) % 20000) as u16;
-        let cmd = probe_script(&plan.dst_ip.to_string(), plan.dst_port, plan.proto, 2)
-            .replacen("nc ", &format!("nc -p {sport} "), 1);
-        let out = pod_sh(&w.client, &src, &format!("if {cmd}; then echo connected; else echo refused; fi")).await?;
+        let sport = 20000
+            + (std::process::id() % 20000) as u16
+            + (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_micros())
+                .unwrap_or(0)
+                % 20000) as u16;
+        let cmd = probe_script(&plan.dst_ip.to_string(), plan.dst_port, plan.proto, 2).replacen(
+            "nc ",
+            &format!("nc -p {sport} "),
+            1,
+        );
+        let out = pod_sh(
+            &w.client,
+            &src,
+            &format!("if {cmd}; then echo connected; else echo refused; fi"),
+        )
+        .await?;
         let connected = out.stdout.contains("connected");
         let after: Vec<_> = nodes.iter().map(|n| drop_counters(&sh, n)).collect();
         let mut refused_at = None;
@@ -122,8 +136,12 @@ async fn run_async(args: &Args) -> anyhow::Result<bool> {
                 if before[i].get(k).copied().unwrap_or(0) < *v {
                     let dir = k.0;
                     let who = w.resolve(&k.1, "default");
-                    let who = match who { Target::Pod(p) => key(&p.metadata), _ => k.1.clone() };
-                    let relevant = (dir == Direction::Egress && k.1 == plan.src_ip.to_string()) || dir == Direction::Ingress;
+                    let who = match who {
+                        Target::Pod(p) => key(&p.metadata),
+                        _ => k.1.clone(),
+                    };
+                    let relevant = (dir == Direction::Egress && k.1 == plan.src_ip.to_string())
+                        || dir == Direction::Ingress;
                     if relevant {
                         refused_at = Some((dir, n.clone(), who));
                     }
@@ -157,12 +175,20 @@ async fn run_async(args: &Args) -> anyhow::Result<bool> {
         Some("ingress") => plan.ingress.isolating.clone(),
         Some(_) => vec![],
         None => {
-            let mut v: Vec<String> = plan.egress.admitting.iter().chain(plan.ingress.admitting.iter()).map(|(p, _)| p.clone()).collect();
+            let mut v: Vec<String> = plan
+                .egress
+                .admitting
+                .iter()
+                .chain(plan.ingress.admitting.iter())
+                .map(|(p, _)| p.clone())
+                .collect();
             v.dedup();
             v
         }
     };
-    let kernel_disagrees = hops.iter().any(|h| h.kernel.as_ref().is_some_and(|k| !k.agrees));
+    let kernel_disagrees = hops
+        .iter()
+        .any(|h| h.kernel.as_ref().is_some_and(|k| !k.agrees));
     let probe_json = probe.as_ref().map(|(connected, refused, ct)| {
         json!({
             "connected": connected,
@@ -206,14 +232,36 @@ async fn run_async(args: &Args) -> anyhow::Result<bool> {
             }
         }
         match denied_at {
-            None => println!("verdict: ALLOWED (admitted by {})", if deciding.is_empty() { "no policy: open".into() } else { deciding.join(", ") }),
-            Some(at) => println!("verdict: DENIED at {at}{}", if deciding.is_empty() { String::new() } else { format!(" ({})", deciding.join(", ")) }),
+            None => println!(
+                "verdict: ALLOWED (admitted by {})",
+                if deciding.is_empty() {
+                    "no policy: open".into()
+                } else {
+                    deciding.join(", ")
+                }
+            ),
+            Some(at) => println!(
+                "verdict: DENIED at {at}{}",
+                if deciding.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", deciding.join(", "))
+                }
+            ),
         }
         if let Some((connected, _, _)) = &probe {
             println!(
                 "probe: {} — {}",
-                if *connected { "connected" } else { "no connection" },
-                if *connected == allowed { "the kernel agrees with the plan" } else { "the KERNEL DISAGREES with the plan" }
+                if *connected {
+                    "connected"
+                } else {
+                    "no connection"
+                },
+                if *connected == allowed {
+                    "the kernel agrees with the plan"
+                } else {
+                    "the KERNEL DISAGREES with the plan"
+                }
             );
         }
     }
@@ -227,47 +275,104 @@ fn src_node_conntrack(sh: &LabShell, plan: &PathPlan, sport: u16) -> Option<node
     let out = sh
         .node_cmd(
             &plan.src_node,
-            &["conntrack", "-L", "-p", proto, "-s", &plan.src_ip.to_string(), "-d", &plan.dst_ip.to_string(), "--sport", &sport.to_string()],
+            &[
+                "conntrack",
+                "-L",
+                "-p",
+                proto,
+                "-s",
+                &plan.src_ip.to_string(),
+                "-d",
+                &plan.dst_ip.to_string(),
+                "--sport",
+                &sport.to_string(),
+            ],
         )
         .ok()?;
-    node::parse_conntrack(&String::from_utf8_lossy(&out.stdout)).into_iter().next()
+    node::parse_conntrack(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .next()
 }
 
 fn hops(
     w: &World,
     sh: &LabShell,
     plan: &PathPlan,
-    probe: Option<&(bool, Option<(Direction, String, String)>, Option<node::CtEntry>)>,
+    probe: Option<&(
+        bool,
+        Option<(Direction, String, String)>,
+        Option<node::CtEntry>,
+    )>,
 ) -> Vec<Hop> {
     let mut hops = Vec::new();
     hops.push(Hop {
         step: "source",
-        text: format!("{} {} on {} ({})", plan.src, plan.src_ip, plan.src_node, w.node_ip(&plan.src_node).unwrap_or_default()),
+        text: format!(
+            "{} {} on {} ({})",
+            plan.src,
+            plan.src_ip,
+            plan.src_node,
+            w.node_ip(&plan.src_node).unwrap_or_default()
+        ),
         pass: true,
         kernel: None,
     });
     if let Some(svc) = &plan.service {
-        let cands: Vec<String> = plan.candidates.iter().map(|c| format!("{}:{} ({})", c.ip, c.port, c.pod.clone().unwrap_or_else(|| "not a pod".into()))).collect();
+        let cands: Vec<String> = plan
+            .candidates
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}:{} ({})",
+                    c.ip,
+                    c.port,
+                    c.pod.clone().unwrap_or_else(|| "not a pod".into())
+                )
+            })
+            .collect();
         let text = if cands.is_empty() {
-            format!("{svc} ({}) has no endpoints on {}'s plan: a new connection is refused", plan.dst_ip, plan.src_node)
+            format!(
+                "{svc} ({}) has no endpoints on {}'s plan: a new connection is refused",
+                plan.dst_ip, plan.src_node
+            )
         } else {
             format!(
                 "{svc} ({}:{}) → {} candidate{}: {}; a new connection takes one at random (1 in {}); following {}",
-                plan.dst_ip, plan.dst_port, cands.len(), if cands.len() == 1 { "" } else { "s" }, cands.join(", "), cands.len(),
-                plan.backend.as_ref().map(|b| b.ip.to_string()).unwrap_or_default()
+                plan.dst_ip,
+                plan.dst_port,
+                cands.len(),
+                if cands.len() == 1 { "" } else { "s" },
+                cands.join(", "),
+                cands.len(),
+                plan.backend
+                    .as_ref()
+                    .map(|b| b.ip.to_string())
+                    .unwrap_or_default()
             )
         };
         let kernel = probe.map(|(_, _, ct)| match ct {
             Some(e) => path::KernelSays {
-                agrees: plan.candidates.iter().any(|c| c.ip.to_string() == e.reply_src && c.port == e.reply_sport),
-                evidence: format!("conntrack: {}:{} was sent to {}:{}", e.dst, e.dport, e.reply_src, e.reply_sport),
+                agrees: plan
+                    .candidates
+                    .iter()
+                    .any(|c| c.ip.to_string() == e.reply_src && c.port == e.reply_sport),
+                evidence: format!(
+                    "conntrack: {}:{} was sent to {}:{}",
+                    e.dst, e.dport, e.reply_src, e.reply_sport
+                ),
             },
             None => path::KernelSays {
                 agrees: plan.candidates.is_empty() || !plan.egress.verdict().allows(),
-                evidence: "conntrack holds no entry of the probe (refused before it was confirmed)".into(),
+                evidence: "conntrack holds no entry of the probe (refused before it was confirmed)"
+                    .into(),
             },
         });
-        hops.push(Hop { step: "service", text, pass: !plan.candidates.is_empty(), kernel });
+        hops.push(Hop {
+            step: "service",
+            text,
+            pass: !plan.candidates.is_empty(),
+            kernel,
+        });
     }
     let Some(b) = &plan.backend else { return hops };
     let dst_node = b.node.clone();
@@ -281,42 +386,90 @@ fn hops(
         Some(n) => {
             let there = route_to(w, sh, &plan.src_node, n);
             let back = route_to(w, sh, n, &plan.src_node);
-            let how = if w.encap() == "vxlan" { "VXLAN (podnet.1, VNI 1, UDP 4789)" } else { "host-gw" };
+            let how = if w.encap() == "vxlan" {
+                "VXLAN (podnet.1, VNI 1, UDP 4789)"
+            } else {
+                "host-gw"
+            };
             hops.push(Hop {
                 step: "route",
-                text: format!("{} → {n} ({}) by {how}, to {}", plan.src_node, w.node_ip(n).unwrap_or_default(), w.node_cidr(n).unwrap_or_default()),
+                text: format!(
+                    "{} → {n} ({}) by {how}, to {}",
+                    plan.src_node,
+                    w.node_ip(n).unwrap_or_default(),
+                    w.node_cidr(n).unwrap_or_default()
+                ),
                 pass: there.agrees && back.agrees,
                 kernel: Some(path::KernelSays {
                     agrees: there.agrees && back.agrees,
-                    evidence: format!("{}: {}; back, {n}: {}", plan.src_node, there.evidence, back.evidence),
+                    evidence: format!(
+                        "{}: {}; back, {n}: {}",
+                        plan.src_node, there.evidence, back.evidence
+                    ),
                 }),
             });
         }
         None => hops.push(Hop {
             step: "route",
-            text: format!("{} is not a pod's address: routed by {}'s table", b.ip, plan.src_node),
+            text: format!(
+                "{} is not a pod's address: routed by {}'s table",
+                b.ip, plan.src_node
+            ),
             pass: true,
             kernel: None,
         }),
     }
     hops.push(Hop {
         step: "destination",
-        text: format!("{} {}:{} on {}", b.pod.clone().unwrap_or_else(|| "(no pod)".into()), b.ip, b.port, dst_node.clone().unwrap_or_else(|| "-".into())),
+        text: format!(
+            "{} {}:{} on {}",
+            b.pod.clone().unwrap_or_else(|| "(no pod)".into()),
+            b.ip,
+            b.port,
+            dst_node.clone().unwrap_or_else(|| "-".into())
+        ),
         pass: true,
         kernel: None,
     });
     let peer_dst = b.pod.clone().unwrap_or_else(|| b.ip.to_string());
     for (dir, e, subject, peer, node) in [
-        (Direction::Egress, &plan.egress, plan.src.clone(), peer_dst.clone(), plan.src_node.clone()),
-        (Direction::Ingress, &plan.ingress, peer_dst.clone(), plan.src.clone(), dst_node.clone().unwrap_or_default()),
+        (
+            Direction::Egress,
+            &plan.egress,
+            plan.src.clone(),
+            peer_dst.clone(),
+            plan.src_node.clone(),
+        ),
+        (
+            Direction::Ingress,
+            &plan.ingress,
+            peer_dst.clone(),
+            plan.src.clone(),
+            dst_node.clone().unwrap_or_default(),
+        ),
     ] {
         let pass = e.verdict().allows();
         let kernel = probe.map(|(connected, refused, _)| {
             let refused_here = refused.as_ref().is_some_and(|(d, _, _)| *d == dir);
-            let refused_before = dir == Direction::Ingress && refused.as_ref().is_some_and(|(d, _, _)| *d == Direction::Egress);
-            let agrees = if refused_before { true } else { refused_here != pass };
+            let refused_before = dir == Direction::Ingress
+                && refused
+                    .as_ref()
+                    .is_some_and(|(d, _, _)| *d == Direction::Egress);
+            let agrees = if refused_before {
+                true
+            } else {
+                refused_here != pass
+            };
             let evidence = if refused_here {
-                format!("{}'s {} drop counter rose: refused here", node, if dir == Direction::Egress { "eg_drops" } else { "in_drops" })
+                format!(
+                    "{}'s {} drop counter rose: refused here",
+                    node,
+                    if dir == Direction::Egress {
+                        "eg_drops"
+                    } else {
+                        "in_drops"
+                    }
+                )
             } else if refused_before {
                 "not reached (refused at egress)".to_string()
             } else if *connected {
@@ -327,8 +480,15 @@ fn hops(
             path::KernelSays { agrees, evidence }
         });
         hops.push(Hop {
-            step: if dir == Direction::Egress { "egress" } else { "ingress" },
-            text: format!("at {node}: {}", verdict_text(e, dir, &subject, &peer, b.port, plan.proto)),
+            step: if dir == Direction::Egress {
+                "egress"
+            } else {
+                "ingress"
+            },
+            text: format!(
+                "at {node}: {}",
+                verdict_text(e, dir, &subject, &peer, b.port, plan.proto)
+            ),
             pass,
             kernel,
         });

@@ -182,7 +182,10 @@ pub async fn pod_sh(client: &kube::Client, pod: &Pod, script: &str) -> anyhow::R
     let mut out = Vec::new();
     if let Some(mut stdout) = proc.stdout() {
         use tokio::io::AsyncReadExt;
-        stdout.read_to_end(&mut out).await.context("reading exec output")?;
+        stdout
+            .read_to_end(&mut out)
+            .await
+            .context("reading exec output")?;
     }
     let status = match proc.take_status() {
         Some(s) => s.await,

@@ -144,7 +144,11 @@ pub fn routes(sh: &dyn NodeShell, node: &str) -> anyhow::Result<Vec<RouteFact>> 
 }
 
 /// `(address, MAC)` of the neighbour entries on `dev`.
-pub fn neighbours(sh: &dyn NodeShell, node: &str, dev: &str) -> anyhow::Result<Vec<(String, String)>> {
+pub fn neighbours(
+    sh: &dyn NodeShell,
+    node: &str,
+    dev: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
     let v = json(sh, node, &["ip", "-4", "-j", "neigh", "show", "dev", dev])?;
     Ok(v.as_array()
         .into_iter()
@@ -284,11 +288,7 @@ pub fn expr_text(v: &Value) -> String {
             } else if let Some(p) = o.get("prefix") {
                 format!("{}/{}", expr_text(&p["addr"]), expr_text(&p["len"]))
             } else if let Some(r) = o.get("range") {
-                format!(
-                    "{}-{}",
-                    expr_text(&r[0]),
-                    expr_text(&r[1])
-                )
+                format!("{}-{}", expr_text(&r[0]), expr_text(&r[1]))
             } else {
                 v.to_string()
             }

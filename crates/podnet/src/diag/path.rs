@@ -61,9 +61,7 @@ pub struct PathPlan {
 impl PathPlan {
     /// Whether the planners let a new connection through.
     pub fn allowed(&self) -> bool {
-        self.backend.is_some()
-            && self.egress.verdict().allows()
-            && self.ingress.verdict().allows()
+        self.backend.is_some() && self.egress.verdict().allows() && self.ingress.verdict().allows()
     }
 }
 
@@ -117,9 +115,8 @@ pub fn service_port<'a>(
 ) -> Option<&'a k8s_openapi::api::core::v1::ServicePort> {
     let ports = svc.spec.as_ref()?.ports.as_ref()?;
     let proto_ok = |p: &k8s_openapi::api::core::v1::ServicePort| {
-        spec.proto.is_none_or(|want| {
-            Proto::parse(p.protocol.as_deref()).ok() == Some(want)
-        })
+        spec.proto
+            .is_none_or(|want| Proto::parse(p.protocol.as_deref()).ok() == Some(want))
     };
     match &spec.port {
         Some(s) => ports.iter().find(|p| {
@@ -336,10 +333,7 @@ pub fn route_to(world: &World, sh: &dyn NodeShell, node: &str, peer: &str) -> Ke
             };
         }
     };
-    let vtep: Option<Ipv4Addr> = cidr
-        .parse::<ipnet::Ipv4Net>()
-        .ok()
-        .map(|c| c.network());
+    let vtep: Option<Ipv4Addr> = cidr.parse::<ipnet::Ipv4Net>().ok().map(|c| c.network());
     let route = routes.iter().find(|r| r.dst == cidr);
     let mut missing = Vec::new();
     let mut have = Vec::new();
@@ -362,14 +356,20 @@ pub fn route_to(world: &World, sh: &dyn NodeShell, node: &str, peer: &str) -> Ke
             Ok(n) if n.iter().any(|(ip, m)| *ip == vtep && *m == mac) => {
                 have.push(format!("neigh {vtep} lladdr {mac}"))
             }
-            Ok(_) => missing.push(format!("neighbour {vtep} lladdr {mac} dev {}", podnet_vxlan())),
+            Ok(_) => missing.push(format!(
+                "neighbour {vtep} lladdr {mac} dev {}",
+                podnet_vxlan()
+            )),
             Err(e) => missing.push(format!("neighbours unreadable ({e:#})")),
         }
         match node::fdb(sh, node, podnet_vxlan()) {
             Ok(f) if f.iter().any(|(m, d)| *m == mac && *d == peer_ip) => {
                 have.push(format!("fdb {mac} dst {peer_ip}"))
             }
-            Ok(_) => missing.push(format!("FDB entry {mac} dst {peer_ip} dev {}", podnet_vxlan())),
+            Ok(_) => missing.push(format!(
+                "FDB entry {mac} dst {peer_ip} dev {}",
+                podnet_vxlan()
+            )),
             Err(e) => missing.push(format!("FDB unreadable ({e:#})")),
         }
     } else {
@@ -405,10 +405,21 @@ pub fn podnet_vxlan() -> &'static str {
 /// Per-pod policy drop counters of a node: (direction, pod IP) → packets.
 pub fn drop_counters(sh: &dyn NodeShell, node: &str) -> BTreeMap<(Direction, String), u64> {
     let mut out = BTreeMap::new();
-    for (dir, set) in [(Direction::Ingress, "in_drops"), (Direction::Egress, "eg_drops")] {
+    for (dir, set) in [
+        (Direction::Ingress, "in_drops"),
+        (Direction::Egress, "eg_drops"),
+    ] {
         let Ok(o) = sh.node_cmd(
             node,
-            &["nft", "-j", "list", "set", "inet", podnet_core::policy::TABLE, set],
+            &[
+                "nft",
+                "-j",
+                "list",
+                "set",
+                "inet",
+                podnet_core::policy::TABLE,
+                set,
+            ],
         ) else {
             continue;
         };
@@ -429,7 +440,14 @@ pub fn drop_counters(sh: &dyn NodeShell, node: &str) -> BTreeMap<(Direction, Str
 /// The policy verdict of one direction, in words: `open (no policy
 /// isolates ns/pod)`, `admitted by x/allow (ingress[1])`, or `isolated by
 /// A, B; no rule admits <peer>:<port>/<proto>`.
-pub fn verdict_text(e: &Explanation, dir: Direction, subject: &str, peer: &str, port: u16, proto: Proto) -> String {
+pub fn verdict_text(
+    e: &Explanation,
+    dir: Direction,
+    subject: &str,
+    peer: &str,
+    port: u16,
+    proto: Proto,
+) -> String {
     let field = match dir {
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",

@@ -83,10 +83,7 @@ pub fn lab_name(
             "no lab on this machine to read node facts from (podnet up makes one); \
              on a real cluster the node facts come from the agents, which is not built yet"
         ),
-        many => anyhow::bail!(
-            "several labs ({}): name one with --name",
-            many.join(", ")
-        ),
+        many => anyhow::bail!("several labs ({}): name one with --name", many.join(", ")),
     }
 }
 
@@ -238,9 +235,11 @@ impl World {
             }) {
                 return Target::Pod(p.clone());
             }
-            if let Some(s) = self.services.iter().find(|s| {
-                s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some(rest)
-            }) {
+            if let Some(s) = self
+                .services
+                .iter()
+                .find(|s| s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some(rest))
+            {
                 return Target::Service(s.clone());
             }
             return Target::Ip(ip);
@@ -255,7 +254,11 @@ impl World {
                 let trimmed = trimmed.strip_suffix(".svc").unwrap_or(trimmed);
                 match trimmed.split_once('.') {
                     Some((svc, ns)) if !ns.contains('.') => (ns.to_string(), svc.to_string(), true),
-                    _ => (default_ns.to_string(), trimmed.to_string(), rest.contains('.')),
+                    _ => (
+                        default_ns.to_string(),
+                        trimmed.to_string(),
+                        rest.contains('.'),
+                    ),
                 }
             }
         };
