@@ -22,11 +22,16 @@ pub const PLUGIN: &str = "/opt/cni/bin/podnet";
 /// DaemonSet's current template.
 pub fn nodes_and_agents(w: &World) -> Vec<Check> {
     let mut out = Vec::new();
-    let ds_gen = w
+    let rollout = w
         .daemonset
         .as_ref()
-        .and_then(|d| d.metadata.generation)
-        .map(|g| g.to_string());
+        .and_then(|d| d.status.as_ref())
+        .and_then(|st| {
+            let want = st.desired_number_scheduled;
+            let updated = st.updated_number_scheduled.unwrap_or(want);
+            (updated < want)
+                .then(|| format!("{updated} of {want} agents run the DaemonSet's current template"))
+        });
     if w.daemonset.is_none() {
         out.push(Check::fail(
             "agents",
@@ -80,17 +85,21 @@ pub fn nodes_and_agents(w: &World) -> Vec<Check> {
             [p, ..] => {
                 let pname = p.metadata.name.clone().unwrap_or_default();
                 let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-                let pgen = p.metadata.labels.as_ref().and_then(|l| l.get("pod-template-generation")).cloned();
                 let restarts: i32 = p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|c| c.iter().map(|c| c.restart_count).sum()).unwrap_or(0);
                 if !pod_ready(p) {
                     out.push(Check::fail("agents", &name, format!("agent {pname} is {phase}, not Ready (restarts {restarts})"), format!("kubectl -n kube-system logs {pname}; kubectl -n kube-system describe pod {pname}")));
-                } else if ds_gen.is_some() && pgen.is_some() && ds_gen != pgen {
-                    out.push(Check::fail("agents", &name, format!("agent {pname} runs template generation {} but the DaemonSet is at {}", pgen.unwrap_or_default(), ds_gen.clone().unwrap_or_default()), "kubectl -n kube-system rollout status ds/podnet (a rollout is stuck or in progress)"));
                 } else {
-                    out.push(Check::ok("agents", &name, format!("agent {pname} Running and Ready, current template, {restarts} restarts")));
+                    out.push(Check::ok("agents", &name, format!("agent {pname} Running and Ready, {restarts} restarts")));
                 }
             }
         }
+    }
+    if let Some(r) = rollout {
+        out.push(Check::warn(
+            "agents",
+            "kube-system/podnet",
+            format!("{r}: a rollout is in progress or stuck (kubectl -n kube-system rollout status ds/podnet)"),
+        ));
     }
     out
 }

@@ -402,6 +402,10 @@ pub fn podnet_vxlan() -> &'static str {
     "podnet.1"
 }
 
+/// The policy table's name (`podnet_core::policy::TABLE` is `inet
+/// podnet-policy`, family and name).
+const POLICY_TABLE: &str = "podnet-policy";
+
 /// Per-pod policy drop counters of a node: (direction, pod IP) → packets.
 pub fn drop_counters(sh: &dyn NodeShell, node: &str) -> BTreeMap<(Direction, String), u64> {
     let mut out = BTreeMap::new();
@@ -411,15 +415,7 @@ pub fn drop_counters(sh: &dyn NodeShell, node: &str) -> BTreeMap<(Direction, Str
     ] {
         let Ok(o) = sh.node_cmd(
             node,
-            &[
-                "nft",
-                "-j",
-                "list",
-                "set",
-                "inet",
-                podnet_core::policy::TABLE,
-                set,
-            ],
+            &["nft", "-j", "list", "set", "inet", POLICY_TABLE, set],
         ) else {
             continue;
         };
