@@ -567,6 +567,40 @@ spec:
     }
     until("DNS answers again", || pn(&lab, &["doctor"]).0 == 0);
 
+    // 12a. A dead upstream DNS: forwarding on, to an address on the
+    //      underlay where nothing answers (the packets stay in the lab).
+    let set_dns = |no_forward: &str, upstream: &str| {
+        lab.kubectl(&["-n", "kube-system", "patch", "configmap", "podnet-config", "--type", "merge", "-p", &format!(
+            r#"{{"data":{{"PODNET_DNS_NO_FORWARD":"{no_forward}","PODNET_DNS_UPSTREAM":"{upstream}"}}}}"#
+        )]);
+        lab.kubectl(&[
+            "-n",
+            "kube-system",
+            "rollout",
+            "restart",
+            "deployment",
+            "coredns",
+        ]);
+        lab.kubectl(&[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "deployment",
+            "coredns",
+            "--timeout=90s",
+        ]);
+    };
+    set_dns("false", "172.18.0.250");
+    until("the DNS pods forward to the dead upstream", || {
+        let (_, out) = pn(&lab, &["doctor"]);
+        out.lines()
+            .any(|l| l.starts_with('✘') && l.contains("upstream"))
+    });
+    finds(&lab, &[], &["dns", "upstream", "172.18.0.250"]);
+    set_dns("true", "");
+    until("DNS forwarding off again", || pn(&lab, &["doctor"]).0 == 0);
+
     // 12. The agent stopped on a node (the DaemonSet no longer admits it),
     //     and that node's conflist removed meanwhile (a running agent
     //     would write it again within 2 s).
