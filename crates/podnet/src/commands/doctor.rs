@@ -156,7 +156,7 @@ fn cluster(w: &World, sh: &LabShell, policy: &PolicyWorld, progress: &Progress) 
 
 fn find_pod(w: &World, name: &str, ns: &str) -> Option<Pod> {
     match w.resolve(name, ns) {
-        Target::Pod(p) => Some(p),
+        Target::Pod(p) => Some(*p),
         _ => None,
     }
 }

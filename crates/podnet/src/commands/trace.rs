@@ -47,6 +47,14 @@ pub struct Args {
     pub kubeconfig: Option<std::path::PathBuf>,
 }
 
+/// What a probe found: connected, where a drop counter rose (direction,
+/// node, pod), and the source node's conntrack entry of it.
+type Probed = (
+    bool,
+    Option<(Direction, String, String)>,
+    Option<node::CtEntry>,
+);
+
 /// One hop as printed.
 #[derive(serde::Serialize)]
 struct Hop {
@@ -294,16 +302,7 @@ fn src_node_conntrack(sh: &LabShell, plan: &PathPlan, sport: u16) -> Option<node
         .next()
 }
 
-fn hops(
-    w: &World,
-    sh: &LabShell,
-    plan: &PathPlan,
-    probe: Option<&(
-        bool,
-        Option<(Direction, String, String)>,
-        Option<node::CtEntry>,
-    )>,
-) -> Vec<Hop> {
+fn hops(w: &World, sh: &LabShell, plan: &PathPlan, probe: Option<&Probed>) -> Vec<Hop> {
     let mut hops = Vec::new();
     hops.push(Hop {
         step: "source",

@@ -233,14 +233,14 @@ impl World {
                         .and_then(|s| s.host_network)
                         .unwrap_or(false)
             }) {
-                return Target::Pod(p.clone());
+                return Target::Pod(Box::new(p.clone()));
             }
             if let Some(s) = self
                 .services
                 .iter()
                 .find(|s| s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some(rest))
             {
-                return Target::Service(s.clone());
+                return Target::Service(Box::new(s.clone()));
             }
             return Target::Ip(ip);
         }
@@ -265,9 +265,9 @@ impl World {
         let svc = self.service(&ns, &name);
         let pod = self.pod(&ns, &name);
         match (kind, svc, pod) {
-            (Some("pod"), _, Some(p)) => Target::Pod(p.clone()),
-            (Some("svc") | None, Some(s), _) => Target::Service(s.clone()),
-            (None, None, Some(p)) if !dns => Target::Pod(p.clone()),
+            (Some("pod"), _, Some(p)) => Target::Pod(Box::new(p.clone())),
+            (Some("svc") | None, Some(s), _) => Target::Service(Box::new(s.clone())),
+            (None, None, Some(p)) if !dns => Target::Pod(Box::new(p.clone())),
             _ => Target::Missing {
                 namespace: ns,
                 name,
@@ -281,9 +281,9 @@ impl World {
 #[derive(Clone, Debug)]
 pub enum Target {
     /// A pod.
-    Pod(Pod),
+    Pod(Box<Pod>),
     /// A service.
-    Service(Service),
+    Service(Box<Service>),
     /// An address that is neither (outside the cluster, say).
     Ip(std::net::Ipv4Addr),
     /// Nothing of that name exists.
