@@ -751,6 +751,79 @@ impl PolicyWorld {
     }
 }
 
+/// Which policies decide one direction of a connection, down to the rule:
+/// what `podnet trace` and `podnet doctor` print, so an operator learns not
+/// only the verdict but the policy and rule behind it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Explanation {
+    /// The policies that isolate the subject pod in this direction
+    /// (`namespace/name`); empty: not isolated, the connection is open.
+    pub isolating: Vec<String>,
+    /// `(policy, rule index)` of every rule that admits the connection
+    /// (index into `spec.ingress` or `spec.egress`).
+    pub admitting: Vec<(String, usize)>,
+}
+
+impl Explanation {
+    /// The same verdict [`PolicyWorld::verdict`] gives.
+    pub fn verdict(&self) -> Verdict {
+        if self.isolating.is_empty() {
+            Verdict::Open
+        } else if self.admitting.is_empty() {
+            Verdict::Denied(self.isolating.clone())
+        } else {
+            let mut names: Vec<String> = self.admitting.iter().map(|(p, _)| p.clone()).collect();
+            names.dedup();
+            Verdict::Allowed(names)
+        }
+    }
+}
+
+impl PolicyWorld {
+    /// [`PolicyWorld::verdict`], with the admitting rules named.
+    pub fn explain(
+        &self,
+        dir: Direction,
+        src: (Ipv4Addr, Option<&PodFacts>),
+        dst: (Ipv4Addr, Option<&PodFacts>),
+        proto: Proto,
+        port: u16,
+    ) -> Explanation {
+        let (subject, remote) = match dir {
+            Direction::Ingress => (dst.1, src),
+            Direction::Egress => (src.1, dst),
+        };
+        let mut out = Explanation::default();
+        let Some(subject) = subject.filter(|p| !p.host_network) else {
+            return out;
+        };
+        for pol in &self.policies {
+            let Some(rules) = pol.rules(dir) else {
+                continue;
+            };
+            if !pol.selects(subject) {
+                continue;
+            }
+            out.isolating.push(pol.id());
+            for (i, r) in rules.iter().enumerate() {
+                let peer_ok = r.peers.as_ref().is_none_or(|peers| {
+                    peers
+                        .iter()
+                        .any(|p| self.peer_matches(p, remote.0, remote.1))
+                });
+                let port_ok = r
+                    .ports
+                    .as_ref()
+                    .is_none_or(|ports| ports.iter().any(|s| port_matches(s, proto, port, dst.1)));
+                if peer_ok && port_ok {
+                    out.admitting.push((pol.id(), i));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Whether a port spec admits `proto`/`port` towards `dst` (named ports
 /// resolve on `dst`; a non-pod destination has no names).
 pub fn port_matches(spec: &PortSpec, proto: Proto, port: u16, dst: Option<&PodFacts>) -> bool {
