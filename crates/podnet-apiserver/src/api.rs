@@ -914,7 +914,6 @@ impl Api {
 
     fn list(&self, t: &Target, q: &Query, headers: &HeaderMap) -> Result<Response, ApiError> {
         let (ls, fs) = self.selectors(t, q)?;
-        let (items, rv) = self.store.list(&t.res.id(), t.ns.as_deref());
         let limit: usize = q
             .get("limit")
             .and_then(|l| l.parse().ok())
@@ -936,34 +935,37 @@ impl Api {
             }
             None => None,
         };
-        let mut out: Vec<&Arc<Obj>> = Vec::new();
+        // kube-apiserver counts the remaining items only for a list without
+        // selectors; with one, it says only that there are more. So a
+        // selected page stops at the first match past the limit, and an
+        // unselected one counts the rest without matching them.
+        let selected = !ls.0.is_empty() || !fs.0.is_empty();
+        let mut out: Vec<Arc<Obj>> = Vec::new();
         let mut remaining = 0usize;
         let mut next = None;
-        for o in &items {
-            let key = (
-                o.value["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-                obj_name(&o.value).to_string(),
-            );
-            if let Some(a) = &after
-                && key <= *a
-            {
-                continue;
-            }
-            if !self.matches(t.res.kind, &o.value, &ls, &fs) {
-                continue;
-            }
-            if out.len() >= limit {
-                remaining += 1;
-                continue;
-            }
-            out.push(o);
-            if out.len() == limit {
-                next = Some(key);
-            }
-        }
+        let rv = self
+            .store
+            .scan(&t.res.id(), t.ns.as_deref(), after.as_ref(), |key, o| {
+                if out.len() >= limit {
+                    if !selected {
+                        remaining += 1;
+                        return true;
+                    }
+                    if self.matches(t.res.kind, &o.value, &ls, &fs) {
+                        remaining = 1;
+                        return false;
+                    }
+                    return true;
+                }
+                if !self.matches(t.res.kind, &o.value, &ls, &fs) {
+                    return true;
+                }
+                out.push(o.clone());
+                if out.len() == limit {
+                    next = Some(key.clone());
+                }
+                true
+            });
         let cont = if remaining > 0 {
             next.map(|(ns, n)| {
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{ns}/{n}"))
@@ -974,7 +976,9 @@ impl Api {
         let mut meta = json!({"resourceVersion": rv.to_string()});
         if let Some(c) = &cont {
             meta["continue"] = json!(c);
-            meta["remainingItemCount"] = json!(remaining);
+            if !selected {
+                meta["remainingItemCount"] = json!(remaining);
+            }
         }
         match shape(headers) {
             Shape::Table => {

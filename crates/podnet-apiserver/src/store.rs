@@ -315,6 +315,40 @@ impl Store {
         (items, st.rv)
     }
 
+    /// Visits the objects of a resource in key order, after `after` (a
+    /// continue key) and within `ns` when given, under the store lock, until
+    /// `visit` returns false. A page of a paginated LIST then costs its own
+    /// length: no snapshot of the whole collection for every page (which made
+    /// listing 150,000 pods in pages of 500 quadratic). Returns the
+    /// resourceVersion the visit saw.
+    pub fn scan(
+        &self,
+        resource: &str,
+        ns: Option<&str>,
+        after: Option<&ObjKey>,
+        mut visit: impl FnMut(&ObjKey, &Arc<Obj>) -> bool,
+    ) -> u64 {
+        use std::ops::Bound;
+        let st = self.state.lock().expect("store lock");
+        let Some(m) = st.objects.get(resource) else {
+            return st.rv;
+        };
+        let start = match (after, ns) {
+            (Some(a), Some(ns)) if a.0.as_str() < ns => {
+                Bound::Included((ns.to_string(), String::new()))
+            }
+            (Some(a), _) => Bound::Excluded(a.clone()),
+            (None, Some(ns)) => Bound::Included((ns.to_string(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        for (k, o) in m.range((start, Bound::Unbounded)) {
+            if ns.is_some_and(|ns| k.0 != ns) || !visit(k, o) {
+                break;
+            }
+        }
+        st.rv
+    }
+
     /// The resources that hold objects in a namespace (for cascading deletes).
     pub fn resources(&self) -> Vec<Arc<str>> {
         self.state
