@@ -1454,7 +1454,9 @@ impl Api {
         let now = now_rfc3339();
         let sc = scope(res, None);
         match &manage {
-            Manage::Update(m) => managed::record_update(None, &mut obj, m, res.kind, sc, None, &now),
+            Manage::Update(m) => {
+                managed::record_update(None, &mut obj, m, res.kind, sc, None, &now)
+            }
             Manage::Apply(m, applied) => {
                 let owned = managed::apply(&json!({}), applied, m, false, res.kind, sc, &now)
                     .map_err(apply_conflict)?;
@@ -1765,21 +1767,31 @@ impl Api {
             ));
         }
         if ty == PatchType::Apply {
-            return self.server_side_apply(t, name, q, headers, body, force).await;
+            return self
+                .server_side_apply(t, name, q, headers, body, force)
+                .await;
         }
         let body = body.to_vec();
         let q2 = q.clone();
         let warnings = std::sync::Mutex::new(Vec::new());
         let r = self
-            .update_with(t, name, q, headers, Vec::new(), Some(field_manager(q, headers)), |old| {
-                let mut new = patch::apply(ty, res.kind, old, &body).map_err(|e| match e {
-                    patch::PatchError::Malformed(m) => ApiError::bad_request(m),
-                    patch::PatchError::Failed(m) => ApiError::new(422, "Invalid", m),
-                })?;
-                prepare(res, &mut new)?;
-                *warnings.lock().expect("lock") = field_validation(res, &q2, &mut new)?;
-                Ok(new)
-            })
+            .update_with(
+                t,
+                name,
+                q,
+                headers,
+                Vec::new(),
+                Some(field_manager(q, headers)),
+                |old| {
+                    let mut new = patch::apply(ty, res.kind, old, &body).map_err(|e| match e {
+                        patch::PatchError::Malformed(m) => ApiError::bad_request(m),
+                        patch::PatchError::Failed(m) => ApiError::new(422, "Invalid", m),
+                    })?;
+                    prepare(res, &mut new)?;
+                    *warnings.lock().expect("lock") = field_validation(res, &q2, &mut new)?;
+                    Ok(new)
+                },
+            )
             .await?;
         let w = warnings.into_inner().expect("lock");
         Ok(with_warnings(r, &w))
@@ -1837,8 +1849,9 @@ impl Api {
         let sc = scope(res, t.sub.as_deref());
         let r = self
             .update_with(t, name, q, headers, Vec::new(), None, |old| {
-                let mut new = managed::apply(old, &cfg, &manager, force, res.kind, sc, &now_rfc3339())
-                    .map_err(apply_conflict)?;
+                let mut new =
+                    managed::apply(old, &cfg, &manager, force, res.kind, sc, &now_rfc3339())
+                        .map_err(apply_conflict)?;
                 prepare(res, &mut new)?;
                 *warnings.lock().expect("lock") = field_validation(res, &q2, &mut new)?;
                 Ok(new)

@@ -152,7 +152,12 @@ fn list_keys(kind: &str, names: &[String]) -> Option<&'static [&'static str]> {
         .unwrap_or("");
     Some(match field {
         "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" => &["name"],
-        "ports" if matches!(parent, "containers" | "initContainers" | "ephemeralContainers") => {
+        "ports"
+            if matches!(
+                parent,
+                "containers" | "initContainers" | "ephemeralContainers"
+            ) =>
+        {
             &["containerPort", "protocol"]
         }
         "ports" if kind == "Service" && names.len() == 2 => &["port", "protocol"],
@@ -177,7 +182,13 @@ fn string_map(names: &[String]) -> bool {
     names.last().is_some_and(|f| {
         matches!(
             f.as_str(),
-            "labels" | "annotations" | "data" | "binaryData" | "matchLabels" | "limits" | "requests"
+            "labels"
+                | "annotations"
+                | "data"
+                | "binaryData"
+                | "matchLabels"
+                | "limits"
+                | "requests"
         )
     })
 }
@@ -271,7 +282,13 @@ impl Walk<'_> {
         }
     }
 
-    fn fields(&self, m: &Map<String, Value>, p: &mut Path, names: &mut Vec<String>, out: &mut FieldSet) {
+    fn fields(
+        &self,
+        m: &Map<String, Value>,
+        p: &mut Path,
+        names: &mut Vec<String>,
+        out: &mut FieldSet,
+    ) {
         for (k, c) in m {
             if skipped(self.scope, names, k) {
                 continue;
@@ -413,9 +430,10 @@ fn remove_path(v: &mut Value, p: &[String]) {
             return;
         };
         let Some(a) = v.as_array_mut() else { return };
-        let found = a
-            .iter()
-            .position(|i| key.iter().all(|(k, kv)| key_value(k, i).as_ref() == Some(kv)));
+        let found = a.iter().position(|i| {
+            key.iter()
+                .all(|(k, kv)| key_value(k, i).as_ref() == Some(kv))
+        });
         if let Some(i) = found {
             if rest.is_empty() {
                 a.remove(i);
@@ -505,11 +523,7 @@ fn set_entries(obj: &mut Value, es: &[Entry]) {
 pub fn manager_from_user_agent(ua: Option<&str>) -> String {
     let ua = ua.unwrap_or("").split('/').next().unwrap_or("").trim();
     let ua: String = ua.chars().take(128).collect();
-    if ua.is_empty() {
-        "unknown".into()
-    } else {
-        ua
-    }
+    if ua.is_empty() { "unknown".into() } else { ua }
 }
 
 /// Records a create (`old` None) or an update of `new` by `manager`: it
@@ -635,7 +649,13 @@ pub fn apply(
     };
     let mut merged = apply_walk.merge(live, &cfg, &mut Vec::new());
     let mut changes = (FieldSet::default(), FieldSet::default());
-    update_walk.diff(live, &merged, &mut Vec::new(), &mut Vec::new(), &mut changes);
+    update_walk.diff(
+        live,
+        &merged,
+        &mut Vec::new(),
+        &mut Vec::new(),
+        &mut changes,
+    );
     let changed = changes.0.union(&changes.1);
     let mut applied = FieldSet::default();
     apply_walk.collect(&cfg, &mut Vec::new(), &mut Vec::new(), &mut applied);
@@ -720,7 +740,16 @@ mod tests {
 
     #[test]
     fn fields_v1_is_upstreams_shape() {
-        let obj = apply(&json!({}), &deploy(2, "nginx"), "a", false, "Deployment", Scope::NoStatus, "t").unwrap();
+        let obj = apply(
+            &json!({}),
+            &deploy(2, "nginx"),
+            "a",
+            false,
+            "Deployment",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap();
         let f = &obj["metadata"]["managedFields"][0];
         assert_eq!(f["operation"], "Apply");
         let v = &f["fieldsV1"];
@@ -739,39 +768,131 @@ mod tests {
 
     #[test]
     fn conflicts_force_and_removal() {
-        let a = apply(&json!({}), &deploy(2, "nginx"), "a", false, "Deployment", Scope::NoStatus, "t").unwrap();
-        let err = apply(&a, &deploy(3, "nginx"), "b", false, "Deployment", Scope::NoStatus, "t").unwrap_err();
-        assert_eq!(err.to_string(), "Apply failed with 1 conflict: conflict with \"a\": .spec.replicas");
+        let a = apply(
+            &json!({}),
+            &deploy(2, "nginx"),
+            "a",
+            false,
+            "Deployment",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap();
+        let err = apply(
+            &a,
+            &deploy(3, "nginx"),
+            "b",
+            false,
+            "Deployment",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Apply failed with 1 conflict: conflict with \"a\": .spec.replicas"
+        );
         // Same values: shared, no conflict.
-        let shared = apply(&a, &deploy(2, "nginx"), "b", false, "Deployment", Scope::NoStatus, "t").unwrap();
+        let shared = apply(
+            &a,
+            &deploy(2, "nginx"),
+            "b",
+            false,
+            "Deployment",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap();
         assert_eq!(entries(&shared).len(), 2);
         let mut b = deploy(3, "nginx");
         b["metadata"].as_object_mut().unwrap().remove("labels");
         let forced = apply(&a, &b, "b", true, "Deployment", Scope::NoStatus, "t").unwrap();
         assert_eq!(forced["spec"]["replicas"], 3);
         let es = entries(&forced);
-        assert!(!es[0].fields.contains(&vec!["f:spec".into(), "f:replicas".into()]));
+        assert!(
+            !es[0]
+                .fields
+                .contains(&vec!["f:spec".into(), "f:replicas".into()])
+        );
         // a keeps the image (shared with b) and drops the label it alone set.
         let mut cfg = deploy(3, "nginx");
         cfg["metadata"]["labels"] = json!({});
-        let again = apply(&forced, &cfg, "a", false, "Deployment", Scope::NoStatus, "t").unwrap();
-        assert_eq!(again["spec"]["template"]["spec"]["containers"][0]["image"], "nginx");
+        let again = apply(
+            &forced,
+            &cfg,
+            "a",
+            false,
+            "Deployment",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            again["spec"]["template"]["spec"]["containers"][0]["image"],
+            "nginx"
+        );
         let mut cfg = deploy(3, "nginx");
         cfg["metadata"].as_object_mut().unwrap().remove("labels");
-        let dropped = apply(&forced, &cfg, "a", false, "Deployment", Scope::NoStatus, "t").unwrap();
-        assert!(dropped["metadata"].get("labels").is_none_or(|l| l.get("app").is_none()), "{dropped}");
+        let dropped = apply(
+            &forced,
+            &cfg,
+            "a",
+            false,
+            "Deployment",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap();
+        assert!(
+            dropped["metadata"]
+                .get("labels")
+                .is_none_or(|l| l.get("app").is_none()),
+            "{dropped}"
+        );
     }
 
     #[test]
     fn updates_take_fields_from_appliers() {
-        let a = apply(&json!({}), &deploy(2, "nginx"), "a", false, "Deployment", Scope::NoStatus, "t").unwrap();
+        let a = apply(
+            &json!({}),
+            &deploy(2, "nginx"),
+            "a",
+            false,
+            "Deployment",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap();
         let mut edited = a.clone();
         edited["spec"]["replicas"] = json!(5);
-        record_update(Some(&a), &mut edited, "kubectl-edit", "Deployment", Scope::NoStatus, None, "t");
+        record_update(
+            Some(&a),
+            &mut edited,
+            "kubectl-edit",
+            "Deployment",
+            Scope::NoStatus,
+            None,
+            "t",
+        );
         let es = entries(&edited);
         assert_eq!(es[1].manager, "kubectl-edit");
-        assert_eq!(es[1].fields.to_fields_v1(), json!({"f:spec": {"f:replicas": {}}}));
-        let err = apply(&edited, &deploy(2, "nginx"), "a", false, "Deployment", Scope::NoStatus, "t").unwrap_err();
-        assert!(err.to_string().contains("conflict with \"kubectl-edit\" using apps/v1: .spec.replicas"));
+        assert_eq!(
+            es[1].fields.to_fields_v1(),
+            json!({"f:spec": {"f:replicas": {}}})
+        );
+        let err = apply(
+            &edited,
+            &deploy(2, "nginx"),
+            "a",
+            false,
+            "Deployment",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("conflict with \"kubectl-edit\" using apps/v1: .spec.replicas")
+        );
     }
 }

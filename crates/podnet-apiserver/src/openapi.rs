@@ -21,6 +21,200 @@ use crate::api::ApiError;
 use crate::discovery;
 use crate::resources::GROUPS;
 
+/// The v2 document as gnostic's `openapi.v2.Document` protobuf
+/// (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`), the only
+/// encoding kubectl asks `/openapi/v2` for. Only what a schema lookup needs
+/// is encoded: `swagger`, `info` and `definitions`.
+mod pb {
+    use serde_json::{Map, Value};
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+        varint(out, field << 3 | 2);
+        varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+    fn string(out: &mut Vec<u8>, field: u64, s: &str) {
+        bytes(out, field, s.as_bytes());
+    }
+    fn boolean(out: &mut Vec<u8>, field: u64, v: bool) {
+        if v {
+            varint(out, field << 3);
+            varint(out, 1);
+        }
+    }
+    fn int(out: &mut Vec<u8>, field: u64, v: i64) {
+        varint(out, field << 3);
+        varint(out, v as u64);
+    }
+    fn double(out: &mut Vec<u8>, field: u64, v: f64) {
+        varint(out, field << 3 | 1);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    /// `Any{yaml}`: JSON is YAML.
+    fn any(v: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        string(&mut out, 2, &v.to_string());
+        out
+    }
+    fn named(name: &str, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        string(&mut out, 1, name);
+        bytes(&mut out, 2, value);
+        out
+    }
+
+    /// `openapi.v2.Schema`.
+    fn schema(s: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        let Some(m) = s.as_object() else {
+            return out;
+        };
+        let str_field = |out: &mut Vec<u8>, f: u64, k: &str| {
+            if let Some(v) = m.get(k).and_then(Value::as_str) {
+                string(out, f, v);
+            }
+        };
+        str_field(&mut out, 1, "$ref");
+        str_field(&mut out, 2, "format");
+        str_field(&mut out, 3, "title");
+        str_field(&mut out, 4, "description");
+        if let Some(d) = m.get("default") {
+            bytes(&mut out, 5, &any(d));
+        }
+        for (f, k) in [(6, "multipleOf"), (7, "maximum"), (9, "minimum")] {
+            if let Some(v) = m.get(k).and_then(Value::as_f64) {
+                double(&mut out, f, v);
+            }
+        }
+        for (f, k) in [
+            (8, "exclusiveMaximum"),
+            (10, "exclusiveMinimum"),
+            (16, "uniqueItems"),
+            (27, "readOnly"),
+        ] {
+            if let Some(v) = m.get(k).and_then(Value::as_bool) {
+                boolean(&mut out, f, v);
+            }
+        }
+        for (f, k) in [
+            (11, "maxLength"),
+            (12, "minLength"),
+            (14, "maxItems"),
+            (15, "minItems"),
+            (17, "maxProperties"),
+            (18, "minProperties"),
+        ] {
+            if let Some(v) = m.get(k).and_then(Value::as_i64) {
+                int(&mut out, f, v);
+            }
+        }
+        str_field(&mut out, 13, "pattern");
+        for r in m
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(r) = r.as_str() {
+                string(&mut out, 19, r);
+            }
+        }
+        for e in m
+            .get("enum")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            bytes(&mut out, 20, &any(e));
+        }
+        match m.get("additionalProperties") {
+            Some(Value::Bool(b)) => {
+                let mut item = Vec::new();
+                varint(&mut item, 2 << 3);
+                varint(&mut item, u64::from(*b));
+                bytes(&mut out, 21, &item);
+            }
+            Some(v @ Value::Object(_)) => {
+                let mut item = Vec::new();
+                bytes(&mut item, 1, &schema(v));
+                bytes(&mut out, 21, &item);
+            }
+            _ => {}
+        }
+        let types: Vec<&str> = match m.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|t| *t != "null")
+                .collect(),
+            _ => vec![],
+        };
+        if !types.is_empty() {
+            let mut item = Vec::new();
+            for t in types {
+                string(&mut item, 1, t);
+            }
+            bytes(&mut out, 22, &item);
+        }
+        if let Some(items) = m.get("items") {
+            let mut item = Vec::new();
+            match items {
+                Value::Array(a) => a.iter().for_each(|i| bytes(&mut item, 1, &schema(i))),
+                i => bytes(&mut item, 1, &schema(i)),
+            }
+            bytes(&mut out, 23, &item);
+        }
+        for a in m
+            .get("allOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            bytes(&mut out, 24, &schema(a));
+        }
+        if let Some(props) = m.get("properties").and_then(Value::as_object) {
+            bytes(&mut out, 25, &named_schemas(props));
+        }
+        for (k, v) in m.iter().filter(|(k, _)| k.starts_with("x-")) {
+            bytes(&mut out, 31, &named(k, &any(v)));
+        }
+        out
+    }
+
+    /// `Properties`/`Definitions`: repeated `NamedSchema` as field 1.
+    fn named_schemas(m: &Map<String, Value>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in m {
+            bytes(&mut out, 1, &named(k, &schema(v)));
+        }
+        out
+    }
+
+    /// `openapi.v2.Document`.
+    pub fn document(title: &str, version: &str, defs: &Map<String, Value>) -> Vec<u8> {
+        let mut out = Vec::new();
+        string(&mut out, 1, "2.0");
+        let mut info = Vec::new();
+        string(&mut info, 1, title);
+        string(&mut info, 2, version);
+        bytes(&mut out, 2, &info);
+        bytes(&mut out, 9, &named_schemas(defs));
+        out
+    }
+}
+
 /// A rendered document and its hash (the `hash` of its `serverRelativeURL`).
 #[derive(Debug)]
 pub struct Doc {
@@ -38,6 +232,8 @@ struct Docs {
     v3_root: Bytes,
     /// The v2 (Swagger 2.0) document.
     v2: Doc,
+    /// The v2 document as protobuf.
+    v2_pb: Doc,
 }
 
 static DOCS: OnceLock<Docs> = OnceLock::new();
@@ -128,9 +324,153 @@ fn group_of<T: JsonSchema>(fallback: &str) -> &'static str {
         "events" => "events.k8s.io",
         "authentication" => "authentication.k8s.io",
         "authorization" => "authorization.k8s.io",
-        _ => GROUPS.iter().find(|g| **g == fallback).copied().unwrap_or(""),
+        _ => GROUPS
+            .iter()
+            .find(|g| **g == fallback)
+            .copied()
+            .unwrap_or(""),
     }
 }
+
+/// Upstream's strategic-merge-patch markers (`x-kubernetes-patch-strategy`,
+/// `x-kubernetes-patch-merge-key`) on the fields that have them: kubectl's
+/// client-side apply reads them from `/openapi/v2` to compute its patches,
+/// so they must say what its built-in types say.
+const PATCH_META: &[(&str, &str, &str, Option<&str>)] = &[
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "containers",
+        "merge",
+        Some("name"),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "initContainers",
+        "merge",
+        Some("name"),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "ephemeralContainers",
+        "merge",
+        Some("name"),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "volumes",
+        "merge,retainKeys",
+        Some("name"),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "imagePullSecrets",
+        "merge",
+        Some("name"),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "hostAliases",
+        "merge",
+        Some("ip"),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "topologySpreadConstraints",
+        "merge",
+        Some("topologyKey"),
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "resourceClaims",
+        "merge,retainKeys",
+        Some("name"),
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "ports",
+        "merge",
+        Some("containerPort"),
+    ),
+    ("io.k8s.api.core.v1.Container", "env", "merge", Some("name")),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeMounts",
+        "merge",
+        Some("mountPath"),
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeDevices",
+        "merge",
+        Some("devicePath"),
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "env",
+        "merge",
+        Some("name"),
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeMounts",
+        "merge",
+        Some("mountPath"),
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeDevices",
+        "merge",
+        Some("devicePath"),
+    ),
+    (
+        "io.k8s.api.core.v1.ServiceSpec",
+        "ports",
+        "merge",
+        Some("port"),
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "conditions",
+        "merge",
+        Some("type"),
+    ),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "conditions",
+        "merge",
+        Some("type"),
+    ),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "addresses",
+        "merge",
+        Some("type"),
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentSpec",
+        "strategy",
+        "retainKeys",
+        None,
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentStatus",
+        "conditions",
+        "merge",
+        Some("type"),
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "ownerReferences",
+        "merge",
+        Some("uid"),
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "finalizers",
+        "merge",
+        None,
+    ),
+];
 
 /// The schemas of one group-version, OpenAPI v3 shaped, with every served
 /// kind tagged with its group-version-kind.
@@ -138,6 +478,19 @@ fn schemas(group: &str, settings: SchemaSettings) -> Map<String, Value> {
     let mut g = settings.into_generator();
     let kinds = register(group, &mut g);
     let mut defs = g.take_definitions(true);
+    for (def, field, strategy, key) in PATCH_META {
+        if let Some(p) = defs
+            .get_mut(*def)
+            .and_then(|d| d.get_mut("properties"))
+            .and_then(|p| p.get_mut(*field))
+            .and_then(Value::as_object_mut)
+        {
+            p.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
+            if let Some(k) = key {
+                p.insert("x-kubernetes-patch-merge-key".into(), json!(k));
+            }
+        }
+    }
     for (name, kind, grp) in kinds {
         if let Some(s) = defs.get_mut(&name).and_then(Value::as_object_mut) {
             s.insert(
@@ -202,6 +555,11 @@ fn render() -> Docs {
         );
     }
     let v3_root = Bytes::from(serde_json::to_vec(&json!({"paths": paths})).expect("json"));
+    let pb = Bytes::from(pb::document("Kubernetes", discovery::GIT_VERSION, &all));
+    let v2_pb = Doc {
+        hash: digest(&pb),
+        body: pb,
+    };
     let v2 = doc(&json!({
         "swagger": "2.0",
         "info": {"title": "Kubernetes", "version": discovery::GIT_VERSION},
@@ -209,7 +567,12 @@ fn render() -> Docs {
         "definitions": all,
     }));
     tracing::debug!(documents = v3.len(), "openapi documents rendered");
-    Docs { v3, v3_root, v2 }
+    Docs {
+        v3,
+        v3_root,
+        v2,
+        v2_pb,
+    }
 }
 
 /// `/openapi/v3`.
@@ -227,16 +590,25 @@ pub fn v2_doc() -> &'static Doc {
     &docs().v2
 }
 
-fn json_body(body: Bytes, etag: Option<&str>) -> Response {
+/// A JSON body; with an ETag, and marked immutable when its URL names its
+/// content (`?hash=`).
+fn json_body(body: Bytes, etag: Option<&str>, immutable: bool) -> Response {
     let mut r = Response::new(Body::from(body));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(tag) = etag.and_then(|t| HeaderValue::from_str(&format!("\"{t}\"")).ok()) {
         h.insert(header::ETAG, tag);
-        // The URL names the content (`?hash=`): it never changes.
+        h.insert(header::VARY, HeaderValue::from_static("Accept"));
         h.insert(
             header::CACHE_CONTROL,
-            HeaderValue::from_static("public, immutable"),
+            HeaderValue::from_static(if immutable {
+                "public, immutable"
+            } else {
+                "no-cache"
+            }),
         );
     }
     r
@@ -244,11 +616,15 @@ fn json_body(body: Bytes, etag: Option<&str>) -> Response {
 
 /// The `/openapi/v3` response.
 pub fn v3_root_response() -> Response {
-    json_body(v3_root(), None)
+    json_body(v3_root(), None, false)
 }
 
 /// A v3 document's response; `304` when the client has it (`If-None-Match`).
 pub fn doc_response(d: &'static Doc, headers: &HeaderMap) -> Response {
+    doc_response_with(d, headers, true)
+}
+
+fn doc_response_with(d: &'static Doc, headers: &HeaderMap, immutable: bool) -> Response {
     let tag = format!("\"{}\"", d.hash);
     if headers
         .get(header::IF_NONE_MATCH)
@@ -259,28 +635,47 @@ pub fn doc_response(d: &'static Doc, headers: &HeaderMap) -> Response {
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         return r;
     }
-    json_body(d.body.clone(), Some(&d.hash))
+    json_body(d.body.clone(), Some(&d.hash), immutable)
 }
 
-/// `/openapi/v2`: JSON when the client accepts it. kubectl asks for the
-/// gnostic protobuf encoding only, which is not served: `406`, as from a
-/// server without it, and kubectl falls back to its built-in types.
+/// The media type of the v2 document as protobuf (the one kube-apiserver
+/// answers with; clients may also ask for the older `...spec.v2@v1.0+protobuf`,
+/// which Go's MIME parser cannot read back).
+pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+const V2_PROTOBUF_OLD: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+
+/// `/openapi/v2`: protobuf when asked for (kubectl asks for nothing else),
+/// else JSON; `406` for anything else.
 pub fn v2_response(headers: &HeaderMap) -> Response {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("*/*");
+    if accept.split(',').any(|a| {
+        matches!(
+            a.split(';').next().unwrap_or("").trim(),
+            V2_PROTOBUF | V2_PROTOBUF_OLD
+        )
+    }) {
+        let d = &docs().v2_pb;
+        let mut r = doc_response_with(d, headers, false);
+        if r.status() == StatusCode::OK {
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(V2_PROTOBUF));
+        }
+        return r;
+    }
     let json_ok = accept.split(',').any(|a| {
         let m = a.split(';').next().unwrap_or("").trim();
         matches!(m, "application/json" | "*/*" | "application/*")
     });
     if json_ok {
-        return doc_response(v2_doc(), headers);
+        return doc_response_with(v2_doc(), headers, false);
     }
     ApiError::new(
         406,
         "NotAcceptable",
-        format!("only the following media types are accepted: application/json (asked for {accept})"),
+        format!("only the following media types are accepted: application/json, {V2_PROTOBUF} (asked for {accept})"),
     )
     .into_response()
 }
@@ -316,7 +711,10 @@ mod tests {
         assert!(url.ends_with(&v3_doc("apis/apps/v1").unwrap().hash));
         let v2: Value = serde_json::from_slice(&v2_doc().body).unwrap();
         let np = &v2["definitions"]["io.k8s.api.networking.v1.NetworkPolicy"];
-        assert_eq!(np["x-kubernetes-group-version-kind"][0]["group"], "networking.k8s.io");
+        assert_eq!(
+            np["x-kubernetes-group-version-kind"][0]["group"],
+            "networking.k8s.io"
+        );
         assert!(
             serde_json::to_string(np)
                 .unwrap()

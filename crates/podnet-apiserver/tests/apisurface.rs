@@ -65,21 +65,59 @@ fn explain_every_kind_with_three_kubectls() {
         let out = lab.ok(v, &["explain", "services.spec", "--recursive"]);
         contains_all(
             &out,
-            &["clusterIP\t<string>", "ports\t<[]ServicePort>", "targetPort\t<IntOrString>"],
+            &[
+                "clusterIP\t<string>",
+                "ports\t<[]ServicePort>",
+                "targetPort\t<IntOrString>",
+            ],
             v,
         );
-        let out = lab.ok(v, &["explain", "cronjobs.spec.jobTemplate.spec.template.spec.restartPolicy"]);
+        let out = lab.ok(
+            v,
+            &[
+                "explain",
+                "cronjobs.spec.jobTemplate.spec.template.spec.restartPolicy",
+            ],
+        );
         contains_all(&out, &["CronJob", "batch", "restartPolicy <string>"], v);
         // Every served kind with a get verb explains.
         for kind in [
-            "namespaces", "nodes", "pods", "services", "endpoints", "configmaps", "secrets",
-            "serviceaccounts", "events", "endpointslices", "networkpolicies", "deployments",
-            "replicasets", "daemonsets", "statefulsets", "jobs", "cronjobs", "leases", "roles",
-            "clusterroles", "rolebindings", "clusterrolebindings", "events.events.k8s.io",
+            "namespaces",
+            "nodes",
+            "pods",
+            "services",
+            "endpoints",
+            "configmaps",
+            "secrets",
+            "serviceaccounts",
+            "events",
+            "endpointslices",
+            "networkpolicies",
+            "deployments",
+            "replicasets",
+            "daemonsets",
+            "statefulsets",
+            "jobs",
+            "cronjobs",
+            "leases",
+            "roles",
+            "clusterroles",
+            "rolebindings",
+            "clusterrolebindings",
         ] {
             let out = lab.ok(v, &["explain", kind]);
-            contains_all(&out, &["DESCRIPTION:", "FIELDS:", "metadata"], &format!("{v} {kind}"));
+            contains_all(
+                &out,
+                &["DESCRIPTION:", "FIELDS:", "metadata"],
+                &format!("{v} {kind}"),
+            );
         }
+        let out = lab.ok(v, &["explain", "events", "--api-version=events.k8s.io/v1"]);
+        contains_all(
+            &out,
+            &["events.k8s.io", "regarding", "reportingController"],
+            v,
+        );
         // A field that does not exist is kubectl's error, not a crash.
         let err = lab.fails(v, &["explain", "pods.spec.nosuchfield"]);
         assert!(err.contains("nosuchfield"), "{v}: {err}");
@@ -92,7 +130,9 @@ fn openapi_documents_are_cached_by_hash() {
     let (code, root) = lab.curl("GET", "/openapi/v3", "application/json", None, true);
     assert_eq!(code, 200, "{root}");
     let root: Value = serde_json::from_str(&root).unwrap();
-    let url = root["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap();
+    let url = root["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap();
     assert!(url.contains("?hash="), "{url}");
     let (code, doc) = lab.curl("GET", url, "application/json", None, true);
     assert_eq!(code, 200);
@@ -183,9 +223,36 @@ fn server_side_apply_two_managers_with_two_kubectls() {
         lab.ok(v, &["create", "namespace", &ns]);
         let a = lab.file("a.yaml", DEPLOY_A);
         let b = lab.file("b.yaml", DEPLOY_B);
-        let out = lab.ok(v, &["-n", &ns, "apply", "--server-side", "--field-manager=mgr-a", "-f", &a]);
-        assert!(out.contains("deployment.apps/web serverside-applied"), "{out}");
-        let obj: Value = serde_json::from_str(&lab.ok(v, &["-n", &ns, "get", "deploy", "web", "-o", "json"])).unwrap();
+        let out = lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "apply",
+                "--server-side",
+                "--field-manager=mgr-a",
+                "-f",
+                &a,
+            ],
+        );
+        assert!(
+            out.contains("deployment.apps/web serverside-applied"),
+            "{out}"
+        );
+        let obj: Value = serde_json::from_str(&lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        ))
+        .unwrap();
         assert_eq!(managers(&obj), [("mgr-a".to_string(), "Apply".to_string())]);
         let e = entry(&obj, "mgr-a");
         assert_eq!(e["apiVersion"], "apps/v1");
@@ -195,58 +262,222 @@ fn server_side_apply_two_managers_with_two_kubectls() {
         assert_eq!(f["f:spec"]["f:replicas"], serde_json::json!({}));
         let c = &f["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"nginx\"}"];
         assert_eq!(c["."], serde_json::json!({}), "{f}");
-        assert!(c["f:ports"]["k:{\"containerPort\":80,\"protocol\":\"TCP\"}"]["f:containerPort"].is_object(), "{f}");
+        assert!(
+            c["f:ports"]["k:{\"containerPort\":80,\"protocol\":\"TCP\"}"]["f:containerPort"]
+                .is_object(),
+            "{f}"
+        );
 
         // Another manager, another value: kube-apiserver's conflict.
-        let out = lab.kubectl(v, &["-n", &ns, "apply", "--server-side", "--field-manager=mgr-b", "-f", &b]);
+        let out = lab.kubectl(
+            v,
+            &[
+                "-n",
+                &ns,
+                "apply",
+                "--server-side",
+                "--field-manager=mgr-b",
+                "-f",
+                &b,
+            ],
+        );
         assert_eq!(out.status.code(), Some(1), "{v}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains(r#"Apply failed with 1 conflict: conflict with "mgr-a": .spec.replicas"#),
             "{v}: {err}"
         );
-        let replicas = lab.ok(v, &["-n", &ns, "get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]);
+        let replicas = lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+        );
         assert_eq!(replicas, "2");
 
         // --force-conflicts takes the field over.
-        lab.ok(v, &["-n", &ns, "apply", "--server-side", "--field-manager=mgr-b", "--force-conflicts", "-f", &b]);
-        let obj: Value = serde_json::from_str(&lab.ok(v, &["-n", &ns, "get", "deploy", "web", "-o", "json"])).unwrap();
+        lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "apply",
+                "--server-side",
+                "--field-manager=mgr-b",
+                "--force-conflicts",
+                "-f",
+                &b,
+            ],
+        );
+        let obj: Value = serde_json::from_str(&lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        ))
+        .unwrap();
         assert_eq!(obj["spec"]["replicas"], 3);
-        assert!(entry(&obj, "mgr-a")["fieldsV1"]["f:spec"].get("f:replicas").is_none());
+        assert!(
+            entry(&obj, "mgr-a")["fieldsV1"]["f:spec"]
+                .get("f:replicas")
+                .is_none()
+        );
         assert!(entry(&obj, "mgr-b")["fieldsV1"]["f:spec"]["f:replicas"].is_object());
-        let yaml = lab.ok(v, &["-n", &ns, "get", "deploy", "web", "-o", "yaml", "--show-managed-fields"]);
-        contains_all(&yaml, &["managedFields:", "manager: mgr-a", "manager: mgr-b", "operation: Apply", "f:replicas: {}"], v);
+        let yaml = lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "yaml",
+                "--show-managed-fields",
+            ],
+        );
+        contains_all(
+            &yaml,
+            &[
+                "managedFields:",
+                "manager: mgr-a",
+                "manager: mgr-b",
+                "operation: Apply",
+                "f:replicas: {}",
+            ],
+            v,
+        );
         let plain = lab.ok(v, &["-n", &ns, "get", "deploy", "web", "-o", "yaml"]);
         assert!(!plain.contains("managedFields"), "{plain}");
 
         // mgr-a stops applying its label (it alone owns it): it goes; the
         // image, shared with mgr-b, stays.
-        let a2 = lab.file("a2.yaml", &DEPLOY_A.replace("  labels:\n    owner: a\n", "").replace("replicas: 2", "replicas: 3"));
-        lab.ok(v, &["-n", &ns, "apply", "--server-side", "--field-manager=mgr-a", "-f", &a2]);
-        let obj: Value = serde_json::from_str(&lab.ok(v, &["-n", &ns, "get", "deploy", "web", "-o", "json"])).unwrap();
-        assert!(obj["metadata"]["labels"].get("owner").is_none(), "{}", obj["metadata"]);
-        assert_eq!(obj["spec"]["template"]["spec"]["containers"][0]["image"], "nginx");
+        let a2 = lab.file(
+            "a2.yaml",
+            &DEPLOY_A
+                .replace("  labels:\n    owner: a\n", "")
+                .replace("replicas: 2", "replicas: 3"),
+        );
+        lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "apply",
+                "--server-side",
+                "--field-manager=mgr-a",
+                "-f",
+                &a2,
+            ],
+        );
+        let obj: Value = serde_json::from_str(&lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        ))
+        .unwrap();
+        assert!(
+            obj["metadata"]["labels"].get("owner").is_none(),
+            "{}",
+            obj["metadata"]
+        );
+        assert_eq!(
+            obj["spec"]["template"]["spec"]["containers"][0]["image"],
+            "nginx"
+        );
 
         // Other writers are Update entries named as kube-apiserver names them.
         lab.ok(v, &["-n", &ns, "label", "deploy", "web", "tier=front"]);
         lab.ok(v, &["-n", &ns, "scale", "deploy", "web", "--replicas=4"]);
-        let obj: Value = serde_json::from_str(&lab.ok(v, &["-n", &ns, "get", "deploy", "web", "-o", "json"])).unwrap();
+        let obj: Value = serde_json::from_str(&lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        ))
+        .unwrap();
         let label = entry(&obj, "kubectl-label");
         assert_eq!(label["operation"], "Update");
-        assert!(label["fieldsV1"]["f:metadata"]["f:labels"]["f:tier"].is_object(), "{label}");
+        assert!(
+            label["fieldsV1"]["f:metadata"]["f:labels"]["f:tier"].is_object(),
+            "{label}"
+        );
         // A scale by another writer: applying the old count conflicts with it.
-        let out = lab.kubectl(v, &["-n", &ns, "apply", "--server-side", "--field-manager=mgr-b", "-f", &b]);
+        let out = lab.kubectl(
+            v,
+            &[
+                "-n",
+                &ns,
+                "apply",
+                "--server-side",
+                "--field-manager=mgr-b",
+                "-f",
+                &b,
+            ],
+        );
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("Apply failed with 1 conflict: conflict with \"kubectl") && err.contains(".spec.replicas"), "{err}");
+        assert!(
+            err.contains("Apply failed with 1 conflict: conflict with \"kubectl")
+                && err.contains(".spec.replicas"),
+            "{err}"
+        );
 
         // Client-side apply records its own manager.
-        let cm = lab.file("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: v\n");
+        let cm = lab.file(
+            "cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: v\n",
+        );
         lab.ok(v, &["-n", &ns, "apply", "-f", &cm]);
-        let obj: Value = serde_json::from_str(&lab.ok(v, &["-n", &ns, "get", "cm", "c", "-o", "json"])).unwrap();
+        let obj: Value = serde_json::from_str(&lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "cm",
+                "c",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        ))
+        .unwrap();
         let csa = entry(&obj, "kubectl-client-side-apply");
         assert_eq!(csa["operation"], "Update");
-        assert_eq!(csa["fieldsV1"]["f:data"]["f:k"], serde_json::json!({}), "{csa}");
+        assert_eq!(
+            csa["fieldsV1"]["f:data"]["f:k"],
+            serde_json::json!({}),
+            "{csa}"
+        );
     }
 }
 
@@ -255,23 +486,65 @@ fn malformed_apply_bodies_are_refused_and_change_nothing() {
     let lab = Lab::start();
     let path = "/api/v1/namespaces/default/configmaps/c?fieldManager=t";
     let good = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"1\"\n";
-    let (code, body) = lab.curl("PATCH", path, "application/apply-patch+yaml", Some(good), true);
+    let (code, body) = lab.curl(
+        "PATCH",
+        path,
+        "application/apply-patch+yaml",
+        Some(good),
+        true,
+    );
     assert_eq!(code, 201, "{body}");
     let before = lab.rv();
     let cases: &[(&str, &[u8], u16, &str)] = &[
-        (path, b"kind: ConfigMap\n  bad: [", 400, "error decoding YAML"),
+        (
+            path,
+            b"kind: ConfigMap\n  bad: [",
+            400,
+            "error decoding YAML",
+        ),
         (path, b"- just\n- a list\n", 400, "must be an object"),
-        (path, b"apiVersion: v1\nmetadata:\n  name: c\n", 400, "Object 'Kind' is missing"),
-        (path, b"apiVersion: apps/v1\nkind: ConfigMap\nmetadata:\n  name: c\n", 400, "does not match the expected API version (v1)"),
-        (path, b"apiVersion: v1\nkind: Secret\nmetadata:\n  name: c\n", 400, "does not match the expected kind (ConfigMap)"),
-        (path, b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n", 400, "does not match the name on the URL"),
-        ("/api/v1/namespaces/default/configmaps/c", good, 422, "fieldManager: Required value"),
-        ("/api/v1/namespaces/default/configmaps/c?fieldManager=t&force=maybe", good, 400, "force"),
+        (
+            path,
+            b"apiVersion: v1\nmetadata:\n  name: c\n",
+            400,
+            "Object 'Kind' is missing",
+        ),
+        (
+            path,
+            b"apiVersion: apps/v1\nkind: ConfigMap\nmetadata:\n  name: c\n",
+            400,
+            "does not match the expected API version (v1)",
+        ),
+        (
+            path,
+            b"apiVersion: v1\nkind: Secret\nmetadata:\n  name: c\n",
+            400,
+            "does not match the expected kind (ConfigMap)",
+        ),
+        (
+            path,
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n",
+            400,
+            "does not match the name on the URL",
+        ),
+        (
+            "/api/v1/namespaces/default/configmaps/c",
+            good,
+            422,
+            "fieldManager: Required value",
+        ),
+        (
+            "/api/v1/namespaces/default/configmaps/c?fieldManager=t&force=maybe",
+            good,
+            400,
+            "force",
+        ),
     ];
     for (p, body, want, msg) in cases {
         let (code, out) = lab.curl("PATCH", p, "application/apply-patch+yaml", Some(body), true);
         assert_eq!(code, *want, "{out}");
-        let st: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not a Status ({e}): {out}"));
+        let st: Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("not a Status ({e}): {out}"));
         assert_eq!(st["kind"], "Status");
         assert!(st["message"].as_str().unwrap().contains(msg), "{out}");
     }
@@ -284,7 +557,10 @@ fn malformed_apply_bodies_are_refused_and_change_nothing() {
         true,
     );
     assert_eq!(code, 422, "{out}");
-    assert!(out.contains("may not be specified for non-apply patch"), "{out}");
+    assert!(
+        out.contains("may not be specified for non-apply patch"),
+        "{out}"
+    );
     assert_eq!(lab.rv(), before, "a refused apply changed the store");
     // A conflict through the API: 409 with FieldManagerConflict causes.
     let other = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"2\"\n";
@@ -298,7 +574,10 @@ fn malformed_apply_bodies_are_refused_and_change_nothing() {
     assert_eq!(code, 409, "{out}");
     let st: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(st["reason"], "Conflict");
-    assert_eq!(st["message"], r#"Apply failed with 1 conflict: conflict with "t": .data.a"#);
+    assert_eq!(
+        st["message"],
+        r#"Apply failed with 1 conflict: conflict with "t": .data.a"#
+    );
     assert_eq!(
         st["details"]["causes"][0],
         serde_json::json!({"reason": "FieldManagerConflict", "message": "conflict with \"t\"", "field": ".data.a"})
