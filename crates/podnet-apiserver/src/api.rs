@@ -1571,6 +1571,7 @@ impl Api {
     /// The shared update path: `propose` turns the current object into the
     /// desired one; system fields are kept, defaults, validation and
     /// immutability checks applied, and the write made if anything changed.
+    #[allow(clippy::too_many_arguments)] // the request's parts, the recorded manager, the proposal
     async fn update_with<F>(
         &self,
         t: &Target,
