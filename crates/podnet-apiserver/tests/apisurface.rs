@@ -118,6 +118,35 @@ fn explain_every_kind_with_three_kubectls() {
             &["events.k8s.io", "regarding", "reportingController"],
             v,
         );
+        // The OpenAPI v2 document (gnostic protobuf) explains too.
+        let out = lab.ok(
+            v,
+            &[
+                "explain",
+                "deployment.spec.strategy",
+                "--output=plaintext-openapiv2",
+            ],
+        );
+        contains_all(
+            &out,
+            &[
+                "VERSION:  apps/v1",
+                "RESOURCE: strategy <Object>",
+                "The deployment strategy to use to replace existing pods with new ones.",
+                "rollingUpdate\t<Object>",
+            ],
+            v,
+        );
+        let out = lab.ok(
+            v,
+            &[
+                "explain",
+                "pods",
+                "--recursive",
+                "--output=plaintext-openapiv2",
+            ],
+        );
+        contains_all(&out, &["containers\t<[]Object>", "image\t<string>"], v);
         // A field that does not exist is kubectl's error, not a crash.
         let err = lab.fails(v, &["explain", "pods.spec.nosuchfield"]);
         assert!(err.contains("nosuchfield"), "{v}: {err}");
