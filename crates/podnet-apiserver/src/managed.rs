@@ -689,8 +689,15 @@ pub fn apply(
         .fold(FieldSet::default(), |a, e| a.union(&e.fields));
     // Fields this applier set before, no longer applies, and alone owned.
     let dropped = prev.minus(&applied);
-    for p in dropped.0.iter().rev() {
-        if !others.owns_at_or_under(p) && !applied.owns_at_or_under(p) {
+    let gone: Vec<&Path> = dropped
+        .0
+        .iter()
+        .filter(|p| !others.owns_at_or_under(p) && !applied.owns_at_or_under(p))
+        .collect();
+    // The outermost of them only: a list item is found by its keys, which
+    // must still be there when it is removed.
+    for p in &gone {
+        if !gone.iter().any(|q| q.len() < p.len() && p.starts_with(q)) {
             remove_path(&mut merged, p);
         }
     }
@@ -848,6 +855,29 @@ mod tests {
                 .get("labels")
                 .is_none_or(|l| l.get("app").is_none()),
             "{dropped}"
+        );
+    }
+
+    #[test]
+    fn dropped_list_items_go_whole() {
+        let two = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+            "spec": {"ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]}});
+        let live = apply(
+            &json!({}),
+            &two,
+            "a",
+            false,
+            "Service",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap();
+        let mut one = two.clone();
+        one["spec"]["ports"].as_array_mut().unwrap().pop();
+        let after = apply(&live, &one, "a", false, "Service", Scope::NoStatus, "t").unwrap();
+        assert_eq!(
+            after["spec"]["ports"],
+            json!([{"name": "http", "port": 80}])
         );
     }
 

@@ -436,6 +436,52 @@ fn server_side_apply_two_managers_with_two_kubectls() {
             "nginx"
         );
 
+        // A list item the applier alone owned goes whole when it stops
+        // naming it (items merge by their keys: port and protocol).
+        let svc2 = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80}\n  - {name: dns, port: 53, protocol: UDP}\n";
+        let s2 = lab.file("svc2.yaml", svc2);
+        let s1 = lab.file(
+            "svc1.yaml",
+            &svc2.replace("  - {name: dns, port: 53, protocol: UDP}\n", ""),
+        );
+        lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "apply",
+                "--server-side",
+                "--field-manager=mgr-a",
+                "-f",
+                &s2,
+            ],
+        );
+        lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "apply",
+                "--server-side",
+                "--field-manager=mgr-a",
+                "-f",
+                &s1,
+            ],
+        );
+        let ports = lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "svc",
+                "web",
+                "-o",
+                "jsonpath={.spec.ports[*].name}",
+            ],
+        );
+        assert_eq!(ports, "http");
+
         // Other writers are Update entries named as kube-apiserver names them.
         lab.ok(v, &["-n", &ns, "label", "deploy", "web", "tier=front"]);
         lab.ok(v, &["-n", &ns, "scale", "deploy", "web", "--replicas=4"]);
