@@ -1669,7 +1669,12 @@ impl Api {
                 if kinds::has_generation(res.kind) && old["spec"] != new["spec"] {
                     new["metadata"]["generation"] = json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
                 }
-                if new["metadata"].get("managedFields").is_none_or(Value::is_null) {
+                // Absent or `[]` keeps the stored entries (clients that do not
+                // know the field never strip it); `[{}]` clears them.
+                if new["metadata"]
+                    .get("managedFields")
+                    .is_none_or(|m| m.is_null() || m.as_array().is_some_and(Vec::is_empty))
+                {
                     match old["metadata"].get("managedFields") {
                         Some(mf) => new["metadata"]["managedFields"] = mf.clone(),
                         None => {
@@ -1679,6 +1684,7 @@ impl Api {
                         }
                     }
                 }
+                managed::normalize(&mut new);
                 if let Some(m) = &manager {
                     let sc = scope(res, sub.as_deref());
                     let subresource = sub.as_deref().filter(|s| *s == "status");

@@ -246,6 +246,8 @@ impl Server {
         let router = axum::Router::new().fallback(dispatch).with_state(shared);
         let task = tokio::spawn(accept_loop(listener, tls, router));
         let upkeep = tokio::spawn(api.clone().upkeep());
+        // Render the OpenAPI documents off the request path.
+        tokio::task::spawn_blocking(openapi::warm);
         let rbac_task = tokio::spawn(rbac.clone().run(api.store.clone()));
         tracing::info!(%url, state = %dir.display(), "podnet-apiserver serving");
         Ok(Server {

@@ -518,6 +518,18 @@ fn set_entries(obj: &mut Value, es: &[Entry]) {
     }
 }
 
+/// Drops entries without a manager (`managedFields: [{}]` is how a client
+/// clears them all).
+pub fn normalize(obj: &mut Value) {
+    let bad = obj["metadata"]["managedFields"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|e| !e["manager"].is_string()));
+    if bad {
+        let es = entries(obj);
+        set_entries(obj, &es);
+    }
+}
+
 /// The default manager of a request without `fieldManager`: the user
 /// agent up to its first `/`, as kube-apiserver takes it.
 pub fn manager_from_user_agent(ua: Option<&str>) -> String {

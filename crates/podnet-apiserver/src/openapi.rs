@@ -575,6 +575,11 @@ fn render() -> Docs {
     }
 }
 
+/// Renders every document now, so that the first client does not wait.
+pub fn warm() {
+    let _ = docs();
+}
+
 /// `/openapi/v3`.
 pub fn v3_root() -> Bytes {
     docs().v3_root.clone()

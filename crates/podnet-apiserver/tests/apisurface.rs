@@ -553,6 +553,39 @@ fn server_side_apply_two_managers_with_two_kubectls() {
             serde_json::json!({}),
             "{csa}"
         );
+        // `managedFields: [{}]` clears them, as on a cluster.
+        lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "patch",
+                "cm",
+                "c",
+                "--type=json",
+                "-p",
+                r#"[{"op":"replace","path":"/metadata/managedFields","value":[{}]}]"#,
+            ],
+        );
+        let obj: Value = serde_json::from_str(&lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "cm",
+                "c",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        ))
+        .unwrap();
+        assert!(
+            obj["metadata"].get("managedFields").is_none(),
+            "{}",
+            obj["metadata"]
+        );
     }
 }
 
