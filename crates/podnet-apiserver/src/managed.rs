@@ -633,10 +633,70 @@ fn conflict_message(cs: &[(String, String)]) -> String {
     s
 }
 
+/// The annotation client-side `kubectl apply` keeps its configuration in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The fields (as printed in conflicts) of the object's client-side-apply
+/// configuration that still have the value it set: the conflicts a move to
+/// server-side apply by `kubectl` may take over.
+fn allowed_from_last_applied(live: &Value, kind: &str, scope: Scope) -> Option<BTreeSet<String>> {
+    let text = live["metadata"]["annotations"][LAST_APPLIED].as_str()?;
+    let last: Value = serde_json::from_str(text).ok()?;
+    let apply_walk = Walk {
+        kind,
+        scope,
+        added: false,
+    };
+    let mut set = FieldSet::default();
+    apply_walk.collect(&last, &mut Vec::new(), &mut Vec::new(), &mut set);
+    // Paths whose live value differs: set by someone since.
+    let mut changes = (FieldSet::default(), FieldSet::default());
+    Walk {
+        kind,
+        scope,
+        added: true,
+    }
+    .diff(&last, live, &mut Vec::new(), &mut Vec::new(), &mut changes);
+    Some(set.minus(&changes.0).0.iter().map(path_string).collect())
+}
+
 /// Server-side apply of configuration `cfg` by `manager` to `live` (`{}`
 /// when creating): the merged object with its `managedFields`, or the
 /// conflicts (unless `force`, which takes the fields over).
+///
+/// As kube-apiserver does for `kubectl` moving from client-side apply:
+/// when the manager is `kubectl` and every conflict is a field of the
+/// object's last-applied configuration that still has that value, the
+/// apply takes those fields over without `force`.
 pub fn apply(
+    live: &Value,
+    cfg: &Value,
+    manager: &str,
+    force: bool,
+    kind: &str,
+    scope: Scope,
+    now: &str,
+) -> Result<Value, ApplyError> {
+    match apply_once(live, cfg, manager, force, kind, scope, now) {
+        Err(ApplyError::Conflicts(cs)) if manager == "kubectl" => {
+            let Some(allowed) = allowed_from_last_applied(live, kind, scope) else {
+                return Err(ApplyError::Conflicts(cs));
+            };
+            let left: Vec<(String, String)> = cs
+                .into_iter()
+                .filter(|(_, p)| !allowed.contains(p))
+                .collect();
+            if left.is_empty() {
+                apply_once(live, cfg, manager, true, kind, scope, now)
+            } else {
+                Err(ApplyError::Conflicts(left))
+            }
+        }
+        r => r,
+    }
+}
+
+fn apply_once(
     live: &Value,
     cfg: &Value,
     manager: &str,

@@ -553,6 +553,57 @@ fn server_side_apply_two_managers_with_two_kubectls() {
             serde_json::json!({}),
             "{csa}"
         );
+        // kubectl moving from client-side to server-side apply takes the
+        // fields over without --force-conflicts, as on a cluster.
+        let m1 = lab.file(
+            "m1.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m\ndata:\n  k: v\n",
+        );
+        let m2 = lab.file(
+            "m2.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m\ndata:\n  k: w\n",
+        );
+        lab.ok(v, &["-n", &ns, "apply", "-f", &m1]);
+        lab.ok(v, &["-n", &ns, "apply", "--server-side", "-f", &m2]);
+        let obj: Value = serde_json::from_str(&lab.ok(
+            v,
+            &[
+                "-n",
+                &ns,
+                "get",
+                "cm",
+                "m",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        ))
+        .unwrap();
+        assert_eq!(obj["data"]["k"], "w");
+        assert!(
+            entry(&obj, "kubectl")["fieldsV1"]["f:data"]["f:k"].is_object(),
+            "{}",
+            obj["metadata"]
+        );
+        // Another manager is still refused.
+        let m3 = lab.file(
+            "m3.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m\ndata:\n  k: x\n",
+        );
+        let err = lab.fails(
+            v,
+            &[
+                "-n",
+                &ns,
+                "apply",
+                "--server-side",
+                "--field-manager=other",
+                "-f",
+                &m3,
+            ],
+        );
+        assert!(err.contains(r#"conflict with "kubectl": .data.k"#), "{err}");
+
         // `managedFields: [{}]` clears them, as on a cluster.
         lab.ok(
             v,
