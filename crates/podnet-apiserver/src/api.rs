@@ -1625,7 +1625,7 @@ impl Api {
                     Some("status") => {
                         let mut merged = old.clone();
                         merged["status"] = new["status"].clone();
-                        for k in ["labels", "annotations"] {
+                        for k in ["labels", "annotations", "managedFields"] {
                             if !new["metadata"][k].is_null() {
                                 merged["metadata"][k] = new["metadata"][k].clone();
                             }

@@ -705,6 +705,8 @@ fn apply_once(
     scope: Scope,
     now: &str,
 ) -> Result<Value, ApplyError> {
+    // An apply to the status subresource is its own entry.
+    let sub = (scope == Scope::Status).then_some("status");
     let mut cfg = cfg.clone();
     if let Some(m) = cfg["metadata"].as_object_mut() {
         m.remove("managedFields");
@@ -735,7 +737,7 @@ fn apply_once(
     let mut es = entries(live);
     let mut conflicts = Vec::new();
     for e in es.iter_mut() {
-        if e.same(manager, "Apply", None) {
+        if e.same(manager, "Apply", sub) {
             continue;
         }
         let c = e.fields.intersect(&changed);
@@ -752,12 +754,12 @@ fn apply_once(
     }
     let prev = es
         .iter()
-        .find(|e| e.same(manager, "Apply", None))
+        .find(|e| e.same(manager, "Apply", sub))
         .map(|e| e.fields.clone())
         .unwrap_or_default();
     let others = es
         .iter()
-        .filter(|e| !e.same(manager, "Apply", None))
+        .filter(|e| !e.same(manager, "Apply", sub))
         .fold(FieldSet::default(), |a, e| a.union(&e.fields));
     // Fields this applier set before, no longer applies, and alone owned.
     let dropped = prev.minus(&applied);
@@ -787,7 +789,7 @@ fn apply_once(
     if unchanged {
         return Ok(live.clone());
     }
-    match es.iter_mut().find(|e| e.same(manager, "Apply", None)) {
+    match es.iter_mut().find(|e| e.same(manager, "Apply", sub)) {
         Some(e) => {
             e.fields = applied;
             e.time = now.to_string();
@@ -798,7 +800,7 @@ fn apply_once(
             operation: "Apply".into(),
             api_version,
             time: now.to_string(),
-            subresource: None,
+            subresource: sub.map(str::to_string),
             fields: applied,
         }),
     }

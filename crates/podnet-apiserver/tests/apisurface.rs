@@ -553,6 +553,49 @@ fn server_side_apply_two_managers_with_two_kubectls() {
             serde_json::json!({}),
             "{csa}"
         );
+        // An apply to the status subresource is its own entry (`apply
+        // --subresource` is not in kubectl 1.30).
+        if *v == "1.33" {
+            let st = lab.file("st.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nstatus:\n  observedGeneration: 7\n");
+            lab.ok(
+                v,
+                &[
+                    "-n",
+                    &ns,
+                    "apply",
+                    "--server-side",
+                    "--subresource=status",
+                    "--field-manager=ctl",
+                    "-f",
+                    &st,
+                ],
+            );
+            let obj: Value = serde_json::from_str(&lab.ok(
+                v,
+                &[
+                    "-n",
+                    &ns,
+                    "get",
+                    "deploy",
+                    "web",
+                    "-o",
+                    "json",
+                    "--show-managed-fields",
+                ],
+            ))
+            .unwrap();
+            let e = entry(&obj, "ctl");
+            assert_eq!(
+                (e["operation"].as_str(), e["subresource"].as_str()),
+                (Some("Apply"), Some("status")),
+                "{e}"
+            );
+            assert!(
+                e["fieldsV1"]["f:status"]["f:observedGeneration"].is_object(),
+                "{e}"
+            );
+        }
+
         // kubectl moving from client-side to server-side apply takes the
         // fields over without --force-conflicts, as on a cluster.
         let m1 = lab.file(
