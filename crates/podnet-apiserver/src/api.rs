@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::kinds::{self, FieldError};
+use crate::managed::{self, Scope};
 use crate::patch::{self, PatchType};
 use crate::resources::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
@@ -604,6 +605,104 @@ fn prepare(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Who a write is recorded for in `managedFields`.
+enum Manage {
+    /// An update (create, PUT, PATCH other than apply) by this manager.
+    Update(String),
+    /// A server-side apply by this manager of this configuration.
+    Apply(String, Value),
+}
+
+/// The manager of an update: `fieldManager`, else the user agent's
+/// product (`kubectl`), as kube-apiserver defaults it.
+fn field_manager(q: &Query, headers: &HeaderMap) -> String {
+    match q.get("fieldManager") {
+        Some(m) if !m.is_empty() => m.clone(),
+        _ => managed::manager_from_user_agent(
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        ),
+    }
+}
+
+/// The part of the object a write to `sub` may set.
+fn scope(res: &Resource, sub: Option<&str>) -> Scope {
+    match sub {
+        Some("status") => Scope::Status,
+        _ if res.has_status => Scope::NoStatus,
+        _ => Scope::All,
+    }
+}
+
+/// kube-apiserver's 409 for an apply that conflicts with other managers.
+fn apply_conflict(e: managed::ApplyError) -> ApiError {
+    let managed::ApplyError::Conflicts(cs) = &e;
+    let causes: Vec<Value> = cs
+        .iter()
+        .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m}"), "field": p}))
+        .collect();
+    let mut err = ApiError::new(409, "Conflict", e.to_string());
+    err.details = Some(json!({"causes": causes}));
+    err
+}
+
+/// A 422 on the PATCH options (`PatchOptions.meta.k8s.io "" is invalid`).
+fn patch_options_invalid(field: &str, reason: &'static str, message: &str) -> ApiError {
+    let mut e = ApiError::new(
+        422,
+        "Invalid",
+        format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {message}"),
+    );
+    e.details = Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions",
+        "causes": [{"reason": reason, "message": message, "field": field}]}));
+    e
+}
+
+/// Parses and checks a server-side apply configuration: `400` naming what
+/// is wrong with it.
+fn apply_config(res: &Resource, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let cfg = patch::parse_apply(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    if !cfg.is_object() {
+        return Err(ApiError::bad_request(
+            "error decoding YAML: an apply configuration must be an object",
+        ));
+    }
+    let kind = cfg["kind"].as_str().unwrap_or("");
+    if kind.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "Object 'Kind' is missing in '{}'",
+            serde_json::to_string(&cfg).unwrap_or_default()
+        )));
+    }
+    let api_version = cfg["apiVersion"].as_str().unwrap_or("");
+    if api_version != res.api_version() {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            res.api_version()
+        )));
+    }
+    if kind != res.kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            res.kind
+        )));
+    }
+    if !cfg["metadata"].is_object() && !cfg["metadata"].is_null() {
+        return Err(ApiError::bad_request(
+            "error decoding YAML: metadata must be an object",
+        ));
+    }
+    if cfg["metadata"]["name"].as_str() != Some(name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            cfg["metadata"]["name"].as_str().unwrap_or("")
+        )));
+    }
+    Ok(cfg)
+}
+
 fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
     for w in warnings {
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{}\"", w.replace('"', "\\\""))) {
@@ -812,7 +911,10 @@ impl Api {
             }
             (Method::GET, Some(name), None | Some("status")) => self.get(&t, name, &q, headers),
             (Method::GET, Some(name), Some("scale")) => self.get_scale(&t, name),
-            (Method::POST, None, _) => self.create(&t, &q, headers, &body).await,
+            (Method::POST, None, _) => {
+                let m = Manage::Update(field_manager(&q, headers));
+                self.create(&t, &q, headers, &body, m).await
+            }
             (Method::POST, Some(name), Some("binding")) => {
                 self.bind(&t, name, &q, headers, &body).await
             }
@@ -1228,6 +1330,7 @@ impl Api {
         q: &Query,
         headers: &HeaderMap,
         body: &[u8],
+        manage: Manage,
     ) -> Result<Response, ApiError> {
         let res = t.res;
         let mut obj = decode_body(
@@ -1349,6 +1452,21 @@ impl Api {
         if !errs.is_empty() {
             return Err(ApiError::invalid(res.kind, res.group, &name, &errs));
         }
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("managedFields");
+        }
+        let now = now_rfc3339();
+        let sc = scope(res, None);
+        match &manage {
+            Manage::Update(m) => {
+                managed::record_update(None, &mut obj, m, res.kind, sc, None, &now)
+            }
+            Manage::Apply(m, applied) => {
+                let owned = managed::apply(&json!({}), applied, m, false, res.kind, sc, &now)
+                    .map_err(apply_conflict)?;
+                obj["metadata"]["managedFields"] = owned["metadata"]["managedFields"].clone();
+            }
+        }
         let cfg = self.cfg.clone();
         let (created, _) = self
             .store
@@ -1457,6 +1575,7 @@ impl Api {
     /// The shared update path: `propose` turns the current object into the
     /// desired one; system fields are kept, defaults, validation and
     /// immutability checks applied, and the write made if anything changed.
+    #[allow(clippy::too_many_arguments)] // the request's parts, the recorded manager, the proposal
     async fn update_with<F>(
         &self,
         t: &Target,
@@ -1464,6 +1583,7 @@ impl Api {
         q: &Query,
         headers: &HeaderMap,
         warnings: Vec<String>,
+        manager: Option<String>,
         propose: F,
     ) -> Result<Response, ApiError>
     where
@@ -1509,7 +1629,7 @@ impl Api {
                     Some("status") => {
                         let mut merged = old.clone();
                         merged["status"] = new["status"].clone();
-                        for k in ["labels", "annotations"] {
+                        for k in ["labels", "annotations", "managedFields"] {
                             if !new["metadata"][k].is_null() {
                                 merged["metadata"][k] = new["metadata"][k].clone();
                             }
@@ -1552,6 +1672,27 @@ impl Api {
                 }
                 if kinds::has_generation(res.kind) && old["spec"] != new["spec"] {
                     new["metadata"]["generation"] = json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+                }
+                // Absent or `[]` keeps the stored entries (clients that do not
+                // know the field never strip it); `[{}]` clears them.
+                if new["metadata"]
+                    .get("managedFields")
+                    .is_none_or(|m| m.is_null() || m.as_array().is_some_and(Vec::is_empty))
+                {
+                    match old["metadata"].get("managedFields") {
+                        Some(mf) => new["metadata"]["managedFields"] = mf.clone(),
+                        None => {
+                            if let Some(m) = new["metadata"].as_object_mut() {
+                                m.remove("managedFields");
+                            }
+                        }
+                    }
+                }
+                managed::normalize(&mut new);
+                if let Some(m) = &manager {
+                    let sc = scope(res, sub.as_deref());
+                    let subresource = sub.as_deref().filter(|s| *s == "status");
+                    managed::record_update(Some(old), &mut new, m, res.kind, sc, subresource, &now_rfc3339());
                 }
                 new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
                 if new == *old {
@@ -1599,7 +1740,8 @@ impl Api {
         check_type(res, &mut obj)?;
         prepare(res, &mut obj)?;
         let warnings = field_validation(res, q, &mut obj)?;
-        self.update_with(t, name, q, headers, warnings, move |_| Ok(obj))
+        let m = field_manager(q, headers);
+        self.update_with(t, name, q, headers, warnings, Some(m), move |_| Ok(obj))
             .await
     }
 
@@ -1619,21 +1761,83 @@ impl Api {
         let ty = PatchType::from_content_type(ct).ok_or_else(|| {
             ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct})"))
         })?;
-        if ty == PatchType::Apply
-            && t.sub.is_none()
+        let force = match q.get("force").map(String::as_str) {
+            None | Some("") | Some("false") => false,
+            Some("true") => true,
+            Some(o) => {
+                return Err(ApiError::bad_request(format!(
+                    "failed to parse \"force\" ({o}): expected a boolean"
+                )));
+            }
+        };
+        if ty != PatchType::Apply && force {
+            return Err(patch_options_invalid(
+                "force",
+                "FieldValueForbidden",
+                "Forbidden: may not be specified for non-apply patch",
+            ));
+        }
+        if ty == PatchType::Apply {
+            return self
+                .server_side_apply(t, name, q, headers, body, force)
+                .await;
+        }
+        let body = body.to_vec();
+        let q2 = q.clone();
+        let warnings = std::sync::Mutex::new(Vec::new());
+        let r = self
+            .update_with(
+                t,
+                name,
+                q,
+                headers,
+                Vec::new(),
+                Some(field_manager(q, headers)),
+                |old| {
+                    let mut new = patch::apply(ty, res.kind, old, &body).map_err(|e| match e {
+                        patch::PatchError::Malformed(m) => ApiError::bad_request(m),
+                        patch::PatchError::Failed(m) => ApiError::new(422, "Invalid", m),
+                    })?;
+                    prepare(res, &mut new)?;
+                    *warnings.lock().expect("lock") = field_validation(res, &q2, &mut new)?;
+                    Ok(new)
+                },
+            )
+            .await?;
+        let w = warnings.into_inner().expect("lock");
+        Ok(with_warnings(r, &w))
+    }
+
+    /// PATCH with `application/apply-patch+yaml`: creates the object when
+    /// missing, else merges the configuration with field ownership
+    /// (conflicts are `409` unless `force=true`).
+    async fn server_side_apply(
+        self: &Arc<Self>,
+        t: &Target,
+        name: &str,
+        q: &Query,
+        headers: &HeaderMap,
+        body: &[u8],
+        force: bool,
+    ) -> Result<Response, ApiError> {
+        let res = t.res;
+        let manager = match q.get("fieldManager") {
+            Some(m) if !m.is_empty() => m.clone(),
+            _ => {
+                return Err(patch_options_invalid(
+                    "fieldManager",
+                    "FieldValueRequired",
+                    "Required value: is required for apply patch",
+                ));
+            }
+        };
+        let cfg = apply_config(res, name, body)?;
+        if t.sub.is_none()
             && self
                 .store
                 .get(&res.id(), t.ns.as_deref().unwrap_or(""), name)
                 .is_none()
         {
-            // Server-side apply of an object that does not exist creates it.
-            let obj = patch::parse_apply(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            if obj["metadata"]["name"].as_str() != Some(name) {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({}) does not match the name on the URL ({name})",
-                    obj["metadata"]["name"].as_str().unwrap_or("")
-                )));
-            }
             let mut h = headers.clone();
             h.insert(
                 header::CONTENT_TYPE,
@@ -1646,19 +1850,19 @@ impl Api {
                 sub: None,
                 watch_path: false,
             };
+            let body = serde_json::to_vec(&cfg).expect("json");
             return self
-                .create(&target, q, &h, &serde_json::to_vec(&obj).expect("json"))
+                .create(&target, q, &h, &body, Manage::Apply(manager, cfg))
                 .await;
         }
-        let body = body.to_vec();
         let q2 = q.clone();
         let warnings = std::sync::Mutex::new(Vec::new());
+        let sc = scope(res, t.sub.as_deref());
         let r = self
-            .update_with(t, name, q, headers, Vec::new(), |old| {
-                let mut new = patch::apply(ty, res.kind, old, &body).map_err(|e| match e {
-                    patch::PatchError::Malformed(m) => ApiError::bad_request(m),
-                    patch::PatchError::Failed(m) => ApiError::new(422, "Invalid", m),
-                })?;
+            .update_with(t, name, q, headers, Vec::new(), None, |old| {
+                let mut new =
+                    managed::apply(old, &cfg, &manager, force, res.kind, sc, &now_rfc3339())
+                        .map_err(apply_conflict)?;
                 prepare(res, &mut new)?;
                 *warnings.lock().expect("lock") = field_validation(res, &q2, &mut new)?;
                 Ok(new)
@@ -1715,7 +1919,7 @@ impl Api {
         let hdrs = headers.clone();
         let accept_json = HeaderMap::new();
         let r = self
-            .update_with(&target, name, q, &accept_json, Vec::new(), |old| {
+            .update_with(&target, name, q, &accept_json, Vec::new(), Some(field_manager(q, headers)), |old| {
                 let scale = self.scale_of(res, old);
                 let new_scale = if is_patch {
                     let ty = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::new(415, "UnsupportedMediaType", "unsupported patch type"))?;

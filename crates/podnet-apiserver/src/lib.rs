@@ -17,6 +17,8 @@ pub mod discovery;
 pub mod events;
 pub mod kinds;
 pub mod lifecycle;
+pub mod managed;
+pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod rbac;
@@ -244,6 +246,8 @@ impl Server {
         let router = axum::Router::new().fallback(dispatch).with_state(shared);
         let task = tokio::spawn(accept_loop(listener, tls, router));
         let upkeep = tokio::spawn(api.clone().upkeep());
+        // Render the OpenAPI documents off the request path.
+        tokio::task::spawn_blocking(openapi::warm);
         let rbac_task = tokio::spawn(rbac.clone().run(api.store.clone()));
         tracing::info!(%url, state = %dir.display(), "podnet-apiserver serving");
         Ok(Server {
@@ -472,16 +476,17 @@ async fn dispatch(State(sh): State<Arc<Shared>>, req: Request) -> Response {
         "/api/v1" => {
             return json_response(StatusCode::OK, &discovery::resource_list("").expect("core"));
         }
-        "/openapi/v3" => return json_response(StatusCode::OK, &discovery::openapi_v3_root()),
+        "/openapi/v3" => return openapi::v3_root_response(),
+        "/openapi/v2" => return openapi::v2_response(&headers),
         "" => {
-            let paths = json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v3", "/readyz", "/version"]});
+            let paths = json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v2", "/openapi/v3", "/readyz", "/version"]});
             return json_response(StatusCode::OK, &paths);
         }
         _ => {}
     }
     if let Some(key) = path.strip_prefix("/openapi/v3/") {
-        return match discovery::openapi_v3_doc(key.trim_end_matches('/')) {
-            Some(d) => json_response(StatusCode::OK, &d),
+        return match openapi::v3_doc(key.trim_end_matches('/')) {
+            Some(d) => openapi::doc_response(d, &headers),
             None => ApiError::new(
                 404,
                 "NotFound",

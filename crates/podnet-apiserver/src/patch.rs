@@ -27,9 +27,9 @@ pub enum PatchType {
     Merge,
     /// application/strategic-merge-patch+json
     Strategic,
-    /// application/apply-patch+yaml (server-side apply, simplified: the
-    /// applied configuration is merged like a strategic merge patch; field
-    /// ownership is not tracked, so fields are never removed by omission).
+    /// application/apply-patch+yaml: server-side apply, carried out by
+    /// [`crate::managed::apply`] with field ownership; [`apply`] merges it
+    /// like a strategic merge patch, without ownership.
     Apply,
 }
 

@@ -241,8 +241,12 @@ fn too_old_resource_version_gets_an_in_stream_410() {
     assert_eq!(types, ["c8", "c9"]);
 }
 
+/// As kube-apiserver: the first apply creates; the same manager's second
+/// apply, which no longer names `data.a`, removes it (the manager alone
+/// owned it) and adds what it names now; `managedFields` holds one `Apply`
+/// entry with exactly the fields of the last configuration.
 #[test]
-fn server_side_apply_creates_then_merges() {
+fn server_side_apply_creates_then_owns_fields() {
     let lab = Lab::start();
     let crt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -257,8 +261,38 @@ fn server_side_apply_creates_then_merges() {
         assert_eq!(c.data.unwrap()["a"], "1");
         let again = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa", "labels": {"x": "y"}}, "data": {"b": "2"}});
         let c = api.patch("ssa", &pp, &Patch::Apply(&again)).await.unwrap();
-        let data = c.data.unwrap();
-        assert_eq!((data["a"].as_str(), data["b"].as_str()), ("1", "2"));
-        assert_eq!(c.metadata.labels.unwrap()["x"], "y");
+        let data = c.data.clone().unwrap();
+        assert_eq!(data.len(), 1, "{data:?}");
+        assert_eq!(data["b"], "2");
+        assert_eq!(c.metadata.labels.clone().unwrap()["x"], "y");
+        let mf = c.metadata.managed_fields.clone().unwrap();
+        assert_eq!(mf.len(), 1, "{mf:?}");
+        assert_eq!(mf[0].manager.as_deref(), Some("podnet-test"));
+        assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+        assert_eq!(mf[0].api_version.as_deref(), Some("v1"));
+        assert_eq!(mf[0].fields_type.as_deref(), Some("FieldsV1"));
+        assert_eq!(
+            mf[0].fields_v1.as_ref().unwrap().0,
+            json!({"f:data": {"f:b": {}}, "f:metadata": {"f:labels": {"f:x": {}}}})
+        );
+        // Another manager setting `b` differently conflicts (409) and
+        // changes nothing; forced, it takes `b` over.
+        let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"b": "3"}});
+        let err = api
+            .patch("ssa", &PatchParams::apply("other"), &Patch::Apply(&other))
+            .await
+            .unwrap_err();
+        match err {
+            kube::Error::Api(s) => {
+                assert_eq!(s.code, 409);
+                assert_eq!(s.message, r#"Apply failed with 1 conflict: conflict with "podnet-test": .data.b"#);
+            }
+            e => panic!("{e}"),
+        }
+        let c = api
+            .patch("ssa", &PatchParams::apply("other").force(), &Patch::Apply(&other))
+            .await
+            .unwrap();
+        assert_eq!(c.data.unwrap()["b"], "3");
     });
 }
