@@ -317,7 +317,8 @@ pub fn cookie(ns: BorrowedFd<'_>) -> std::io::Result<u64> {
         s.spawn(|| -> std::io::Result<u64> {
             setns(ns, CloneFlags::CLONE_NEWNET)?;
             // SAFETY: plain socket(2); the fd is owned at once.
-            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -156,8 +156,8 @@ pub fn spawn(
     )
     .map_err(|e| NotLaunched(gone("send", e)))?;
     let mut answer = [0u8; 4];
-    let n = nix::unistd::read(sock.as_fd(), &mut answer)
-        .map_err(|e| AnswerLost(gone("read", e)))?;
+    let n =
+        nix::unistd::read(sock.as_fd(), &mut answer).map_err(|e| AnswerLost(gone("read", e)))?;
     if n != 4 {
         return Err(AnswerLost(gone("read", "end of stream")));
     }

@@ -124,7 +124,12 @@ fn pods_deleted_in_the_middle_of_their_start_leave_no_orphans() {
         let (created, running) = if round == 0 {
             burst_under_way(&lab)
         } else {
-            lab.kubectl(&["scale", "deployment", "burst", &format!("--replicas={PODS}")]);
+            lab.kubectl(&[
+                "scale",
+                "deployment",
+                "burst",
+                &format!("--replicas={PODS}"),
+            ]);
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
                 let (c, r) = burst_state(&lab);
@@ -172,7 +177,12 @@ fn pods_deleted_in_the_middle_of_their_start_leave_no_orphans() {
         assert!(stale.is_empty(), "namespaces of deleted pods: {stale:?}");
     }
     // And once the whole burst ran: every process owned.
-    lab.kubectl(&["scale", "deployment", "burst", &format!("--replicas={PODS}")]);
+    lab.kubectl(&[
+        "scale",
+        "deployment",
+        "burst",
+        &format!("--replicas={PODS}"),
+    ]);
     wait_all_running(&lab, PODS);
     let audit = support::audit(&lab.name);
     assert!(

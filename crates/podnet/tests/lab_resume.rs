@@ -236,7 +236,11 @@ fn kill_9_of_the_control_plane_then_up_keeps_everything() {
         before_objects,
         "objects changed across the restart"
     );
-    assert_eq!(names(&lab), before_names, "kubectl get all,cm,secret,netpol");
+    assert_eq!(
+        names(&lab),
+        before_names,
+        "kubectl get all,cm,secret,netpol"
+    );
     // A new pod, then a watch from the last resourceVersion the running
     // watch saw gets it: the event history survived too.
     let rv = watch.last();
@@ -332,8 +336,8 @@ fn after_a_reboot_up_makes_the_nodes_again_and_the_pods_run_again() {
         .collect();
     // Every process of the lab (its cgroup), and the cgroup itself: a
     // rebooted machine has neither.
-    let cgroup = std::path::Path::new("/sys/fs/cgroup/unified")
-        .join(format!("podnet-{}", lab.name));
+    let cgroup =
+        std::path::Path::new("/sys/fs/cgroup/unified").join(format!("podnet-{}", lab.name));
     assert!(cgroup.exists(), "no cgroup {}", cgroup.display());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::fs::remove_dir(&cgroup).is_err() {
@@ -362,7 +366,11 @@ fn after_a_reboot_up_makes_the_nodes_again_and_the_pods_run_again() {
         before_objects,
         "objects changed across the reboot"
     );
-    assert_eq!(names(&lab), before_names, "kubectl get all,cm,secret,netpol");
+    assert_eq!(
+        names(&lab),
+        before_names,
+        "kubectl get all,cm,secret,netpol"
+    );
     lab.wait_ready("app=web");
     lab.wait_ready("run=client");
     let after: Vec<(String, String)> = pods(&lab).into_iter().map(|p| (p.0, p.1)).collect();

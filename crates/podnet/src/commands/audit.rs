@@ -122,11 +122,23 @@ fn look(
     let named = remains::named(lab, recorded);
     let named_inos: HashMap<u64, String> = named
         .iter()
-        .filter_map(|n| Some((std::fs::metadata(Path::new("/run/netns").join(n)).ok()?.ino(), n.clone())))
+        .filter_map(|n| {
+            Some((
+                std::fs::metadata(Path::new("/run/netns").join(n))
+                    .ok()?
+                    .ino(),
+                n.clone(),
+            ))
+        })
         .collect();
     let state = lab::state_dir(lab);
     let checkpoint = |node: &str, uid: &str| -> Option<serde_json::Value> {
-        let p = state.join("nodes").join(node).join("pods").join(uid).join("checkpoint.json");
+        let p = state
+            .join("nodes")
+            .join(node)
+            .join("pods")
+            .join(uid)
+            .join("checkpoint.json");
         serde_json::from_slice(&std::fs::read(p).ok()?).ok()
     };
     for (pid, _) in remains::processes(lab, recorded) {
@@ -161,16 +173,19 @@ fn look(
             }
             Role::Unknown => {
                 *counts.entry("unknown").or_default() += 1;
-                Err("neither a lab component nor a pod's process (no shim or kubelet above it)".into())
+                Err(
+                    "neither a lab component nor a pod's process (no shim or kubelet above it)"
+                        .into(),
+                )
             }
             Role::Sandbox(node, uid) => {
                 *counts.entry("sandboxes").or_default() += 1;
                 owner(node, uid).and_then(|()| {
                     let rec = checkpoint(node, uid).and_then(|c| c["sandboxPid"].as_i64());
                     match rec {
-                        Some(p) if p != pid as i64 => Err(format!(
-                            "the pod's recorded sandbox is {p}, not this one"
-                        )),
+                        Some(p) if p != pid as i64 => {
+                            Err(format!("the pod's recorded sandbox is {p}, not this one"))
+                        }
                         _ => Ok(()),
                     }
                 })
@@ -199,12 +214,14 @@ fn look(
             if !matches!(r, Role::Sandbox(..) | Role::Container(..)) {
                 return Ok(());
             }
-            let ino = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino());
+            let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .map(|m| m.ino());
             let host = std::fs::metadata("/proc/1/ns/net").ok().map(|m| m.ino());
             match ino {
-                Some(i) if !named_inos.contains_key(&i) && Some(i) != host => {
-                    Err(format!("holds network namespace {i}, which has no name any more"))
-                }
+                Some(i) if !named_inos.contains_key(&i) && Some(i) != host => Err(format!(
+                    "holds network namespace {i}, which has no name any more"
+                )),
                 _ => Ok(()),
             }
         });
@@ -228,7 +245,10 @@ async fn api_pods(lab: &str) -> anyhow::Result<HashMap<String, (String, String)>
     let kc = lab::state_dir(lab).join("kubeconfig");
     let client = crate::diag::world::client(&Some(kc)).await?;
     let api: kube::Api<Pod> = kube::Api::all(client);
-    let list = api.list(&Default::default()).await.context("listing pods")?;
+    let list = api
+        .list(&Default::default())
+        .await
+        .context("listing pods")?;
     Ok(list
         .items
         .into_iter()

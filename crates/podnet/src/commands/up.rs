@@ -72,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         return resume(rec);
     } else {
-        super::down::teardown(&args.name, None);
+        super::down::teardown(&args.name, None, false);
     }
     let started = Instant::now();
     let state = lab::state_dir(&args.name);
@@ -105,7 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Err(e) => {
             eprintln!("podnet up failed: {e:#}\ncleaning up what was made");
-            super::down::teardown(&args.name, LabRecord::load(&args.name).as_ref());
+            super::down::teardown(&args.name, LabRecord::load(&args.name).as_ref(), false);
             Err(e)
         }
     }

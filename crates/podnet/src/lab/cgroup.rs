@@ -32,7 +32,9 @@ pub fn path(lab: &str) -> Option<PathBuf> {
 /// that everything it starts from now on is the lab's.
 pub fn join(lab: &str) -> std::io::Result<()> {
     let Some(dir) = path(lab) else {
-        tracing::warn!("no cgroup2 hierarchy: `down` finds the lab's processes by mark and namespace only");
+        tracing::warn!(
+            "no cgroup2 hierarchy: `down` finds the lab's processes by mark and namespace only"
+        );
         return Ok(());
     };
     std::fs::create_dir_all(&dir)?;

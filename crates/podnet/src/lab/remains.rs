@@ -170,31 +170,48 @@ fn names_lab(args: &[String], lab: &str) -> bool {
     let dir = format!("{}/", super::state_dir(lab).display());
     let daemon = args.iter().any(|a| a == "lab-daemon")
         && args.windows(2).any(|w| w[0] == "--name" && w[1] == lab);
-    daemon || args.iter().any(|a| a.contains(&dir) || *a == dir[..dir.len() - 1])
+    daemon
+        || args
+            .iter()
+            .any(|a| a.contains(&dir) || *a == dir[..dir.len() - 1])
+}
+
+/// Recorded namespaces by inode (one inode may have served several of
+/// the lab's namespaces, one after the other).
+type ByIno<'a> = HashMap<u64, Vec<&'a NsRecord>>;
+
+fn by_ino(recorded: &[NsRecord]) -> ByIno<'_> {
+    let mut m: ByIno<'_> = HashMap::new();
+    for r in recorded {
+        m.entry(r.ino).or_default().push(r);
+    }
+    m
 }
 
 /// The identity of a namespace by the inode of `path`, when that inode
-/// was recorded and the cookie behind `path` is the recorded one.
-fn recorded_at<'a>(path: &Path, ino: u64, by_ino: &HashMap<u64, &'a NsRecord>) -> Option<&'a NsRecord> {
-    let rec = by_ino.get(&ino)?;
+/// was recorded and the cookie behind `path` is a recorded one.
+fn recorded_at<'a>(path: &Path, ino: u64, by_ino: &ByIno<'a>) -> Option<&'a NsRecord> {
+    let recs = by_ino.get(&ino)?;
     let file = std::fs::File::open(path).ok()?;
     if file.metadata().ok()?.ino() != ino {
         return None;
     }
     let cookie = podnet_kernel::netns::cookie(std::os::fd::AsFd::as_fd(&file)).ok()?;
-    (cookie == rec.cookie).then_some(*rec)
+    recs.iter().find(|r| r.cookie == cookie).copied()
 }
 
 /// Every process of the lab, with why it is the lab's.
 pub fn processes(lab: &str, recorded: &[NsRecord]) -> Vec<(i32, String)> {
     let cgroup: HashSet<i32> = super::cgroup::pids(lab).into_iter().collect();
     let skip = me_and_ancestors();
-    let by_ino: HashMap<u64, &NsRecord> = recorded.iter().map(|r| (r.ino, r)).collect();
+    let by_ino = by_ino(recorded);
     // Inodes of the lab's names bound now: ours by name and identity.
     let named_inos: HashMap<u64, String> = named(lab, recorded)
         .into_iter()
         .filter_map(|n| {
-            let ino = std::fs::metadata(Path::new("/run/netns").join(&n)).ok()?.ino();
+            let ino = std::fs::metadata(Path::new("/run/netns").join(&n))
+                .ok()?
+                .ino();
             Some((ino, n))
         })
         .collect();
@@ -269,12 +286,10 @@ impl Remains {
 pub fn find(lab: &str, recorded: &[NsRecord]) -> Remains {
     let mut r = Remains::default();
     for (pid, why) in processes(lab, recorded) {
-        r.processes.push(format!(
-            "process {pid} ({why}): {}",
-            cmdline(pid).join(" ")
-        ));
+        r.processes
+            .push(format!("process {pid} ({why}): {}", cmdline(pid).join(" ")));
     }
-    let by_ino: HashMap<u64, &NsRecord> = recorded.iter().map(|r| (r.ino, r)).collect();
+    let by_ino = by_ino(recorded);
     let state = format!("{}/", super::state_dir(lab).display());
     let mut mount_namespaces = HashSet::new();
     let mut held = BTreeSet::new();
@@ -283,7 +298,10 @@ pub fn find(lab: &str, recorded: &[NsRecord]) -> Remains {
         if let Ok(ino) = std::fs::metadata(&ns).map(|m| m.ino())
             && let Some(rec) = recorded_at(&ns, ino, &by_ino)
         {
-            held.insert(format!("namespace {} ({ino}): process {pid} runs in it", rec.name));
+            held.insert(format!(
+                "namespace {} ({ino}): process {pid} runs in it",
+                rec.name
+            ));
         }
         for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
             .into_iter()
@@ -343,7 +361,10 @@ pub fn find(lab: &str, recorded: &[NsRecord]) -> Remains {
                 r.mounts.push(format!("mount (seen by process {pid}): {l}"));
             }
             if let Some(rec) = bound {
-                held.insert(format!("namespace {}: bound at {point} (mount namespace of process {pid})", rec.name));
+                held.insert(format!(
+                    "namespace {}: bound at {point} (mount namespace of process {pid})",
+                    rec.name
+                ));
             }
         }
     }

@@ -394,7 +394,11 @@ pub fn recorded_netns(lab: &str) -> Vec<(u64, u64, String)> {
         for l in std::fs::read_to_string(f).unwrap_or_default().lines() {
             let w: Vec<&str> = l.split_whitespace().collect();
             if let [ino, cookie, name] = w[..] {
-                out.push((ino.parse().unwrap(), cookie.parse().unwrap(), name.to_string()));
+                out.push((
+                    ino.parse().unwrap(),
+                    cookie.parse().unwrap(),
+                    name.to_string(),
+                ));
             }
         }
     }
@@ -403,10 +407,19 @@ pub fn recorded_netns(lab: &str) -> Vec<(u64, u64, String)> {
 
 /// Whether the namespace open at `path` is one of `recorded` (its inode,
 /// then its cookie: an inode freed by the lab may be another lab's now).
-fn is_recorded(path: &std::path::Path, ino: u64, recorded: &[(u64, u64, String)]) -> Option<String> {
-    let rec = recorded.iter().find(|r| r.0 == ino)?;
+fn is_recorded(
+    path: &std::path::Path,
+    ino: u64,
+    recorded: &[(u64, u64, String)],
+) -> Option<String> {
+    if !recorded.iter().any(|r| r.0 == ino) {
+        return None;
+    }
     let (i, cookie) = podnet_kernel::netns::identity(path).ok()?;
-    (i == ino && cookie == rec.1).then(|| rec.2.clone())
+    recorded
+        .iter()
+        .find(|r| r.0 == i && r.1 == cookie)
+        .map(|r| r.2.clone())
 }
 
 /// Anything of lab `lab` left on the machine, checked independently of
@@ -432,9 +445,7 @@ pub fn lab_remains(lab: &str, recorded: &[(u64, u64, String)]) -> Vec<String> {
         let cmd = std::fs::read(p.join("cmdline"))
             .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
             .unwrap_or_default();
-        if std::fs::read_to_string(p.join("cgroup"))
-            .is_ok_and(|c| c.lines().any(|l| l == cgroup))
-        {
+        if std::fs::read_to_string(p.join("cgroup")).is_ok_and(|c| c.lines().any(|l| l == cgroup)) {
             out.push(format!("process {pid} in the lab's cgroup: {cmd}"));
         }
         if std::fs::read(p.join("environ"))
@@ -449,10 +460,18 @@ pub fn lab_remains(lab: &str, recorded: &[(u64, u64, String)]) -> Vec<String> {
         if let Ok(m) = std::fs::metadata(&ns)
             && let Some(name) = is_recorded(&ns, m.ino(), recorded)
         {
-            out.push(format!("process {pid} in the lab's namespace {name}: {cmd}"));
+            out.push(format!(
+                "process {pid} in the lab's namespace {name}: {cmd}"
+            ));
         }
-        for fd in std::fs::read_dir(p.join("fd")).into_iter().flatten().flatten() {
-            let Ok(t) = std::fs::read_link(fd.path()) else { continue };
+        for fd in std::fs::read_dir(p.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(t) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
             if let Some(ino) = t
                 .to_string_lossy()
                 .strip_prefix("net:[")
@@ -460,22 +479,36 @@ pub fn lab_remains(lab: &str, recorded: &[(u64, u64, String)]) -> Vec<String> {
                 .and_then(|t| t.parse::<u64>().ok())
                 && let Some(name) = is_recorded(&fd.path(), ino, recorded)
             {
-                out.push(format!("process {pid} holds the lab's namespace {name} open: {cmd}"));
+                out.push(format!(
+                    "process {pid} holds the lab's namespace {name} open: {cmd}"
+                ));
             }
         }
-        let Ok(mnt) = std::fs::metadata(p.join("ns/mnt")) else { continue };
+        let Ok(mnt) = std::fs::metadata(p.join("ns/mnt")) else {
+            continue;
+        };
         if !mount_namespaces.insert(mnt.ino()) {
             continue;
         }
-        for l in std::fs::read_to_string(p.join("mountinfo")).unwrap_or_default().lines() {
+        for l in std::fs::read_to_string(p.join("mountinfo"))
+            .unwrap_or_default()
+            .lines()
+        {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let (root, point) = (f.get(3).copied().unwrap_or(""), f.get(4).copied().unwrap_or(""));
+            let (root, point) = (
+                f.get(3).copied().unwrap_or(""),
+                f.get(4).copied().unwrap_or(""),
+            );
             let nsfs = root
                 .strip_prefix("net:[")
                 .and_then(|t| t.strip_suffix(']'))
                 .and_then(|t| t.parse::<u64>().ok())
                 .and_then(|ino| {
-                    is_recorded(&PathBuf::from(format!("/proc/{pid}/root{point}")), ino, recorded)
+                    is_recorded(
+                        &PathBuf::from(format!("/proc/{pid}/root{point}")),
+                        ino,
+                        recorded,
+                    )
                 });
             if nsfs.is_some()
                 || point.starts_with(&format!("/run/netns/{lab}-"))
@@ -486,7 +519,11 @@ pub fn lab_remains(lab: &str, recorded: &[(u64, u64, String)]) -> Vec<String> {
             }
         }
     }
-    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let n = e.file_name().to_string_lossy().into_owned();
         if recorded.iter().any(|r| r.2 == n) || n.starts_with(&format!("{lab}-pod-")) {
             out.push(format!("netns name {n}"));
