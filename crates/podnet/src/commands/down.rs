@@ -88,8 +88,9 @@ pub fn teardown(name: &str, rec: Option<&LabRecord>, verify: bool) -> Report {
     let (mut killed, mut in_cgroup) = (0, 0);
     let mut seen = std::collections::HashSet::new();
     for round in 0..100 {
-        lab::cgroup::kill(name);
+        // Listed before the kill, so the count says what was there.
         let found = remains::processes(name, &recorded);
+        lab::cgroup::kill(name);
         if found.is_empty() {
             break;
         }
