@@ -306,3 +306,55 @@ pub fn kill_processes_in(name: &str) {
         );
     }
 }
+
+/// The kernel's cookie of the network namespace open at `ns`
+/// (`SO_NETNS_COOKIE` of a socket made inside it): a 64-bit number never
+/// given to another namespace, where inode numbers are reused once a
+/// namespace is freed. A namespace recorded by inode and cookie at its
+/// creation is then told apart from a later one that got its inode.
+pub fn cookie(ns: BorrowedFd<'_>) -> std::io::Result<u64> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> std::io::Result<u64> {
+            setns(ns, CloneFlags::CLONE_NEWNET)?;
+            // SAFETY: plain socket(2); the fd is owned at once.
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: fd was just returned by socket(2).
+            let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let mut value = 0u64;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            // SAFETY: value and len are valid for the kernel to write.
+            let rc = unsafe {
+                libc::getsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    SO_NETNS_COOKIE,
+                    (&raw mut value).cast(),
+                    &raw mut len,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(value)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+    })
+}
+
+/// `SO_NETNS_COOKIE` (Linux 5.14; not in every libc crate yet).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// Inode and cookie of the network namespace at `path` (a name under
+/// [`NETNS_DIR`], or `/proc/<pid>/ns/net`): what a namespace is, for as
+/// long as the kernel lives.
+pub fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let file = File::open(path)?;
+    let ino = file.metadata()?.ino();
+    Ok((ino, cookie(file.as_fd())?))
+}

@@ -103,18 +103,49 @@ fn gone(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("the launcher is gone ({what}): {e}")
 }
 
+/// Why a launch failed, which decides whether the caller may start the
+/// helper another way.
+#[derive(Debug)]
+pub enum LaunchError {
+    /// Nothing was forked (no launcher, the request never reached it, or
+    /// it could not fork): exec'ing the helper instead is safe.
+    NotLaunched(anyhow::Error),
+    /// The request reached the launcher but its answer was lost: a child
+    /// may be running. Starting the helper again would leave that one
+    /// behind with no pod owning it (two sandboxes, two containers), so
+    /// the caller ends whatever carries the helper's mark instead.
+    AnswerLost(anyhow::Error),
+}
+
+impl std::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LaunchError::NotLaunched(e) => write!(f, "{e:#}"),
+            LaunchError::AnswerLost(e) => write!(f, "the launcher's answer was lost: {e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for LaunchError {}
+
 /// Starts `argv` (the kubelet's own command line: `<exe> sandbox ...` or
 /// `<exe> shim ...`) in a launched child with these standard streams.
 pub fn spawn(
     argv: &[String],
     env: Option<Vec<(String, String)>>,
     stdio: [BorrowedFd<'_>; 3],
-) -> anyhow::Result<i32> {
-    let sock = LAUNCHER.get().context("no launcher")?.lock().unwrap();
+) -> Result<i32, LaunchError> {
+    use LaunchError::{AnswerLost, NotLaunched};
+    let sock = LAUNCHER
+        .get()
+        .ok_or_else(|| NotLaunched(anyhow::anyhow!("no launcher")))?
+        .lock()
+        .unwrap();
     let req = serde_json::to_vec(&Request {
         argv: argv.to_vec(),
         env,
-    })?;
+    })
+    .map_err(|e| NotLaunched(e.into()))?;
     let fds = stdio.map(|f| f.as_raw_fd());
     sendmsg::<()>(
         sock.as_raw_fd(),
@@ -123,18 +154,20 @@ pub fn spawn(
         MsgFlags::MSG_NOSIGNAL,
         None,
     )
-    .map_err(|e| gone("send", e))?;
+    .map_err(|e| NotLaunched(gone("send", e)))?;
     let mut answer = [0u8; 4];
-    let n = nix::unistd::read(sock.as_fd(), &mut answer).map_err(|e| gone("read", e))?;
+    let n =
+        nix::unistd::read(sock.as_fd(), &mut answer).map_err(|e| AnswerLost(gone("read", e)))?;
     if n != 4 {
-        return Err(gone("read", "end of stream"));
+        return Err(AnswerLost(gone("read", "end of stream")));
     }
     let pid = i32::from_ne_bytes(answer);
-    anyhow::ensure!(
-        pid > 0,
-        "the launcher could not fork: {}",
-        std::io::Error::from_raw_os_error(-pid)
-    );
+    if pid <= 0 {
+        return Err(NotLaunched(anyhow::anyhow!(
+            "the launcher could not fork: {}",
+            std::io::Error::from_raw_os_error(-pid)
+        )));
+    }
     Ok(pid)
 }
 

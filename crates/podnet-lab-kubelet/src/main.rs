@@ -32,6 +32,15 @@ use clap::{Parser, Subcommand};
 
 pub use kubelet::{Kubelet, PodHandle, write_atomic};
 
+/// The environment variable that marks every process of a lab
+/// (`PODNET_LAB=<lab>`): set by the lab daemon, inherited by the kubelet,
+/// its launcher, sandboxes, shims and built-in images (a forked process
+/// shows its parent's environment in `/proc/<pid>/environ`), so `podnet
+/// down` finds the lab's processes by what they are. Containers exec'd
+/// from the host's filesystem do not carry it (their environment is the
+/// pod's); they are found by the cgroup and their shim.
+pub const LAB_ENV: &str = "PODNET_LAB";
+
 #[derive(Parser)]
 #[command(
     name = "podnet-lab-kubelet",

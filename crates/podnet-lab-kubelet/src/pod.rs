@@ -105,6 +105,13 @@ pub struct PodHandle {
     /// Whether the pod was Ready, and since when (the conditions'
     /// `lastTransitionTime`).
     pub ready_since: Mutex<(bool, String)>,
+    /// Making the sandbox and starting a container take it shared;
+    /// `terminate` takes it alone. A pod deleted in the middle of its
+    /// start is then torn down either before anything was made (and the
+    /// start sees `stop` and makes nothing) or after every process made
+    /// so far is recorded, never between: no sandbox or container is left
+    /// running for a pod that is gone.
+    pub lifecycle: tokio::sync::RwLock<()>,
 }
 
 impl PodHandle {
@@ -219,6 +226,7 @@ pub(super) fn new_handle(k: &Kubelet, pod: &Pod) -> PodHandle {
         reports: (AtomicU64::new(0), AtomicU64::new(0)),
         last_sent: Mutex::new(None),
         ready_since: Mutex::new((false, now())),
+        lifecycle: tokio::sync::RwLock::new(()),
     }
 }
 
@@ -317,6 +325,12 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
     // burst of pods then becomes Ready one after the other, instead of all
     // of them late together while they fight over the kernel's locks.
     let _turn = k.sandbox_turns.acquire().await;
+    let life = h.lifecycle.read().await;
+    if *h.stop.borrow() {
+        // Deleted while waiting for its turn: `terminate` ran (or waits
+        // for us) and nothing may be made for it any more.
+        return;
+    }
     let waited = t0.elapsed().as_millis() as u64;
     let made = tokio::task::spawn_blocking(move || make_sandbox(&k2, &h2, &mounts)).await;
     drop(_turn);
@@ -325,6 +339,11 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(pod = %h.name, error = %e, "sandbox");
+            // What was made of it goes now, not when the pod is deleted:
+            // a half-made sandbox owns a namespace and maybe a process.
+            let (k2, h2) = (k.clone(), h.clone());
+            let _ = tokio::task::spawn_blocking(move || undo_sandbox(&k2, &h2)).await;
+            drop(life);
             let msg = format!("{e:#}");
             crate::events::pod_event(
                 &k,
@@ -344,8 +363,9 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
             return;
         }
     }
-    let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
     super::checkpoint::save(&h);
+    drop(life);
+    let spec = h.pod.lock().unwrap().spec.clone().unwrap_or_default();
     // Init containers, one after the other, each to success.
     for c in spec.init_containers.iter().flatten() {
         supervise(k.clone(), h.clone(), c.name.clone(), None).await;
@@ -370,8 +390,12 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
 
 /// Starts the sandbox process (`argv`: `<kubelet> sandbox ...`) through the
 /// launcher, or with an exec when there is none, and waits for its
-/// `ready`; returns its pid.
-fn start_sandbox_process(argv: &[String]) -> anyhow::Result<i32> {
+/// `ready`; returns its pid. A sandbox that did not say `ready` is killed
+/// (it may hold the pod's namespace). `mark` is the pod's directory, on
+/// the sandbox's command line: when the launcher took the request but its
+/// answer was lost, whatever carries it is ended instead of a second
+/// sandbox started beside one nobody would own.
+fn start_sandbox_process(argv: &[String], mark: &Path) -> anyhow::Result<i32> {
     let mut line = String::new();
     let launched = if super::launcher::available() {
         // Close-on-exec: a CNI plugin exec'd meanwhile must not hold the
@@ -382,15 +406,25 @@ fn start_sandbox_process(argv: &[String]) -> anyhow::Result<i32> {
         let stdio = [null.as_fd(), ready_w.as_fd(), stderr.as_fd()];
         // On failure the launcher is marked gone and the exec below runs.
         // The write end closes here, so `ready` ends if the sandbox dies.
-        super::launcher::spawn(argv, None, stdio)
-            .ok()
-            .map(|pid| (pid, ready))
+        match super::launcher::spawn(argv, None, stdio) {
+            Ok(pid) => Some((pid, ready)),
+            Err(super::launcher::LaunchError::NotLaunched(_)) => None,
+            Err(e @ super::launcher::LaunchError::AnswerLost(_)) => {
+                drop(ready_w);
+                end_marked(mark);
+                return Err(e.into());
+            }
+        }
     } else {
         None
     };
     let pid = match launched {
         Some((pid, ready)) => {
-            BufReader::new(File::from(ready)).read_line(&mut line)?;
+            let read = BufReader::new(File::from(ready)).read_line(&mut line);
+            if read.is_err() || line.trim() != "ready" {
+                kill_sandbox(pid, mark);
+            }
+            read?;
             pid
         }
         None => {
@@ -403,9 +437,13 @@ fn start_sandbox_process(argv: &[String]) -> anyhow::Result<i32> {
             // fork, and the kubelet's page tables are not copied for every
             // pod. The sandbox makes itself a session leader.
             let mut child = cmd.spawn()?;
-            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+            let read = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
             let pid = child.id() as i32;
+            if read.is_err() || line.trim() != "ready" {
+                let _ = child.kill();
+            }
             std::thread::spawn(move || child.wait());
+            read?;
             pid
         }
     };
@@ -520,6 +558,9 @@ fn make_sandbox(
             // its checkpoint: undo it (processes, CNI, namespace) first.
             tracing::info!(pod = %h.name, netns = %ns, "removing a half-made sandbox");
             podnet_kernel::netns::kill_processes_in(ns);
+            // A sandbox or shim launched for it that had not entered the
+            // namespace yet is found by the pod's directory instead.
+            end_marked(&h.dir);
             if let Some(list) = k.conflist()
                 && let Err(e) = invoker(k).del(&list, &attachment(h, ns), None)
             {
@@ -528,6 +569,7 @@ fn make_sandbox(
             podnet_kernel::netns::delete_named(ns)?;
         }
         podnet_kernel::netns::add_named(ns)?;
+        record_netns(k, ns);
     }
     tracing::debug!(pod = %h.name, "network namespace made");
     let hostname = hostname_of(&spec, &h.name);
@@ -547,7 +589,7 @@ fn make_sandbox(
         argv.push("--mount".into());
         argv.push(m.arg());
     }
-    *h.sandbox_pid.lock().unwrap() = Some(start_sandbox_process(&argv)?);
+    *h.sandbox_pid.lock().unwrap() = Some(start_sandbox_process(&argv, &h.dir)?);
     tracing::debug!(pod = %h.name, "sandbox process ready");
 
     let ip = match &h.netns {
@@ -569,6 +611,102 @@ fn make_sandbox(
     *h.ip.lock().unwrap() = ip.clone();
     pod_files(h, ip.as_deref())?;
     Ok(())
+}
+
+/// Appends the new namespace's inode and cookie to `<node dir>/netns.log`,
+/// so `podnet down` can tell afterwards, over `/proc`, that no process,
+/// fd or mount anywhere still holds it, even one whose name is gone (a
+/// cookie is never reused; an inode is).
+fn record_netns(k: &Kubelet, ns: &str) {
+    use std::io::Write;
+    let path = Path::new(podnet_kernel::netns::NETNS_DIR).join(ns);
+    let line = match podnet_kernel::netns::identity(&path) {
+        Ok((ino, cookie)) => format!("{ino} {cookie} {ns}\n"),
+        Err(e) => {
+            tracing::warn!(netns = %ns, error = %e, "the namespace's identity is not recorded");
+            return;
+        }
+    };
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(k.args.state_dir.join("netns.log"))
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(netns = %ns, error = %e, "netns.log");
+    }
+}
+
+/// Kills a sandbox that did not come up: the pid the launcher gave, if
+/// its command line still names the pod (a reused pid is not ours).
+fn kill_sandbox(pid: i32, mark: &Path) {
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*mark.to_string_lossy()));
+    if ours {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// SIGKILLs every process (and its process group) whose command line
+/// names `mark` (a pod's directory, a container's run path): the pod's
+/// sandboxes and shims, by what they are rather than by the namespace
+/// they may not have entered yet. A launched helper writes its command
+/// line first thing after the fork, so one just forked is given 50 ms to
+/// show it.
+fn end_marked(mark: &Path) {
+    let mark = mark.to_string_lossy().into_owned();
+    for round in 0..2 {
+        if round == 1 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == std::process::id() as i32 {
+                continue;
+            }
+            let named = std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&mark));
+            if named {
+                tracing::info!(pid, %mark, "ending a process of a sandbox that is not recorded");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// Undoes a sandbox whose making failed half-way: its process, its CNI
+/// attachment and its namespace; the pod's directory stays (the pod is
+/// still there, waiting with the error).
+fn undo_sandbox(k: &Kubelet, h: &PodHandle) {
+    if let Some(pid) = h.sandbox_pid.lock().unwrap().take() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if let Some(ns) = &h.netns
+        && Path::new(podnet_kernel::netns::NETNS_DIR).join(ns).exists()
+    {
+        podnet_kernel::netns::kill_processes_in(ns);
+        if let Some(list) = k.conflist() {
+            let result = h.cni_result.lock().unwrap().take();
+            if let Err(e) = invoker(k).del(&list, &attachment(h, ns), result.as_ref()) {
+                tracing::warn!(pod = %h.name, error = %e, "CNI DEL of a failed sandbox");
+            }
+        }
+        if let Err(e) = podnet_kernel::netns::delete_named(ns) {
+            tracing::warn!(pod = %h.name, error = %e, "removing a failed sandbox's namespace");
+        }
+    }
+    *h.ip.lock().unwrap() = None;
 }
 
 fn invoker(k: &Kubelet) -> Invoker {
@@ -690,6 +828,11 @@ async fn supervise(
         }
         let spec = h.containers.lock().unwrap()[&name].spec.clone();
         tracing::debug!(pod = %h.name, container = %name, "starting");
+        // Held until the run is recorded: `terminate` then finds its pid.
+        let life = h.lifecycle.read().await;
+        if *stop.borrow() {
+            return;
+        }
         let (started, io, mut child, shim_pid, pid, ready) = match adopted.take() {
             Some(a) => {
                 let io = Arc::new(ContainerIo {
@@ -720,6 +863,7 @@ async fn supervise(
                             "Failed",
                             format!("Error: {}", e.0),
                         );
+                        drop(life);
                         set_state(
                             &h,
                             &name,
@@ -742,6 +886,7 @@ async fn supervise(
                 }
                 let spawned = match resolve(&spec, &k.exe, k.args.podnet_bin_dir.as_deref()) {
                     Resolved::Unrunnable(reason, msg) => {
+                        drop(life);
                         set_state(&h, &name, CState::Waiting(reason, msg));
                         report(&k, &h).await;
                         return;
@@ -761,6 +906,7 @@ async fn supervise(
                         (started, io, child, shim, pid, ready)
                     }
                     Err(e) => {
+                        drop(life);
                         set_state(
                             &h,
                             &name,
@@ -787,6 +933,7 @@ async fn supervise(
             c.ready = ready;
         }
         super::checkpoint::save(&h);
+        drop(life);
         tracing::debug!(pod = %h.name, container = %name, "running");
         if let Some(probe) = spec.readiness_probe.clone() {
             tokio::spawn(readiness(k.clone(), h.clone(), name.clone(), probe, io));
@@ -1114,14 +1261,33 @@ fn spawn_container(
         // failure the launcher is marked gone and the exec below runs.
         let null = File::open("/dev/null")?;
         let fd = null.as_fd();
-        if let Ok(pid) = super::launcher::spawn(&shim, Some(env.clone()), [fd, fd, fd]) {
-            let io = Arc::new(ContainerIo {
-                input: None,
-                output,
-                tty,
-                log: Some(log_path),
-            });
-            return Ok((None, io, pid));
+        match super::launcher::spawn(&shim, Some(env.clone()), [fd, fd, fd]) {
+            Ok(pid) => {
+                let io = Arc::new(ContainerIo {
+                    input: None,
+                    output,
+                    tty,
+                    log: Some(log_path),
+                });
+                return Ok((None, io, pid));
+            }
+            Err(super::launcher::LaunchError::NotLaunched(_)) => {}
+            Err(e @ super::launcher::LaunchError::AnswerLost(_)) => {
+                // A shim may run: end it (and its container, which leads
+                // a group of its own and is ended by its pid file) rather
+                // than start a second one.
+                end_marked(&run);
+                if let Some(pid) = std::fs::read_to_string(super::shim::pid_file(&run))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(-pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                return Err(e.into());
+            }
         }
     }
     // The shim makes itself a session leader (nothing aimed at the agent's
@@ -1129,6 +1295,11 @@ fn spawn_container(
     // here keeps the spawn a cheap posix_spawn.
     let mut cmd = Command::new(&shim[0]);
     cmd.args(&shim[1..]).env_clear().envs(env);
+    // The lab's mark, as a launched shim inherits it from the launcher;
+    // the shim takes it out of the container's environment.
+    if let Ok(lab) = std::env::var(crate::LAB_ENV) {
+        cmd.env(crate::LAB_ENV, lab);
+    }
     let mut input = None;
     let mut pty_master: Option<OwnedFd> = None;
     if tty {
@@ -1394,6 +1565,10 @@ pub async fn report(k: &Kubelet, h: &PodHandle) {
 /// Ends a pod: SIGTERM, the grace period, SIGKILL, CNI DEL, sandbox gone,
 /// then the deletion confirmed to the API.
 async fn terminate(k: Arc<Kubelet>, h: Arc<PodHandle>, grace: i64) {
+    // Waits for a sandbox or container start under way to be recorded;
+    // starts that come later see `stop` (set before this runs) and make
+    // nothing. Held to the end: nothing of the pod starts meanwhile.
+    let _life = h.lifecycle.write().await;
     let signal_all = |sig| {
         for c in h.containers.lock().unwrap().values() {
             if let Some(p) = c.pid {

@@ -65,6 +65,9 @@ pub fn run(args: ShimArgs) -> anyhow::Result<()> {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    // The lab's mark stays on the shim, not in the container's environment.
+    // SAFETY: the shim is single-threaded.
+    unsafe { std::env::remove_var(crate::LAB_ENV) };
     let _ = std::fs::remove_file(exit_file(&args.run));
     let open = |k: &str| -> anyhow::Result<OwnedFd> {
         let f = std::fs::File::open(format!("/proc/{}/ns/{k}", args.sandbox_pid))

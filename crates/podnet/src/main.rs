@@ -30,6 +30,10 @@ enum Command {
     Node(commands::node::Args),
     /// Show the labs on this machine and their nodes.
     Status(commands::status::Args),
+    /// Check that every pod process of a lab (sandbox, shim, container)
+    /// has a pod in the API that owns it, and every pod namespace its pod
+    /// (exit 1 on an orphan).
+    Audit(commands::audit::Args),
     /// Probe who reaches whom among pods (real connections), optionally
     /// against what the NetworkPolicies say (`--expect`).
     Connectivity(commands::connectivity::Args),
@@ -54,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Down(a) => commands::down::run(a),
         Command::Node(a) => commands::node::run(a),
         Command::Status(a) => commands::status::run(a),
+        Command::Audit(a) => commands::audit::run(a),
         Command::Connectivity(a) => commands::connectivity::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Trace(a) => commands::trace::run(a),

@@ -79,6 +79,70 @@ fn pods(lab: &Lab) -> Vec<(String, String, String)> {
     out
 }
 
+/// What a user lists: `kubectl get all,cm,secret,netpol -A -o name`,
+/// sorted.
+fn names(lab: &Lab) -> Vec<String> {
+    let mut v: Vec<String> = lab
+        .kubectl(&["get", "all,cm,secret,netpol", "-A", "-o", "name"])
+        .lines()
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
+/// A `kubectl get pods --watch` running in the background; the
+/// resourceVersion of every object it printed.
+struct Watch {
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Watch {
+    fn start(lab: &Lab) -> Watch {
+        use std::io::BufRead;
+        let mut child = Command::new(support::KUBECTL)
+            .arg("--kubeconfig")
+            .arg(&lab.kubeconfig)
+            .args([
+                "get",
+                "pods",
+                "-A",
+                "--watch",
+                "--no-headers",
+                "-o",
+                "custom-columns=RV:.metadata.resourceVersion,NAME:.metadata.name",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(rv) = l.split_whitespace().next().and_then(|r| r.parse().ok()) {
+                    s2.lock().unwrap().push(rv);
+                }
+            }
+        });
+        Watch { child, seen }
+    }
+
+    /// The newest resourceVersion the watch printed.
+    fn last(&self) -> u64 {
+        self.seen.lock().unwrap().iter().copied().max().unwrap_or(0)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Every object's kind/namespace/name and uid (events and leases aside:
 /// they change on their own).
 fn objects(lab: &Lab) -> Vec<String> {
@@ -140,10 +204,18 @@ fn kill_9_of_the_control_plane_then_up_keeps_everything() {
     lab.wait_ready("run=looper");
     let before_pods = pods(&lab);
     let before_objects = objects(&lab);
-    let rv = lab.get_json(&["pods"])["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let before_names = names(&lab);
+    // A watch running across the outage: what it saw last is where a new
+    // watch must resume.
+    let watch = Watch::start(&lab);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while watch.last() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubectl get pods --watch printed nothing"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon_pid(&lab)),
@@ -164,8 +236,15 @@ fn kill_9_of_the_control_plane_then_up_keeps_everything() {
         before_objects,
         "objects changed across the restart"
     );
-    // A new pod, then a watch from the old resourceVersion sees it: the
-    // event history survived too.
+    assert_eq!(
+        names(&lab),
+        before_names,
+        "kubectl get all,cm,secret,netpol"
+    );
+    // A new pod, then a watch from the last resourceVersion the running
+    // watch saw gets it: the event history survived too.
+    let rv = watch.last();
+    drop(watch);
     lab.kubectl(&["run", "after", "--image=nginx"]);
     let watched = lab.kubectl(&[
         "get",
@@ -199,7 +278,22 @@ fn kill_9_of_the_control_plane_then_up_keeps_everything() {
     );
     let after_pods: Vec<_> = pods(&lab).into_iter().filter(|p| p.0 != "after").collect();
     assert_eq!(after_pods, before_pods, "pods or their IPs changed");
-    lab.down();
+    down_and_check(&lab);
+}
+
+/// `podnet down`, then nothing of the lab by our own look over `/proc`
+/// (the namespaces it recorded, by inode and cookie).
+fn down_and_check(lab: &Lab) {
+    let recorded = support::recorded_netns(&lab.name);
+    let out = lab.down();
+    assert!(
+        out.status.success(),
+        "podnet down:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = support::lab_remains(&lab.name, &recorded);
+    assert!(left.is_empty(), "left after down:\n{}", left.join("\n"));
 }
 
 #[test]
@@ -224,6 +318,7 @@ fn after_a_reboot_up_makes_the_nodes_again_and_the_pods_run_again() {
     lab.wait_ready("app=web");
     lab.wait_ready("run=client");
     let before_objects = objects(&lab);
+    let before_names = names(&lab);
     let before: Vec<(String, String)> = pods(&lab).into_iter().map(|p| (p.0, p.1)).collect();
 
     // A reboot: every process of the lab and every namespace gone; only
@@ -239,20 +334,19 @@ fn after_a_reboot_up_makes_the_nodes_again_and_the_pods_run_again() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&format!("{}-", lab.name)))
         .collect();
-    for _ in 0..3 {
-        for ns in &netns {
-            let pids = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output()
-                .unwrap();
-            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid.parse().unwrap()),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
+    // Every process of the lab (its cgroup), and the cgroup itself: a
+    // rebooted machine has neither.
+    let cgroup =
+        std::path::Path::new("/sys/fs/cgroup/unified").join(format!("podnet-{}", lab.name));
+    assert!(cgroup.exists(), "no cgroup {}", cgroup.display());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::remove_dir(&cgroup).is_err() {
+        std::fs::write(cgroup.join("cgroup.kill"), "1").unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lab's cgroup never emptied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     for ns in &netns {
         assert!(
@@ -272,6 +366,11 @@ fn after_a_reboot_up_makes_the_nodes_again_and_the_pods_run_again() {
         before_objects,
         "objects changed across the reboot"
     );
+    assert_eq!(
+        names(&lab),
+        before_names,
+        "kubectl get all,cm,secret,netpol"
+    );
     lab.wait_ready("app=web");
     lab.wait_ready("run=client");
     let after: Vec<(String, String)> = pods(&lab).into_iter().map(|p| (p.0, p.1)).collect();
@@ -287,5 +386,5 @@ fn after_a_reboot_up_makes_the_nodes_again_and_the_pods_run_again() {
         "http://web/",
     ]);
     assert!(out.contains("nginx"), "{out}");
-    lab.down();
+    down_and_check(&lab);
 }

@@ -1,5 +1,6 @@
 //! One module per CLI verb.
 
+pub mod audit;
 pub mod connectivity;
 pub mod doctor;
 pub mod down;

@@ -72,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         return resume(rec);
     } else {
-        super::down::teardown(&args.name, None);
+        super::down::teardown(&args.name, None, false);
     }
     let started = Instant::now();
     let state = lab::state_dir(&args.name);
@@ -105,7 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Err(e) => {
             eprintln!("podnet up failed: {e:#}\ncleaning up what was made");
-            super::down::teardown(&args.name, LabRecord::load(&args.name).as_ref());
+            super::down::teardown(&args.name, LabRecord::load(&args.name).as_ref(), false);
             Err(e)
         }
     }
@@ -119,10 +119,12 @@ fn bring_up(
 ) -> anyhow::Result<LabRecord> {
     step("making the underlay and the nodes' namespaces");
     topology::create_underlay(&args.name)?;
+    lab::remains::record_netns(&args.name, &topology::underlay(&args.name))?;
     let mut nodes = Vec::new();
     let big = (args.encap == lab::Encap::HostGw).then_some(topology::BIG_TCP_SIZE);
     for (i, name) in names.iter().enumerate() {
         topology::create_node(&args.name, i, name, big)?;
+        lab::remains::record_netns(&args.name, name)?;
         nodes.push(NodeRecord {
             name: name.clone(),
             ip: lab::node_ip(i),
@@ -166,12 +168,14 @@ fn resume(mut rec: LabRecord) -> anyhow::Result<()> {
         .exists()
     {
         topology::create_underlay(&rec.name)?;
+        lab::remains::record_netns(&rec.name, &topology::underlay(&rec.name))?;
     }
     let big = (rec.encap == lab::Encap::HostGw).then_some(topology::BIG_TCP_SIZE);
     for (i, n) in rec.nodes.clone().iter().enumerate() {
         if !Path::new("/run/netns").join(&n.name).exists() {
             step(&format!("making node {} again", n.name));
             topology::create_node(&rec.name, i, &n.name, big)?;
+            lab::remains::record_netns(&rec.name, &n.name)?;
         }
     }
     rec.mount_points.extend(lab::make_mount_points()?);
@@ -228,6 +232,7 @@ fn start_control_plane(
     for n in &names {
         daemon.args(["--node", n]);
     }
+    daemon.env(lab::remains::LAB_ENV, &rec.name);
     rec.daemon_pid = Some(spawn_detached(
         daemon,
         &state.join("logs/control-plane.log"),

@@ -6,7 +6,7 @@
 //! left to init, is still in the cgroup, so `down` ends it: one write to
 //! `cgroup.kill` kills them all at once (no fork can escape between a
 //! listing and a kill), then the cgroup is removed. Without a cgroup2
-//! hierarchy, `down` still kills by namespace (lab/topology.rs).
+//! hierarchy, `down` still finds them by mark and namespace (lab/remains.rs).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,7 +32,9 @@ pub fn path(lab: &str) -> Option<PathBuf> {
 /// that everything it starts from now on is the lab's.
 pub fn join(lab: &str) -> std::io::Result<()> {
     let Some(dir) = path(lab) else {
-        tracing::warn!("no cgroup2 hierarchy: `down` finds the lab's processes by namespace only");
+        tracing::warn!(
+            "no cgroup2 hierarchy: `down` finds the lab's processes by mark and namespace only"
+        );
         return Ok(());
     };
     std::fs::create_dir_all(&dir)?;
@@ -47,31 +49,43 @@ pub fn pids(lab: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Kills every process of the lab's cgroup, waits (up to 5 s) until it is
-/// empty, and removes it. Kernels before 5.14 have no `cgroup.kill`: then
-/// each listed pid gets SIGKILL until none is left.
-pub fn kill_all(lab: &str) {
-    let Some(dir) = path(lab) else { return };
-    if !dir.exists() {
-        return;
+/// Kills every process of the lab's cgroup at once (`cgroup.kill`: no
+/// fork escapes between a listing and a kill). Kernels before 5.14 have
+/// no `cgroup.kill`: then each listed pid gets SIGKILL. Returns how many
+/// processes the cgroup held.
+pub fn kill(lab: &str) -> usize {
+    let Some(dir) = path(lab) else { return 0 };
+    let left = pids(lab);
+    if left.is_empty() {
+        return 0;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = pids(lab);
-        if left.is_empty() || Instant::now() > deadline {
-            break;
+    if std::fs::write(dir.join("cgroup.kill"), b"1").is_err() {
+        for pid in &left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        if std::fs::write(dir.join("cgroup.kill"), b"1").is_err() {
-            for pid in left {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+    }
+    left.len()
+}
+
+/// Removes the lab's cgroup once it is empty (up to 5 s for the last
+/// processes to be reaped).
+pub fn remove(lab: &str) {
+    let Some(dir) = path(lab) else { return };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dir.exists() {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing the lab's cgroup");
+                return;
+            }
+            Err(_) => {
+                kill(lab);
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if let Err(e) = std::fs::remove_dir(&dir) {
-        tracing::warn!(dir = %dir.display(), error = %e, "removing the lab's cgroup");
     }
 }

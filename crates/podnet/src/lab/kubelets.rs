@@ -71,7 +71,9 @@ fn command(cfg: &KubeletConfig, node: &str, i: usize) -> anyhow::Result<(Command
         .arg(&cfg.exe_dir)
         // The token the API server shows node endpoints, in its own state.
         .arg("--kubelet-token-file")
-        .arg(state.join("apiserver/kubelet-client.token"));
+        .arg(state.join("apiserver/kubelet-client.token"))
+        // Every process of the lab carries its mark (lab/remains.rs).
+        .env(super::remains::LAB_ENV, &cfg.lab);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

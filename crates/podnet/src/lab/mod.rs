@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod install;
 pub mod kubelets;
+pub mod remains;
 pub mod topology;
 
 use std::net::Ipv4Addr;

@@ -60,6 +60,11 @@ impl Lab {
 
     /// `podnet up` with extra flags (e.g. `--proxy-mode iptables`).
     pub fn up_with(name: &str, encap: &str, extra: &[&str]) -> Lab {
+        Self::up_nodes(name, encap, 2, extra)
+    }
+
+    /// `podnet up --workers <workers>` with extra flags.
+    pub fn up_nodes(name: &str, encap: &str, workers: usize, extra: &[&str]) -> Lab {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "the lab tests make network namespaces and must run as root"
@@ -84,7 +89,7 @@ impl Lab {
                 "--encap",
                 encap,
                 "--workers",
-                "2",
+                &workers.to_string(),
             ])
             .args(extra)
             .arg("--kubeconfig")
@@ -369,4 +374,179 @@ pub fn host_packets() -> u64 {
             f.first().copied().unwrap_or(0) + f.get(8).copied().unwrap_or(0)
         })
         .sum()
+}
+
+/// The network namespaces lab `lab` recorded at their creation (inode,
+/// cookie, name): `netns.log` of the lab and of each node. Read before
+/// `down`, which removes them with the state directory.
+pub fn recorded_netns(lab: &str) -> Vec<(u64, u64, String)> {
+    let state = PathBuf::from(format!("/var/lib/podnet/{lab}"));
+    let mut files = vec![state.join("netns.log")];
+    for e in std::fs::read_dir(state.join("nodes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        files.push(e.path().join("netns.log"));
+    }
+    let mut out = Vec::new();
+    for f in files {
+        for l in std::fs::read_to_string(f).unwrap_or_default().lines() {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if let [ino, cookie, name] = w[..] {
+                out.push((
+                    ino.parse().unwrap(),
+                    cookie.parse().unwrap(),
+                    name.to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Whether the namespace open at `path` is one of `recorded` (its inode,
+/// then its cookie: an inode freed by the lab may be another lab's now).
+fn is_recorded(
+    path: &std::path::Path,
+    ino: u64,
+    recorded: &[(u64, u64, String)],
+) -> Option<String> {
+    if !recorded.iter().any(|r| r.0 == ino) {
+        return None;
+    }
+    let (i, cookie) = podnet_kernel::netns::identity(path).ok()?;
+    recorded
+        .iter()
+        .find(|r| r.0 == i && r.1 == cookie)
+        .map(|r| r.2.clone())
+}
+
+/// Anything of lab `lab` left on the machine, checked independently of
+/// `podnet down` over `/proc`: processes in its cgroup, carrying its mark
+/// or naming its state directory; every process, open fd and bind mount
+/// (in any mount namespace) holding one of the `recorded` namespaces (by
+/// inode and cookie); mounts naming the lab; its namespace names, state
+/// directory and cgroup.
+pub fn lab_remains(lab: &str, recorded: &[(u64, u64, String)]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let me = std::process::id().to_string();
+    let state = format!("/var/lib/podnet/{lab}");
+    let mark = format!("PODNET_LAB={lab}");
+    let cgroup = format!("0::/podnet-{lab}");
+    let mut mount_namespaces = std::collections::HashSet::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() || pid == me {
+            continue;
+        }
+        let p = e.path();
+        let cmd = std::fs::read(p.join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        if std::fs::read_to_string(p.join("cgroup")).is_ok_and(|c| c.lines().any(|l| l == cgroup)) {
+            out.push(format!("process {pid} in the lab's cgroup: {cmd}"));
+        }
+        if std::fs::read(p.join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == mark.as_bytes()))
+        {
+            out.push(format!("process {pid} marked {mark}: {cmd}"));
+        }
+        if cmd.contains(&format!("{state}/")) || cmd.contains(&format!("--name {lab} ")) {
+            out.push(format!("process {pid} naming the lab: {cmd}"));
+        }
+        let ns = p.join("ns/net");
+        if let Ok(m) = std::fs::metadata(&ns)
+            && let Some(name) = is_recorded(&ns, m.ino(), recorded)
+        {
+            out.push(format!(
+                "process {pid} in the lab's namespace {name}: {cmd}"
+            ));
+        }
+        for fd in std::fs::read_dir(p.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(t) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if let Some(ino) = t
+                .to_string_lossy()
+                .strip_prefix("net:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+                && let Some(name) = is_recorded(&fd.path(), ino, recorded)
+            {
+                out.push(format!(
+                    "process {pid} holds the lab's namespace {name} open: {cmd}"
+                ));
+            }
+        }
+        let Ok(mnt) = std::fs::metadata(p.join("ns/mnt")) else {
+            continue;
+        };
+        if !mount_namespaces.insert(mnt.ino()) {
+            continue;
+        }
+        for l in std::fs::read_to_string(p.join("mountinfo"))
+            .unwrap_or_default()
+            .lines()
+        {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (root, point) = (
+                f.get(3).copied().unwrap_or(""),
+                f.get(4).copied().unwrap_or(""),
+            );
+            let nsfs = root
+                .strip_prefix("net:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+                .and_then(|ino| {
+                    is_recorded(
+                        &PathBuf::from(format!("/proc/{pid}/root{point}")),
+                        ino,
+                        recorded,
+                    )
+                });
+            if nsfs.is_some()
+                || point.starts_with(&format!("/run/netns/{lab}-"))
+                || l.contains(&format!("{state}/"))
+                || point == state
+            {
+                out.push(format!("mount seen by process {pid}: {l}"));
+            }
+        }
+    }
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if recorded.iter().any(|r| r.2 == n) || n.starts_with(&format!("{lab}-pod-")) {
+            out.push(format!("netns name {n}"));
+        }
+    }
+    for path in [
+        state.clone(),
+        format!("/sys/fs/cgroup/podnet-{lab}"),
+        format!("/sys/fs/cgroup/unified/podnet-{lab}"),
+    ] {
+        if std::path::Path::new(&path).exists() {
+            out.push(format!("file {path}"));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `podnet audit --name <lab>`: every pod process has a pod that owns it.
+pub fn audit(lab: &str) -> Output {
+    Command::new(podnet())
+        .args(["audit", "--name", lab])
+        .output()
+        .unwrap()
 }
