@@ -156,9 +156,14 @@ fn read_agent(
     // A lab node's agent listens in the node's network namespace, which
     // the host does not route into: the socket is made there.
     let stream: TcpStream = if in_lab {
-        let ns = podnet_kernel::netns::NetNs::open(&a.node)
-            .with_context(|| format!("node {} namespace", a.node))?;
-        ns.run(|| connect().map_err(|e| anyhow::anyhow!("{e}")))??
+        // Not a `NetNs` guard: that would delete the node's namespace.
+        let path = std::path::Path::new("/run/netns").join(&a.node);
+        let ns =
+            std::fs::File::open(&path).with_context(|| format!("node {} namespace", a.node))?;
+        use std::os::fd::AsFd;
+        podnet_kernel::netns::run_in(ns.as_fd(), &path, || {
+            connect().map_err(|e| anyhow::anyhow!("connecting to the agent at {addr}: {e}"))
+        })??
     } else {
         connect().with_context(|| format!("connecting to the agent at {addr}"))?
     };
