@@ -310,8 +310,6 @@ fn drops_name_their_policy_filter_follow_and_are_rate_limited() {
 
     // The same drops by policy in the agent's /metrics: the kernel's
     // count for x/deny-a, and the records.
-    let agent = lab.agent_pod(worker2);
-    let _ = agent;
     let metrics = Command::new("ip")
         .args([
             "netns",
