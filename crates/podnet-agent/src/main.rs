@@ -12,6 +12,8 @@
 
 mod cleanup;
 mod cni_install;
+mod drift;
+mod drops;
 mod health;
 mod metrics;
 mod node;
@@ -81,6 +83,23 @@ pub struct AgentArgs {
     /// Where `/metrics`, `/healthz` and `/readyz` listen.
     #[arg(long, env = "PODNET_METRICS_ADDR", default_value = "0.0.0.0:9101")]
     pub metrics_addr: std::net::SocketAddr,
+    /// The nfnetlink_log group the policy table's drop rules log to (read
+    /// by this agent in its node's network namespace).
+    #[arg(long, env = "PODNET_DROP_LOG_GROUP", default_value_t = 7301)]
+    pub drop_log_group: u16,
+    /// Policy drops logged per second and direction on this node, at
+    /// most (nft `limit rate`); 0: no drop records (`podnet drops` shows
+    /// none from this node; the counters still count every packet).
+    #[arg(long, env = "PODNET_DROP_LOG_RATE", default_value_t = 100)]
+    pub drop_log_rate: u32,
+    /// Policy drops logged at once above the rate (nft `burst`).
+    #[arg(long, env = "PODNET_DROP_LOG_BURST", default_value_t = 50)]
+    pub drop_log_burst: u32,
+    /// Seconds between drift checks: routes, FDB and neighbour entries,
+    /// and the proxy and policy tables are compared with what the agent
+    /// programmed, and whatever differs is programmed again; 0: never.
+    #[arg(long, env = "PODNET_RECONCILE_INTERVAL", default_value_t = 10)]
+    pub reconcile_interval: u64,
     /// This node's address (InternalIP), read from its Node.
     #[arg(skip = Ipv4Addr::UNSPECIFIED)]
     pub node_ip: Ipv4Addr,

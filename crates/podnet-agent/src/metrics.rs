@@ -18,6 +18,8 @@ use axum::routing::get;
 pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let router = Router::new()
         .route("/metrics", get(metrics))
+        .route("/drops", get(crate::drops::serve))
+        .route("/drops/status", get(crate::drops::status))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -31,11 +33,15 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
 
 async fn metrics() -> impl IntoResponse {
     match tokio::task::spawn_blocking(crate::policy::metrics).await {
-        Ok(Ok(text)) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            text,
-        ),
+        Ok(Ok(mut text)) => {
+            text.push_str(&crate::drops::metrics());
+            text.push_str(&crate::drift::metrics());
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                text,
+            )
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "reading policy counters");
             (

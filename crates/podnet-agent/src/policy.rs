@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
-use podnet_core::policy::{NodeFacts, PodFacts, PolicyWorld, plan_world};
+use podnet_core::policy::{DropLog, NodeFacts, PodFacts, PolicyWorld, plan_world};
 use podnet_dataplane::nft;
 use podnet_dataplane::policy::PolicyApplier;
 use tokio::sync::mpsc;
@@ -22,13 +22,41 @@ use crate::watch::{self, Update};
 /// read from the kernel and attributed with the state it last applied.
 static APPLIER: OnceLock<Mutex<PolicyApplier<'static>>> = OnceLock::new();
 
-/// The policy drop counters as Prometheus text. Before the first sync
+/// The agent's policy world, shared with the drop reader: a refused
+/// packet is named (its pods, the policies isolating it) with the same
+/// world that planned the table.
+pub fn world() -> &'static Mutex<PolicyWorld> {
+    static WORLD: OnceLock<Mutex<PolicyWorld>> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        Mutex::new(PolicyWorld::new(&[], &[], &[]).expect("an empty world is valid"))
+    })
+}
+
+/// The policy drop counters as Prometheus text: per pod and direction,
+/// and summed per isolating policy and direction. Before the first sync
 /// there is no table to read: only the help and type lines.
 pub fn metrics() -> anyhow::Result<String> {
     if let Some(applier) = APPLIER.get() {
         let applier = applier.lock().unwrap_or_else(|e| e.into_inner());
-        if applier.applied().is_some() {
-            return Ok(applier.metrics()?);
+        if let Some(state) = applier.applied() {
+            let counters = applier.drop_counts()?;
+            let mut text = podnet_core::policy::render_drop_metrics(state, &counters);
+            let mut by: std::collections::BTreeMap<(String, &str), u64> = Default::default();
+            for d in &counters.pods {
+                if let Some(iso) = state.isolated.get(&(d.dir, d.addr)) {
+                    for p in &iso.policies {
+                        *by.entry((p.clone(), d.dir.as_str())).or_default() += d.packets;
+                    }
+                }
+            }
+            text.push_str("# HELP podnet_policy_drops_total Packets refused by NetworkPolicy (the kernel's counters), per isolating policy and direction; a packet refused where two policies isolate counts for both.\n# TYPE podnet_policy_drops_total counter\n");
+            for ((policy, dir), n) in by {
+                let (ns, name) = policy.split_once('/').unwrap_or(("", ""));
+                text.push_str(&format!(
+                    "podnet_policy_drops_total{{policy=\"{policy}\",namespace=\"{ns}\",name=\"{name}\",direction=\"{dir}\"}} {n}\n"
+                ));
+            }
+            return Ok(text);
         }
     }
     let empty = podnet_core::policy::render_drop_metrics(&Default::default(), &Default::default());
@@ -37,6 +65,29 @@ pub fn metrics() -> anyhow::Result<String> {
         .filter(|l| l.starts_with('#'))
         .map(|l| format!("{l}\n"))
         .collect())
+}
+
+/// Reloads the table when it is gone or a chain lost rules (a flush, a
+/// `delete table`): the state last applied, in one transaction.
+fn repair_drift(applier: &Mutex<PolicyApplier<'static>>) {
+    let mut applier = applier.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(state) = applier.applied().cloned() else {
+        return; // not programmed yet: nothing to compare with
+    };
+    match applier.table_intact() {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(
+                table = podnet_core::policy::TABLE,
+                "policy table drifted (deleted, or rules gone); reloading it"
+            );
+            match applier.resync(&state) {
+                Ok(_) => crate::drift::repaired("policy-table", 1),
+                Err(e) => tracing::error!(error = %e, "reloading the policy table"),
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "checking the policy table"),
+    }
 }
 
 enum Change {
@@ -59,7 +110,16 @@ pub async fn run(
         node_name: args.node.clone(),
         pod_cidrs: vec![pod_cidr],
     };
-    let applier = APPLIER.get_or_init(|| Mutex::new(PolicyApplier::new(nft::Namespace::Current)));
+    let log = (args.drop_log_rate > 0).then_some(DropLog {
+        group: args.drop_log_group,
+        rate: args.drop_log_rate,
+        burst: args.drop_log_burst,
+    });
+    let applier = APPLIER
+        .get_or_init(|| Mutex::new(PolicyApplier::new(nft::Namespace::Current).with_drop_log(log)));
+    if log.is_some() {
+        crate::drops::start(args.node.clone(), args.drop_log_group, world());
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     watch::spawn_mapped(
         Api::<Pod>::all(client.clone()),
@@ -77,10 +137,19 @@ pub async fn run(
     // batch changed something a plan depends on: in a burst of pod starts
     // most updates are status (conditions, container states), and every
     // agent sees every pod's.
-    let mut world = PolicyWorld::new(&[], &[], &[]).expect("an empty world is valid");
     let mut synced = 0;
     let mut dirty = true;
-    while let Some(batch) = watch::batch(&mut rx).await {
+    let mut tick = watch::drift_tick(args.reconcile_interval);
+    loop {
+        let batch = match watch::batch_or_tick(&mut rx, &mut tick).await {
+            watch::Woke::Batch(b) => b,
+            watch::Woke::Closed => break,
+            watch::Woke::Tick => {
+                tokio::task::block_in_place(|| repair_drift(applier));
+                continue;
+            }
+        };
+        let mut world = world().lock().unwrap_or_else(|e| e.into_inner());
         for c in batch {
             match c {
                 Change::Pod(Update::Set(_, pod)) => dirty |= world.upsert_pod_facts(*pod),
@@ -114,6 +183,7 @@ pub async fn run(
         }
         dirty = false;
         let state = plan_world(&facts, &world);
+        drop(world);
         let synced = tokio::task::block_in_place(|| {
             applier
                 .lock()

@@ -195,6 +195,30 @@ fn slice_owner(slice: &EndpointSlice) -> Option<String> {
         .map(|svc| format!("{ns}/{svc}"))
 }
 
+/// Reloads the proxy's rules when the kernel lost them (a table or chain
+/// deleted, a table flushed, a jump from a built-in chain removed).
+fn repair_drift(backend: &mut Backend) {
+    let (intact, what) = match backend {
+        Backend::Nft(b) => (b.intact(), "ip podnet-proxy"),
+        Backend::Iptables(b) => (b.intact(), "KUBE-* chains"),
+    };
+    if intact {
+        return;
+    }
+    tracing::warn!(
+        table = what,
+        "proxy rules drifted (deleted or flushed); loading them again"
+    );
+    let res = match backend {
+        Backend::Nft(b) => b.resync().map(drop),
+        Backend::Iptables(b) => b.resync().map(drop),
+    };
+    match res {
+        Ok(()) => crate::drift::repaired("proxy-table", 1),
+        Err(e) => tracing::error!(error = %e, "reloading the proxy rules"),
+    }
+}
+
 /// Runs the proxy until the watches end.
 /// `programmed` is told once the first full sync is in the kernel (at
 /// once with `--proxy-mode none`: kube-proxy serves Services).
@@ -243,7 +267,18 @@ pub async fn run(
     let mut view = View::default();
     let mut synced = 0;
     let mut loaded = false;
-    while let Some(batch) = watch::batch(&mut rx).await {
+    let mut tick = watch::drift_tick(args.reconcile_interval);
+    loop {
+        let batch = match watch::batch_or_tick(&mut rx, &mut tick).await {
+            watch::Woke::Batch(b) => b,
+            watch::Woke::Closed => break,
+            watch::Woke::Tick => {
+                if loaded {
+                    tokio::task::block_in_place(|| repair_drift(&mut backend));
+                }
+                continue;
+            }
+        };
         let mut dirty = BTreeSet::new();
         for c in batch {
             synced += view.apply(c, &mut dirty) as u32;

@@ -93,7 +93,30 @@ pub async fn run(
     let mut listing: Option<BTreeMap<String, Remote>> = None;
     let stream = watcher(nodes, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
+    let mut tick = crate::watch::drift_tick(args.reconcile_interval);
+    loop {
+        let ticked = async {
+            match &mut tick {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        // A watch event is one whole item (a stream's next() loses nothing
+        // when the tick wins), so a plain select is enough here.
+        let ev = tokio::select! {
+            ev = stream.next() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            () = ticked => {
+                if programmed.is_none() {
+                    tokio::task::block_in_place(|| repair_drift(&args, own_cidr, &applied));
+                }
+                continue;
+            }
+        };
         let mut adds: Vec<(String, Remote, Option<Remote>)> = Vec::new();
         let mut removes: Vec<(String, Remote)> = Vec::new();
         let synced = matches!(ev, Ok(watcher::Event::InitDone));
@@ -169,6 +192,106 @@ pub async fn run(
         }
         if synced && let Some(tx) = programmed.take() {
             let _ = tx.send(());
+        }
+    }
+    Ok(())
+}
+
+/// One JSON listing of `ip`/`bridge` (`-j`), as (field, field) pairs.
+fn listing(tool: &str, args: &[&str], a: &str, b: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let out = Command::new(tool).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{tool} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let f = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (f(a), f(b))
+        })
+        .collect())
+}
+
+/// Compares the kernel with what was programmed for `applied` and
+/// programs again only what is missing or different: the VXLAN device,
+/// then per remote node its FDB entry, neighbour entry and route. Each
+/// repair is logged and counted (`podnet_drift_repairs_total`).
+fn repair_drift(args: &AgentArgs, own: Ipv4Net, applied: &BTreeMap<String, Remote>) {
+    if let Err(e) = try_repair_drift(args, own, applied) {
+        tracing::warn!(error = %e, "checking routes for drift");
+    }
+}
+
+fn try_repair_drift(
+    args: &AgentArgs,
+    own: Ipv4Net,
+    applied: &BTreeMap<String, Remote>,
+) -> anyhow::Result<()> {
+    let vxlan = args.encap == "vxlan";
+    let mut nl = Netlink::open()?;
+    if vxlan && nl.link_by_name(VXLAN_DEV)?.is_none() {
+        tracing::warn!(dev = VXLAN_DEV, "the VXLAN device is gone; making it again");
+        setup_vxlan(args, own)?;
+        crate::drift::repaired("vxlan-link", 1);
+        let all: Vec<&Remote> = applied.values().collect();
+        return add(args, &all);
+    }
+    let routes = nl.routes(false)?;
+    let dev = if vxlan {
+        link_index(&mut nl, VXLAN_DEV)?
+    } else {
+        link_index(&mut nl, &args.uplink)?
+    };
+    let (neigh, fdb) = if vxlan {
+        (
+            listing(
+                "ip",
+                &["-j", "neigh", "show", "dev", VXLAN_DEV],
+                "dst",
+                "lladdr",
+            )?,
+            listing(
+                "bridge",
+                &["-j", "fdb", "show", "dev", VXLAN_DEV],
+                "mac",
+                "dst",
+            )?,
+        )
+    } else {
+        Default::default()
+    };
+    for (name, r) in applied {
+        let via = if vxlan { r.cidr.network() } else { r.ip };
+        let mac = vtep_mac(r.ip);
+        if vxlan && !fdb.iter().any(|(m, d)| *m == mac && *d == r.ip.to_string()) {
+            tracing::warn!(node = %name, %mac, dst = %r.ip, "FDB entry missing; programming it again");
+            nl.replace_fdb(dev, vtep_mac_bytes(r.ip), r.ip)?;
+            crate::drift::repaired("fdb", 1);
+        }
+        if vxlan
+            && !neigh
+                .iter()
+                .any(|(d, m)| *d == via.to_string() && *m == mac)
+        {
+            tracing::warn!(node = %name, ip = %via, %mac, "neighbour entry missing; programming it again");
+            nl.replace_neighbour(dev, via, vtep_mac_bytes(r.ip))?;
+            crate::drift::repaired("neighbour", 1);
+        }
+        let present = routes.iter().any(|k| {
+            k.dst == Some(std::net::IpAddr::V4(r.cidr.network()))
+                && k.dst_prefix == r.cidr.prefix_len()
+                && k.gateway == Some(std::net::IpAddr::V4(via))
+                && k.oif == Some(dev)
+        });
+        if !present {
+            tracing::warn!(node = %name, cidr = %r.cidr, %via, "route missing or changed; programming it again");
+            nl.replace_route_v4(r.cidr.network(), r.cidr.prefix_len(), via, dev, vxlan)?;
+            crate::drift::repaired("route", 1);
         }
     }
     Ok(())

@@ -72,14 +72,55 @@ pub fn spawn_mapped<K, V, T>(
     });
 }
 
+/// What [`batch_or_tick`] woke for.
+pub enum Woke<T> {
+    /// A batch of messages.
+    Batch(Vec<T>),
+    /// The drift-check interval elapsed.
+    Tick,
+    /// Every sender is gone.
+    Closed,
+}
+
 /// Waits for one message, then collects whatever else arrives within a
-/// couple of milliseconds: a burst becomes one batch.
-pub async fn batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
-    let first = rx.recv().await?;
-    let mut out = vec![first];
-    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    while let Ok(m) = rx.try_recv() {
-        out.push(m);
+/// couple of milliseconds (a burst becomes one batch); or the tick of `tick` (if any) when it comes first. A
+/// message once received is never lost to the tick: the rest of the batch
+/// is collected in the branch that received it.
+pub async fn batch_or_tick<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    tick: &mut Option<tokio::time::Interval>,
+) -> Woke<T> {
+    let ticked = async {
+        match tick {
+            Some(t) => {
+                t.tick().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        m = rx.recv() => match m {
+            None => Woke::Closed,
+            Some(first) => {
+                let mut out = vec![first];
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                while let Ok(m) = rx.try_recv() {
+                    out.push(m);
+                }
+                Woke::Batch(out)
+            }
+        },
+        () = ticked => Woke::Tick,
     }
-    Some(out)
+}
+
+/// The drift-check interval of `seconds` (None: off); its first tick is
+/// one interval away, not now.
+pub fn drift_tick(seconds: u64) -> Option<tokio::time::Interval> {
+    (seconds > 0).then(|| {
+        let period = std::time::Duration::from_secs(seconds);
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    })
 }

@@ -6,5 +6,7 @@
 
 pub mod netlink;
 pub mod netns;
+#[cfg(feature = "nflog")]
+pub mod nflog;
 pub mod nft;
 pub mod nft_elements;

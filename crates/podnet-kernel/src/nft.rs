@@ -73,3 +73,25 @@ pub fn run(ns: Namespace<'_>, args: &[&str]) -> Result<String, NftError> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Rules per chain (for drift checks that must not read set elements) of an nft listing or script (lines inside `chain X {`
+/// other than its `type ... hook` line).
+pub fn chain_rule_counts(text: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("chain ") {
+            let name = rest.trim_end_matches('{').trim().to_string();
+            out.insert(name.clone(), 0);
+            current = Some(name);
+        } else if line == "}" {
+            current = None;
+        } else if let Some(c) = &current
+            && !line.is_empty()
+            && !line.starts_with("type ")
+        {
+            *out.get_mut(c).expect("inserted") += 1;
+        }
+    }
+    out
+}

@@ -45,6 +45,9 @@ enum Command {
     /// translation, route, policy verdicts naming the rule); `--probe`
     /// sends it and holds each hop against the kernel.
     Trace(commands::trace::Args),
+    /// Follow policy drops on every node, each naming the policies that
+    /// isolate it (`-f` to keep following; `--pod`, `-n` to filter).
+    Drops(commands::drops::Args),
     /// (internal) The lab's control-plane process: API server, controllers
     /// and the host's loopback port to the API server.
     #[command(hide = true)]
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Connectivity(a) => commands::connectivity::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Trace(a) => commands::trace::run(a),
+        Command::Drops(a) => commands::drops::run(a),
         Command::LabDaemon(a) => lab::daemon::run(a),
     }
 }

@@ -139,7 +139,13 @@ fn pod_netns(lab: &Lab, ns: &str, pod: &str) -> String {
 
 #[test]
 fn doctor_finds_faults_and_trace_points_at_the_hop() {
-    let lab = Lab::up("pndoc", "vxlan");
+    // The agents heal drift by themselves (PODNET_RECONCILE_INTERVAL); the
+    // faults must stay until doctor has seen them, so they check hourly.
+    let lab = Lab::up_with(
+        "pndoc",
+        "vxlan",
+        &["--config", "PODNET_RECONCILE_INTERVAL=3600"],
+    );
     let nodes = lab.nodes();
     let worker = nodes
         .iter()

@@ -21,7 +21,8 @@ pub use model::{
 };
 pub use plan::{NodeFacts, PolicyState, plan, plan_world};
 pub use render::{
-    DropCount, DropCounters, StateDiff, TABLE, diff, render_drop_metrics, render_full,
+    DROP_LOG_PREFIX_EGRESS, DROP_LOG_PREFIX_INGRESS, DropCount, DropCounters, DropLog, StateDiff,
+    TABLE, diff, render_drop_metrics, render_full, render_full_with,
 };
 
 /// A policy object the API could not have accepted; the caller keeps its

@@ -35,7 +35,7 @@ const CHAINS: &str = r#"	chain forward {
 		ip saddr . meta l4proto . th dport @eg_port return
 		ip saddr . ct mark . meta l4proto . th dport @eg_peer_range return
 		ip saddr . meta l4proto . th dport @eg_range return
-		update @eg_drops { ip saddr } reject with icmpx admin-prohibited
+@EG_LOG@		update @eg_drops { ip saddr } reject with icmpx admin-prohibited
 	}
 
 	chain ingress {
@@ -46,7 +46,7 @@ const CHAINS: &str = r#"	chain forward {
 		ip daddr . meta l4proto . th dport @in_port accept
 		ip daddr . ct mark . meta l4proto . th dport @in_peer_range accept
 		ip daddr . meta l4proto . th dport @in_range accept
-		update @in_drops { ip daddr } reject with icmpx admin-prohibited
+@IN_LOG@		update @in_drops { ip daddr } reject with icmpx admin-prohibited
 	}
 "#;
 
@@ -172,9 +172,52 @@ pub fn elements(state: &PolicyState) -> BTreeMap<&'static str, BTreeSet<String>>
     m
 }
 
+/// The NFLOG prefix of a packet refused at ingress (the agent reads the
+/// direction from it).
+pub const DROP_LOG_PREFIX_INGRESS: &str = "podnet-drop:in";
+/// The NFLOG prefix of a packet refused at egress.
+pub const DROP_LOG_PREFIX_EGRESS: &str = "podnet-drop:eg";
+
+/// A rate-limited copy of refused packets to an nfnetlink_log group, so
+/// the agent can say who was refused by which policy without logging
+/// every packet of a flood (the kernel `log` to dmesg is not usable in a
+/// node's own network namespace, and would not be rate-limited per rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropLog {
+    /// The nfnetlink_log group the agent listens on.
+    pub group: u16,
+    /// Packets logged per second and direction, at most (nft `limit rate`).
+    pub rate: u32,
+    /// Packets logged at once above the rate (nft `burst`).
+    pub burst: u32,
+}
+
+impl DropLog {
+    /// The chains' log rule for `dir`: a separate rule before the drop, so
+    /// a packet over the limit is still dropped and counted, only not
+    /// logged.
+    fn rule(&self, dir: Direction) -> String {
+        let prefix = match dir {
+            Direction::Ingress => DROP_LOG_PREFIX_INGRESS,
+            Direction::Egress => DROP_LOG_PREFIX_EGRESS,
+        };
+        format!(
+            "\t\tlimit rate {}/second burst {} packets log group {} snaplen 128 prefix \"{prefix}\"\n",
+            self.rate.max(1),
+            self.burst.max(1),
+            self.group
+        )
+    }
+}
+
 /// The script that replaces the whole table atomically (first sync, and
 /// any resync): the old table stays in force until the new one is in.
 pub fn render_full(state: &PolicyState) -> String {
+    render_full_with(state, None)
+}
+
+/// [`render_full`], with refused packets also sent to `log` (rate-limited).
+pub fn render_full_with(state: &PolicyState, log: Option<&DropLog>) -> String {
     let els = elements(state);
     let mut s = format!("table {TABLE} {{}}\ndelete table {TABLE}\ntable {TABLE} {{\n");
     s.push_str("\tcounter unknown_in {}\n\tcounter unknown_eg {}\n\n");
@@ -199,7 +242,11 @@ pub fn render_full(state: &PolicyState) -> String {
         );
     }
     s.push('\n');
-    s.push_str(CHAINS);
+    let (eg, ing) = match log {
+        Some(l) => (l.rule(Direction::Egress), l.rule(Direction::Ingress)),
+        None => (String::new(), String::new()),
+    };
+    s.push_str(&CHAINS.replace("@EG_LOG@", &eg).replace("@IN_LOG@", &ing));
     s.push_str("}\n");
     s
 }

@@ -16,7 +16,10 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use podnet_core::policy::render::{DropCount, DropCounters, StateDiff, drop_set};
-use podnet_core::policy::{Direction, PolicyState, TABLE, diff, render_drop_metrics, render_full};
+use podnet_core::policy::{
+    Direction, DropLog, PolicyState, TABLE, diff, render_drop_metrics, render_full,
+    render_full_with,
+};
 use podnet_kernel::nft_elements::{ElementBatch, ElementError, ElementWriter, Family, SetLayout};
 
 use crate::nft::{self, Namespace, NftError};
@@ -56,6 +59,8 @@ pub struct PolicyApplier<'a> {
     /// The nf_tables socket for element changes, opened on first use and
     /// dropped after a failure (the next change opens a fresh one).
     writer: Option<ElementWriter>,
+    /// Where refused packets are also logged (rate-limited), if anywhere.
+    drop_log: Option<DropLog>,
 }
 
 impl<'a> PolicyApplier<'a> {
@@ -66,7 +71,33 @@ impl<'a> PolicyApplier<'a> {
             ns,
             applied: None,
             writer: None,
+            drop_log: None,
         }
+    }
+
+    /// Logs a rate-limited sample of refused packets to an nfnetlink_log
+    /// group (from the next full load on), for the agent's drop records.
+    pub fn with_drop_log(mut self, log: Option<DropLog>) -> Self {
+        self.drop_log = log;
+        self
+    }
+
+    /// Whether the kernel's table still has every rule of the rendered
+    /// one (chain by chain; set elements are not read, so this stays
+    /// cheap at any size). `false` also when the table is gone.
+    pub fn table_intact(&self) -> Result<bool, PolicyApplyError> {
+        let want = render_full_with(&PolicyState::default(), self.drop_log.as_ref());
+        let (family, table) = TABLE.split_once(' ').expect("family and name");
+        for (chain, rules) in nft::chain_rule_counts(&want) {
+            let text = match nft::run(self.ns, &["list", "chain", family, table, &chain]) {
+                Ok(t) => t,
+                Err(_) => return Ok(false),
+            };
+            if nft::chain_rule_counts(&text).get(&chain) != Some(&rules) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The state last applied, if any.
@@ -129,7 +160,7 @@ impl<'a> PolicyApplier<'a> {
     /// Replaces the whole table in one transaction (start-up, on demand).
     pub fn resync(&mut self, desired: &PolicyState) -> Result<SyncKind, PolicyApplyError> {
         self.applied = None;
-        nft::apply(self.ns, &render_full(desired))?;
+        nft::apply(self.ns, &render_full_with(desired, self.drop_log.as_ref()))?;
         self.applied = Some(desired.clone());
         // Open the element socket now (entering the namespace costs a
         // thread), so the first change after a load does not pay for it.
@@ -333,6 +364,22 @@ mod tests {
             adds: [("known", vec!["10.244.1.2 . tcp".to_string()])].into(),
         };
         assert!(element_batch(&bad).is_err());
+    }
+
+    #[test]
+    fn counts_rules_per_chain() {
+        let log = DropLog {
+            group: 100,
+            rate: 10,
+            burst: 5,
+        };
+        let c = nft::chain_rule_counts(&render_full_with(&PolicyState::default(), Some(&log)));
+        assert_eq!(c["forward"], 5);
+        assert_eq!(c["ingress"], 9, "{c:?}");
+        let c = nft::chain_rule_counts(&render_full(&PolicyState::default()));
+        assert_eq!(c["egress"], 8);
+        let listing = "table inet podnet-policy {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t}\n}\n";
+        assert_eq!(nft::chain_rule_counts(listing)["forward"], 0);
     }
 
     #[test]

@@ -261,6 +261,50 @@ impl NftProxy {
         Ok(())
     }
 
+    /// Whether every table last applied is still in the kernel with each
+    /// of its chains, and no chain that should have rules is empty (a
+    /// flushed table). Set elements are not read, so this stays cheap at
+    /// any number of services.
+    pub fn intact(&mut self) -> bool {
+        let tables: Vec<(String, Vec<(String, usize)>)> = self
+            .applied
+            .values()
+            .map(|t| {
+                (
+                    t.qualified_name(),
+                    t.chains
+                        .iter()
+                        .map(|(n, c)| (n.clone(), c.rules.len()))
+                        .collect(),
+                )
+            })
+            .collect();
+        for (q, chains) in tables {
+            for (chain, want) in chains {
+                let cmd = format!("list chain {q} {chain}");
+                let words: Vec<&str> = cmd.split_whitespace().collect();
+                let Ok(listing) = self.list(&words) else {
+                    return false;
+                };
+                let have = nft::chain_rule_counts(&listing)
+                    .get(&chain)
+                    .copied()
+                    .unwrap_or(0);
+                if want > 0 && have == 0 {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Reloads the whole state last applied (after
+    /// [`NftProxy::intact`] found the kernel drifted).
+    pub fn resync(&mut self) -> Result<SyncReport, ProxyError> {
+        let state = self.state.clone().unwrap_or_default();
+        self.full_sync(&state)
+    }
+
     /// The tables as last applied (what `podnet rules` can show).
     pub fn applied(&self) -> impl Iterator<Item = &NftTable> {
         self.applied.values()

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod connectivity;
 pub mod doctor;
 pub mod down;
+pub mod drops;
 pub mod node;
 pub mod status;
 pub mod trace;

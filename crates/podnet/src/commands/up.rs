@@ -44,6 +44,11 @@ pub struct Args {
     /// (`kubectl patch node`), and `up` does not wait for them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub allocate_node_cidrs: bool,
+    /// A `podnet-config` setting for this lab (`KEY=VALUE`, repeatable),
+    /// e.g. `--config PODNET_RECONCILE_INTERVAL=60` or
+    /// `--config PODNET_DROP_LOG_RATE=20`.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
 }
 
 fn step(msg: &str) {
@@ -146,6 +151,7 @@ fn bring_up(
         mount_points: lab::make_mount_points()?,
         proxy_mode: args.proxy_mode.clone(),
         allocate_node_cidrs: args.allocate_node_cidrs,
+        config: args.config.clone(),
     };
     rec.save()?;
 
@@ -229,6 +235,9 @@ fn start_control_plane(
             &rec.proxy_mode,
         ])
         .arg(format!("--allocate-node-cidrs={}", rec.allocate_node_cidrs));
+    for kv in &rec.config {
+        daemon.args(["--config", kv]);
+    }
     for n in &names {
         daemon.args(["--node", n]);
     }

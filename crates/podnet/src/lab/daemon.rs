@@ -37,6 +37,9 @@ pub struct Args {
     /// Whether node IPAM gives nodes their pod CIDRs.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     allocate_node_cidrs: bool,
+    /// `podnet-config` settings (`KEY=VALUE`) over the lab's defaults.
+    #[arg(long = "config")]
+    config: Vec<String>,
 }
 
 /// The API server's port inside the control-plane node.
@@ -180,7 +183,7 @@ async fn serve(args: Args, host_listener: std::net::TcpListener) -> anyhow::Resu
     // `kubernetes` ClusterIP: podnet is the lab's service proxy, so that
     // address only works once the agents run (docs/install.md). The lab has
     // no upstream resolver: names outside the cluster get REFUSED.
-    let values = std::collections::BTreeMap::from(
+    let mut values = std::collections::BTreeMap::from(
         [
             ("PODNET_API_SERVER", in_cluster_url.as_str()),
             ("PODNET_ENCAP", args.encap.as_str()),
@@ -190,6 +193,12 @@ async fn serve(args: Args, host_listener: std::net::TcpListener) -> anyhow::Resu
         ]
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
+    for kv in &args.config {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--config {kv:?}: not KEY=VALUE"))?;
+        values.insert(k.to_string(), v.to_string());
+    }
     let objects = super::install::render(&values)?;
     super::install::apply(&admin, &objects)
         .await

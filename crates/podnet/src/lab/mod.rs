@@ -74,6 +74,9 @@ pub struct LabRecord {
     /// Whether node IPAM assigns pod CIDRs (`up --allocate-node-cidrs`).
     #[serde(default = "yes")]
     pub allocate_node_cidrs: bool,
+    /// `podnet-config` settings given to `up --config KEY=VALUE`.
+    #[serde(default)]
+    pub config: Vec<String>,
 }
 
 fn default_proxy_mode() -> String {
