@@ -133,7 +133,7 @@ pub static RESOURCES: &[Resource] = &[
         "pod",
         true,
         &["po"],
-        &["status", "binding", "log", "exec", "attach"],
+        &["status", "binding", "log", "exec", "attach", "portforward"],
         true,
     ),
     r(
@@ -342,7 +342,7 @@ pub fn sub_verbs(sub: &str) -> &'static [&'static str] {
         "binding" => &["create"],
         "finalize" => &["update"],
         "log" => &["get"],
-        "exec" | "attach" => &["create", "get"],
+        "exec" | "attach" | "portforward" => &["create", "get"],
         "token" => &["create"],
         _ => &[],
     }
