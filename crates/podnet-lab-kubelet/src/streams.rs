@@ -220,6 +220,9 @@ async fn exec(
     let mut child = cmd
         .spawn()
         .map_err(|e| err(format!("exec {:?}: {e}", req.command[0])))?;
+    // The Command still holds the pty slave: drop it, or the master never
+    // reads EOF and `exec -it` outlives its process.
+    drop(cmd);
     drop(fds);
     if let Some(master) = pty_master {
         let m = std::fs::File::from(master);
