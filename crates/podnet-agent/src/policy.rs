@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
-use podnet_core::policy::{NodeFacts, PolicyWorld, plan_world};
+use podnet_core::policy::{NodeFacts, PodFacts, PolicyWorld, plan_world};
 use podnet_dataplane::nft;
 use podnet_dataplane::policy::PolicyApplier;
 use tokio::sync::mpsc;
@@ -40,7 +40,8 @@ pub fn metrics() -> anyhow::Result<String> {
 }
 
 enum Change {
-    Pod(Update<Pod>),
+    /// Only the facts policy needs of a pod are kept.
+    Pod(Update<PodFacts>),
     Namespace(Update<Namespace>),
     Policy(Update<NetworkPolicy>),
 }
@@ -60,7 +61,12 @@ pub async fn run(
     };
     let applier = APPLIER.get_or_init(|| Mutex::new(PolicyApplier::new(nft::Namespace::Current)));
     let (tx, mut rx) = mpsc::unbounded_channel();
-    watch::spawn(Api::<Pod>::all(client.clone()), tx.clone(), Change::Pod);
+    watch::spawn_mapped(
+        Api::<Pod>::all(client.clone()),
+        tx.clone(),
+        |p| PodFacts::from_pod(&p),
+        Change::Pod,
+    );
     watch::spawn(
         Api::<Namespace>::all(client.clone()),
         tx.clone(),
@@ -77,7 +83,7 @@ pub async fn run(
     while let Some(batch) = watch::batch(&mut rx).await {
         for c in batch {
             match c {
-                Change::Pod(Update::Set(_, pod)) => dirty |= world.upsert_pod(&pod),
+                Change::Pod(Update::Set(_, pod)) => dirty |= world.upsert_pod_facts(*pod),
                 Change::Pod(Update::Gone(key)) => {
                     let (ns, name) = key.split_once('/').unwrap_or(("", &key));
                     dirty |= world.remove_pod(ns, name);

@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use podnet_kernel::netlink::Netlink;
 
 use crate::AgentArgs;
 
@@ -45,32 +46,36 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn remotes_of(nodes: &[Node], me: &str) -> BTreeMap<String, Remote> {
-    let mut out = BTreeMap::new();
-    for n in nodes {
-        let name = n.metadata.name.clone().unwrap_or_default();
-        if name == me {
-            continue;
-        }
-        let cidr = n.spec.as_ref().and_then(|s| s.pod_cidr.clone());
-        let ip = n
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .and_then(|a| {
-                a.iter()
-                    .find(|a| a.type_ == "InternalIP")
-                    .and_then(|a| a.address.parse().ok())
-            });
-        if let (Some(cidr), Some(ip)) = (cidr.and_then(|c| c.parse().ok()), ip) {
-            out.insert(name, Remote { ip, cidr });
-        }
+/// The remote a Node stands for: its pod CIDR and InternalIP, or None
+/// while it lacks either (or when it is this node).
+fn remote_of(n: &Node, me: &str) -> Option<(String, Remote)> {
+    let name = n.metadata.name.clone().unwrap_or_default();
+    if name == me {
+        return None;
     }
-    out
+    let cidr = n.spec.as_ref().and_then(|s| s.pod_cidr.as_deref());
+    let ip = n
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| {
+            a.iter()
+                .find(|a| a.type_ == "InternalIP")
+                .and_then(|a| a.address.parse().ok())
+        });
+    match (cidr.and_then(|c| c.parse().ok()), ip) {
+        (Some(cidr), Some(ip)) => Some((name, Remote { ip, cidr })),
+        _ => None,
+    }
 }
 
 /// Keeps the routes in step with the Nodes until the watch ends.
 /// `programmed` is told once the first full list of Nodes is in the kernel.
+///
+/// Only what routing needs of each Node (its [`Remote`]) is kept, and an
+/// event costs the work of its own node: a list (the first one, or after
+/// the watch is lost) is reconciled once, when complete, in one batch of
+/// kernel changes; later events one node at a time.
 pub async fn run(
     client: kube::Client,
     args: AgentArgs,
@@ -82,47 +87,87 @@ pub async fn run(
         setup_vxlan(&args, own_cidr)?;
     }
     let nodes: Api<Node> = Api::all(client);
+    // What is in the kernel, by node name.
     let mut applied: BTreeMap<String, Remote> = BTreeMap::new();
+    // A list being received (between Init and InitDone).
+    let mut listing: Option<BTreeMap<String, Remote>> = None;
     let stream = watcher(nodes, watcher::Config::default()).default_backoff();
-    let mut store: BTreeMap<String, Node> = BTreeMap::new();
     futures::pin_mut!(stream);
     while let Some(ev) = stream.next().await {
-        let init_done = matches!(ev, Ok(watcher::Event::InitDone));
+        let mut adds: Vec<(String, Remote, Option<Remote>)> = Vec::new();
+        let mut removes: Vec<(String, Remote)> = Vec::new();
+        let synced = matches!(ev, Ok(watcher::Event::InitDone));
         match ev {
-            Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
-                store.insert(n.metadata.name.clone().unwrap_or_default(), n);
+            Ok(watcher::Event::Init) => {
+                listing = Some(BTreeMap::new());
+                continue;
+            }
+            Ok(watcher::Event::InitApply(n)) => {
+                if let (Some(l), Some((name, r))) = (listing.as_mut(), remote_of(&n, &args.node)) {
+                    l.insert(name, r);
+                }
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                let want = listing.take().unwrap_or_default();
+                for (name, r) in &want {
+                    let old = applied.get(name);
+                    if old != Some(r) {
+                        adds.push((name.clone(), r.clone(), old.cloned()));
+                    }
+                }
+                for (name, r) in &applied {
+                    if !want.contains_key(name) {
+                        removes.push((name.clone(), r.clone()));
+                    }
+                }
+                applied = want;
+            }
+            Ok(watcher::Event::Apply(n)) => {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                match remote_of(&n, &args.node) {
+                    Some((name, r)) => {
+                        let old = applied.get(&name);
+                        if old != Some(&r) {
+                            adds.push((name.clone(), r.clone(), old.cloned()));
+                            applied.insert(name, r);
+                        }
+                    }
+                    None => {
+                        if let Some(old) = applied.remove(&name) {
+                            removes.push((name, old));
+                        }
+                    }
+                }
             }
             Ok(watcher::Event::Delete(n)) => {
-                store.remove(&n.metadata.name.clone().unwrap_or_default());
+                let name = n.metadata.name.clone().unwrap_or_default();
+                if let Some(old) = applied.remove(&name) {
+                    removes.push((name, old));
+                }
             }
-            Ok(watcher::Event::Init) => store.clear(),
-            Ok(watcher::Event::InitDone) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "node watch");
                 continue;
             }
         }
-        let all: Vec<Node> = store.values().cloned().collect();
-        let want = remotes_of(&all, &args.node);
-        for (name, r) in &want {
-            if applied.get(name) != Some(r) {
-                if let Some(old) = applied.get(name) {
-                    remove(&args, old);
-                }
-                match add(&args, r) {
-                    Ok(()) => {
-                        tracing::info!(node = %name, cidr = %r.cidr, via = %r.ip, "route to node's pods")
-                    }
-                    Err(e) => tracing::warn!(node = %name, error = %e, "route"),
-                }
-            }
-        }
-        for (name, r) in applied.iter().filter(|(n, _)| !want.contains_key(*n)) {
+        for (name, _) in &removes {
             tracing::info!(node = %name, "node left: removing its route");
-            remove(&args, r);
         }
-        applied = want;
-        if init_done && let Some(tx) = programmed.take() {
+        // A changed node: its old entries go first.
+        let mut gone: Vec<&Remote> = removes.iter().map(|(_, r)| r).collect();
+        gone.extend(adds.iter().filter_map(|(_, _, old)| old.as_ref()));
+        let new: Vec<&Remote> = adds.iter().map(|(_, r, _)| r).collect();
+        tokio::task::block_in_place(|| {
+            remove(&args, &gone);
+            if let Err(e) = add(&args, &new) {
+                tracing::warn!(error = %e, "route");
+            }
+        });
+        for (name, r, _) in &adds {
+            tracing::info!(node = %name, cidr = %r.cidr, via = %r.ip, "route to node's pods");
+        }
+        if synced && let Some(tx) = programmed.take() {
             let _ = tx.send(());
         }
     }
@@ -191,65 +236,89 @@ fn setup_vxlan(args: &AgentArgs, own: Ipv4Net) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn add(args: &AgentArgs, r: &Remote) -> anyhow::Result<()> {
-    let cidr = r.cidr.to_string();
-    let node_ip = r.ip.to_string();
+/// [`vtep_mac`] as bytes.
+fn vtep_mac_bytes(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0e, 0x70, o[0], o[1], o[2], o[3]]
+}
+
+/// The index of link `name`.
+fn link_index(nl: &mut Netlink, name: &str) -> anyhow::Result<u32> {
+    Ok(nl
+        .link_by_name(name)?
+        .ok_or_else(|| anyhow::anyhow!("no link {name}"))?
+        .index)
+}
+
+/// Programs the routes (and, with VXLAN, the FDB and neighbour entries) to
+/// `remotes` over one netlink socket, as `ip route/neigh replace` and
+/// `bridge fdb replace` would, without a process per change: the FDB
+/// first, then the neighbour, then the route, so a route never points
+/// into the overlay before its node's VTEP is known. A failing node is
+/// reported and the others are still programmed.
+fn add(args: &AgentArgs, remotes: &[&Remote]) -> anyhow::Result<()> {
+    if remotes.is_empty() {
+        return Ok(());
+    }
+    let mut nl = Netlink::open()?;
+    let mut first_error = None;
     if args.encap == "vxlan" {
-        let vtep = r.cidr.network().to_string();
-        let mac = vtep_mac(r.ip);
-        ip(&[
-            "neigh",
-            "replace",
-            &vtep,
-            "lladdr",
-            &mac,
-            "dev",
-            VXLAN_DEV,
-            "nud",
-            "permanent",
-        ])?;
-        let out = Command::new("bridge")
-            .args([
-                "fdb",
-                "replace",
-                &mac,
-                "dev",
-                VXLAN_DEV,
-                "dst",
-                &node_ip,
-                "self",
-                "permanent",
-            ])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "bridge fdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ip(&[
-            "route", "replace", &cidr, "via", &vtep, "dev", VXLAN_DEV, "onlink",
-        ])
+        let dev = link_index(&mut nl, VXLAN_DEV)?;
+        for r in remotes {
+            let vtep = r.cidr.network();
+            let mac = vtep_mac_bytes(r.ip);
+            let res = nl
+                .replace_fdb(dev, mac, r.ip)
+                .and_then(|()| nl.replace_neighbour(dev, vtep, mac))
+                .and_then(|()| {
+                    nl.replace_route_v4(r.cidr.network(), r.cidr.prefix_len(), vtep, dev, true)
+                });
+            if let Err(e) = res {
+                tracing::warn!(cidr = %r.cidr, via = %r.ip, error = %e, "route");
+                first_error.get_or_insert(e);
+            }
+        }
     } else {
-        ip(&[
-            "route",
-            "replace",
-            &cidr,
-            "via",
-            &node_ip,
-            "dev",
-            &args.uplink,
-        ])
+        let dev = link_index(&mut nl, &args.uplink)?;
+        for r in remotes {
+            if let Err(e) =
+                nl.replace_route_v4(r.cidr.network(), r.cidr.prefix_len(), r.ip, dev, false)
+            {
+                tracing::warn!(cidr = %r.cidr, via = %r.ip, error = %e, "route");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
 }
 
-fn remove(args: &AgentArgs, r: &Remote) {
-    let _ = ip(&["route", "del", &r.cidr.to_string()]);
-    if args.encap == "vxlan" {
-        let vtep = r.cidr.network().to_string();
-        let _ = ip(&["neigh", "del", &vtep, "dev", VXLAN_DEV]);
-        let _ = Command::new("bridge")
-            .args(["fdb", "del", &vtep_mac(r.ip), "dev", VXLAN_DEV, "self"])
-            .output();
+/// Removes what [`add`] programmed for `remotes` (the route first);
+/// entries already gone are not an error.
+fn remove(args: &AgentArgs, remotes: &[&Remote]) {
+    if remotes.is_empty() {
+        return;
+    }
+    let mut nl = match Netlink::open() {
+        Ok(nl) => nl,
+        Err(e) => {
+            tracing::warn!(error = %e, "removing routes");
+            return;
+        }
+    };
+    let dev = if args.encap == "vxlan" {
+        link_index(&mut nl, VXLAN_DEV).ok()
+    } else {
+        None
+    };
+    for r in remotes {
+        let _ = nl.delete_route_v4(r.cidr.network(), r.cidr.prefix_len());
+        if let Some(dev) = dev {
+            let _ = nl.delete_neighbour(dev, r.cidr.network());
+            let _ = nl.delete_fdb(dev, vtep_mac_bytes(r.ip));
+        }
     }
 }
 
@@ -261,5 +330,7 @@ mod tests {
     fn vtep_mac_is_local_unicast_and_from_the_address() {
         let m = vtep_mac("172.18.0.3".parse().unwrap());
         assert_eq!(m, "0e:70:ac:12:00:03");
+        let b = vtep_mac_bytes("172.18.0.3".parse().unwrap());
+        assert_eq!(m, b.map(|x| format!("{x:02x}")).join(":"));
     }
 }

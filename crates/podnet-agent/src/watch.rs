@@ -33,13 +33,29 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     T: Send + 'static,
 {
+    spawn_mapped(api, tx, |o| o, wrap)
+}
+
+/// [`spawn`], with each object reduced by `map` in the watch task: what
+/// waits on the channel is only what the reconciler keeps, so a burst (an
+/// initial list of 150,000 pods) is not held as whole objects.
+pub fn spawn_mapped<K, V, T>(
+    api: Api<K>,
+    tx: mpsc::UnboundedSender<T>,
+    map: fn(K) -> V,
+    wrap: fn(Update<V>) -> T,
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    V: Send + 'static,
+    T: Send + 'static,
+{
     tokio::spawn(async move {
         let stream = watcher(api, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             let update = match ev {
                 Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
-                    Update::Set(key_of(o.meta()), Box::new(o))
+                    Update::Set(key_of(o.meta()), Box::new(map(o)))
                 }
                 Ok(watcher::Event::Delete(o)) => Update::Gone(key_of(o.meta())),
                 Ok(watcher::Event::InitDone) => Update::Synced,

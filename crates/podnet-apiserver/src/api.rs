@@ -329,6 +329,10 @@ pub struct ApiConfig {
     pub service_cidr: ipnet::Ipv4Net,
     /// NodePort range, inclusive.
     pub node_ports: (u16, u16),
+    /// How long a deleted namespace keeps its contents before the namespace
+    /// controller deletes them (a real one takes seconds to get there, and
+    /// `kubectl delete -f` of a namespace and its objects relies on it).
+    pub namespace_deletion_delay: Duration,
 }
 
 /// The API over a store.
@@ -515,7 +519,12 @@ fn field_validation(res: &Resource, q: &Query, obj: &mut Value) -> Result<Vec<St
         )));
     }
     *obj = kinds::quantities_as_strings(std::mem::take(obj));
-    let typed = kinds::typed_view(res.kind, obj).map_err(|e| {
+    let typed_kind = if res.group == crate::events::GROUP {
+        "events.k8s.io/Event"
+    } else {
+        res.kind
+    };
+    let typed = kinds::typed_view(typed_kind, obj).map_err(|e| {
         ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
             res.kind, res.version, res.kind
@@ -546,6 +555,53 @@ fn field_validation(res: &Resource, q: &Query, obj: &mut Value) -> Result<Vec<St
         .iter()
         .map(|u| format!("unknown field \"{u}\""))
         .collect())
+}
+
+/// Whether objects of `res` are stored in another version's form
+/// (events.k8s.io Events are core/v1 Events).
+fn converted(res: &Resource) -> bool {
+    res.group == crate::events::GROUP
+}
+
+/// A stored object as `res` shows it.
+fn external(res: &Resource, v: &Value) -> Value {
+    if converted(res) {
+        crate::events::from_core(v)
+    } else {
+        v.clone()
+    }
+}
+
+/// A stored object's JSON as `res` shows it (the stored bytes when no
+/// conversion is needed).
+fn external_json(res: &Resource, o: &Obj) -> Bytes {
+    if converted(res) {
+        Bytes::from(serde_json::to_vec(&crate::events::from_core(&o.value)).expect("json"))
+    } else {
+        o.json.clone()
+    }
+}
+
+/// A written object in its stored form.
+fn internal(res: &Resource, v: Value) -> Value {
+    if converted(res) {
+        crate::events::to_core(&v)
+    } else {
+        v
+    }
+}
+
+/// Rewrites a written object the way kube-apiserver's conversion does
+/// before it is decoded as its type: a Secret's `stringData` is folded into
+/// `data`, whose values must be base64 (a 422 naming `data[key]`).
+fn prepare(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
+    if res.kind == "Secret" {
+        let errs = crate::secret::normalize(obj);
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(res.kind, res.group, obj_name(obj), &errs));
+        }
+    }
+    Ok(())
 }
 
 fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
@@ -817,7 +873,7 @@ impl Api {
                 json_response(code, &v)
             }
             Shape::Metadata => json_response(code, &table::partial_metadata(&obj.value)),
-            Shape::Object => bytes_response(code, obj.json.clone()),
+            Shape::Object => bytes_response(code, external_json(t.res, obj)),
         }
     }
 
@@ -838,8 +894,13 @@ impl Api {
     fn selectors(&self, t: &Target, q: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
         let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let fs = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
+        let mut fs = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if converted(t.res) {
+            for (f, _, _) in fs.0.iter_mut() {
+                *f = crate::events::field_label(f);
+            }
+        }
         let probe = json!({});
         for (f, _, _) in &fs.0 {
             if kinds::field_value(t.res.kind, &probe, f).is_err() {
@@ -957,7 +1018,11 @@ impl Api {
                     if i > 0 {
                         buf.push(b',');
                     }
-                    buf.extend_from_slice(&o.json);
+                    if converted(t.res) {
+                        buf.extend_from_slice(&external_json(t.res, o));
+                    } else {
+                        buf.extend_from_slice(&o.json);
+                    }
                 }
                 buf.extend_from_slice(b"]}");
                 Ok(bytes_response(StatusCode::OK, Bytes::from(buf)))
@@ -1035,6 +1100,9 @@ impl Api {
                 |ty: &str, o: &Obj, encode: &mut dyn FnMut(&str, &Value) -> Bytes| -> Bytes {
                     if table_shape {
                         return encode(ty, &o.value);
+                    }
+                    if converted(res) {
+                        return encode(ty, &external(res, &o.value));
                     }
                     let mut line = Vec::with_capacity(o.json.len() + 32);
                     line.extend_from_slice(b"{\"type\":\"");
@@ -1168,7 +1236,20 @@ impl Api {
         )?;
         check_type(res, &mut obj)?;
         let dry = dry_run(q)?;
+        prepare(res, &mut obj)?;
         let warnings = field_validation(res, q, &mut obj)?;
+        if converted(res) {
+            let errs = crate::events::validate_create(&obj);
+            if !errs.is_empty() {
+                return Err(ApiError::invalid(
+                    res.kind,
+                    res.group,
+                    obj_name(&obj),
+                    &errs,
+                ));
+            }
+            obj = internal(res, obj);
+        }
         let ns = if res.namespaced {
             let url_ns = t.ns.clone().unwrap_or_default();
             match obj["metadata"]["namespace"].as_str() {
@@ -1233,7 +1314,8 @@ impl Api {
                     qualified(res)
                 ),
             );
-            e.details = Some(json!({"name": name, "group": res.group, "kind": res.plural}));
+            e.details = Some(json!({"name": name, "group": res.group, "kind": res.plural,
+                "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}));
             return Err(e);
         }
         {
@@ -1272,8 +1354,12 @@ impl Api {
                 &name,
                 dry,
                 |cur, txn| -> Result<Change, ApiError> {
-                    if cur.is_some() {
-                        return Err(ApiError::exists(res, &name));
+                    if let Some(c) = cur {
+                        let mut e = ApiError::exists(res, &name);
+                        if c.value["metadata"]["deletionTimestamp"].is_string() {
+                            e.message = format!("object is being deleted: {}", e.message);
+                        }
+                        return Err(e);
                     }
                     if res.kind == "Service" {
                         allocate_service(&cfg, &mut obj, None, txn)?;
@@ -1389,8 +1475,9 @@ impl Api {
             .mutate(&res.id(), &ns, name, dry, |cur, txn| -> Result<Change, ApiError> {
                 let cur = cur.ok_or_else(|| ApiError::not_found(res, name))?;
                 let old = &cur.value;
-                let mut new = propose(old)?;
+                let mut new = propose(&external(res, old))?;
                 check_type(res, &mut new)?;
+                let mut new = internal(res, new);
                 if obj_name(&new) != name {
                     return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", obj_name(&new))));
                 }
@@ -1506,6 +1593,7 @@ impl Api {
             ),
         )?;
         check_type(res, &mut obj)?;
+        prepare(res, &mut obj)?;
         let warnings = field_validation(res, q, &mut obj)?;
         self.update_with(t, name, q, headers, warnings, move |_| Ok(obj))
             .await
@@ -1567,6 +1655,7 @@ impl Api {
                     patch::PatchError::Malformed(m) => ApiError::bad_request(m),
                     patch::PatchError::Failed(m) => ApiError::new(422, "Invalid", m),
                 })?;
+                prepare(res, &mut new)?;
                 *warnings.lock().expect("lock") = field_validation(res, &q2, &mut new)?;
                 Ok(new)
             })
@@ -1720,6 +1809,12 @@ impl Api {
         opts: &Value,
         dry: bool,
     ) -> Result<(Option<Arc<Obj>>, Option<Arc<Obj>>), ApiError> {
+        if res.kind == "Namespace"
+            && let Some(e) = crate::lifecycle::protected_namespace(name)
+        {
+            return Err(e);
+        }
+        let propagation = crate::lifecycle::Propagation::of(opts)?;
         let grace_opt = opts["gracePeriodSeconds"].as_i64();
         let pre_uid = opts["preconditions"]["uid"].as_str().map(str::to_string);
         let pre_rv = opts["preconditions"]["resourceVersion"]
@@ -1762,6 +1857,20 @@ impl Api {
                     }
                     new["metadata"]["deletionTimestamp"] = json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
                     new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                    return Ok(Change::Put(new));
+                }
+                if let Some(f) = propagation.finalizer() {
+                    // The garbage collector finishes it (lifecycle::sync_owner).
+                    let mut fins = v["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+                    if terminating && fins.iter().any(|x| x == f) {
+                        return Ok(Change::Keep);
+                    }
+                    fins.push(json!(f));
+                    new["metadata"]["finalizers"] = Value::Array(fins);
+                    if !terminating {
+                        new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                        new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                    }
                     return Ok(Change::Put(new));
                 }
                 if has_finalizers {
@@ -1817,10 +1926,8 @@ impl Api {
         let dry = dry_run(q)? || opts["dryRunAll"] == json!(true);
         let ns = t.ns.clone().unwrap_or_default();
         let (after, before) = self.delete_one(t.res, &ns, name, &opts, dry).await?;
-        if t.res.kind == "Namespace" && !dry {
-            let me = self.clone();
-            let n = name.to_string();
-            tokio::spawn(async move { me.finalize_namespace(&n).await });
+        if !dry && let Some(o) = &after {
+            self.follow_up_delete(t.res, &o.value);
         }
         match (after, before) {
             (Some(o), _) => Ok(self.render_one(t, &o, headers, q, StatusCode::OK)),
@@ -1860,8 +1967,11 @@ impl Api {
                 .await
             {
                 Ok((after, before)) => {
+                    if !dry && let Some(o) = &after {
+                        self.follow_up_delete(t.res, &o.value);
+                    }
                     if let Some(v) = after.or(before) {
-                        deleted.push(v.value.clone());
+                        deleted.push(external(t.res, &v.value));
                     }
                 }
                 Err(e) if e.code == 404 => {}
@@ -1875,60 +1985,43 @@ impl Api {
         ))
     }
 
-    /// Removes everything in a terminating namespace, then the namespace.
-    pub async fn finalize_namespace(&self, ns: &str) {
-        for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-            let (items, _) = self.store.list(&res.id(), Some(ns));
-            for o in items {
-                let _ = self
-                    .store
-                    .mutate(
-                        &res.id(),
-                        ns,
-                        obj_name(&o.value),
-                        false,
-                        |cur, _| -> Result<Change, ApiError> {
-                            Ok(if cur.is_some() {
-                                Change::Delete
-                            } else {
-                                Change::Keep
-                            })
-                        },
-                    )
-                    .await;
-            }
+    /// What a deletion that did not remove the object at once leaves to
+    /// the controllers: a terminating namespace to empty, an owner's
+    /// `orphan`/`foregroundDeletion` finalizer to carry out.
+    fn follow_up_delete(self: &Arc<Self>, res: &'static Resource, v: &Value) {
+        let name = obj_name(v).to_string();
+        if res.kind == "Namespace" {
+            self.schedule_namespace(&name);
+            return;
         }
-        let _ = self
-            .store
-            .mutate(
-                "namespaces",
-                "",
-                ns,
-                false,
-                |cur, _| -> Result<Change, ApiError> {
-                    Ok(match cur {
-                        Some(c) if c.value["metadata"]["deletionTimestamp"].is_string() => {
-                            Change::Delete
-                        }
-                        _ => Change::Keep,
-                    })
-                },
-            )
-            .await;
+        let gc = v["metadata"]["finalizers"].as_array().is_some_and(|f| {
+            f.iter()
+                .any(|x| x == crate::lifecycle::ORPHAN || x == crate::lifecycle::FOREGROUND)
+        });
+        if gc {
+            let me = self.clone();
+            let ns = v["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            tokio::spawn(async move { me.sync_owner(res, &ns, &name).await });
+        }
     }
 
     /// Background upkeep: removes pods whose grace period ran out (their node
     /// never confirmed) and garbage-collects objects whose owners are gone.
     pub async fn upkeep(self: Arc<Self>) {
         let mut rx = self.store.watch("", None, None).map(|(_, s)| s.rx).ok();
+        self.resume_deletions().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     self.reap_pods().await;
+                    self.sync_terminating_namespaces().await;
                     ticks += 1;
-                    if ticks % 5 == 0 {
+                    if ticks.is_multiple_of(5) {
                         self.reap_events().await;
                     }
                 }
@@ -1936,6 +2029,14 @@ impl Api {
                     if let Some(ev) = ev {
                         if ev.kind == EventType::Deleted {
                             self.collect_dependents(&ev).await;
+                            self.after_delete(&ev).await;
+                        }
+                        if &*ev.resource == "namespaces"
+                            && ev.kind == EventType::Modified
+                            && ev.obj.value["metadata"]["deletionTimestamp"].is_string()
+                            && ev.prev.as_ref().is_none_or(|p| p.value["spec"] != ev.obj.value["spec"] || p.value["metadata"]["finalizers"] != ev.obj.value["metadata"]["finalizers"])
+                        {
+                            self.sync_namespace(obj_name(&ev.obj.value)).await;
                         }
                         if &*ev.resource == "configmaps"
                             && ev.kind != EventType::Added

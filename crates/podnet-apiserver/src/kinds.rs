@@ -64,6 +64,7 @@ fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String
 /// Decodes `v` as its typed kind and back: Err on a wrong type, Ok with the
 /// typed view (which has no unknown fields) otherwise.
 pub fn typed_view(kind: &str, v: &Value) -> Result<Value, String> {
+    use k8s_openapi::api::batch::v1 as batch;
     use k8s_openapi::api::{
         apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
         networking::v1 as net, rbac::v1 as rbac,
@@ -76,13 +77,18 @@ pub fn typed_view(kind: &str, v: &Value) -> Result<Value, String> {
         "Service" => roundtrip::<core::Service>(v),
         "Endpoints" => roundtrip::<core::Endpoints>(v),
         "Event" => roundtrip::<core::Event>(v),
+        "events.k8s.io/Event" => roundtrip::<k8s_openapi::api::events::v1::Event>(v),
         "ConfigMap" => roundtrip::<core::ConfigMap>(v),
+        "Secret" => roundtrip::<core::Secret>(v),
         "ServiceAccount" => roundtrip::<core::ServiceAccount>(v),
         "EndpointSlice" => roundtrip::<disc::EndpointSlice>(v),
         "NetworkPolicy" => roundtrip::<net::NetworkPolicy>(v),
         "Deployment" => roundtrip::<apps::Deployment>(v),
         "ReplicaSet" => roundtrip::<apps::ReplicaSet>(v),
         "DaemonSet" => roundtrip::<apps::DaemonSet>(v),
+        "StatefulSet" => roundtrip::<apps::StatefulSet>(v),
+        "Job" => roundtrip::<batch::Job>(v),
+        "CronJob" => roundtrip::<batch::CronJob>(v),
         "Lease" => roundtrip::<coord::Lease>(v),
         "Role" => roundtrip::<rbac::Role>(&rbac_required(v)),
         "ClusterRole" => roundtrip::<rbac::ClusterRole>(&rbac_required(v)),
@@ -543,6 +549,197 @@ fn check_selector_matches(obj: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// The label (and generated selector key) tying a Job's pods to it.
+pub const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+
+/// A Job's spec defaults: one pod to run once, six retries. (A CronJob's
+/// job template keeps its gaps; the Job made from it is defaulted.)
+fn default_job_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    if spec["completions"].is_null() && spec["parallelism"].is_null() {
+        spec["completions"] = json!(1);
+    }
+    set_default(spec, "parallelism", json!(1));
+    if spec["backoffLimitPerIndex"].is_null() {
+        set_default(spec, "backoffLimit", json!(6));
+    }
+    set_default(spec, "completionMode", json!("NonIndexed"));
+    set_default(spec, "suspend", json!(false));
+    let policy = if spec["podFailurePolicy"].is_null() {
+        "TerminatingOrFailed"
+    } else {
+        "Failed"
+    };
+    set_default(spec, "podReplacementPolicy", json!(policy));
+}
+
+fn nonnegative(v: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    if let Some(n) = v.as_i64()
+        && n < 0
+    {
+        errs.push(FieldError::invalid(
+            path,
+            v,
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+fn check_statefulset(obj: &Value, errs: &mut Vec<FieldError>) {
+    let spec = &obj["spec"];
+    check_selector_matches(obj, errs);
+    check_pod_spec(&spec["template"]["spec"], "spec.template.spec", errs);
+    nonnegative(&spec["replicas"], "spec.replicas", errs);
+    nonnegative(&spec["minReadySeconds"], "spec.minReadySeconds", errs);
+    match spec["podManagementPolicy"].as_str() {
+        Some("OrderedReady" | "Parallel") => {}
+        _ => errs.push(not_supported(
+            "spec.podManagementPolicy",
+            &spec["podManagementPolicy"],
+            &["OrderedReady", "Parallel"],
+        )),
+    }
+    match spec["updateStrategy"]["type"].as_str() {
+        Some("RollingUpdate") => nonnegative(
+            &spec["updateStrategy"]["rollingUpdate"]["partition"],
+            "spec.updateStrategy.rollingUpdate.partition",
+            errs,
+        ),
+        Some("OnDelete") => {}
+        _ => errs.push(not_supported(
+            "spec.updateStrategy.type",
+            &spec["updateStrategy"]["type"],
+            &["OnDelete", "RollingUpdate"],
+        )),
+    }
+    if spec["template"]["spec"]["restartPolicy"]
+        .as_str()
+        .is_some_and(|p| p != "Always")
+    {
+        errs.push(not_supported(
+            "spec.template.spec.restartPolicy",
+            &spec["template"]["spec"]["restartPolicy"],
+            &["Always"],
+        ));
+    }
+}
+
+/// A Job's spec at `path` ("spec", or "spec.jobTemplate.spec" in a
+/// CronJob); `is_job` says whether it has a selector to check.
+fn check_job_spec(spec: &Value, path: &str, is_job: bool, errs: &mut Vec<FieldError>) {
+    for k in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+    ] {
+        nonnegative(&spec[k], &format!("{path}.{k}"), errs);
+    }
+    if let Some(n) = spec["activeDeadlineSeconds"].as_i64()
+        && n <= 0
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.activeDeadlineSeconds"),
+            &spec["activeDeadlineSeconds"],
+            "must be greater than 0",
+        ));
+    }
+    if let Some(m) = spec["completionMode"].as_str()
+        && !matches!(m, "NonIndexed" | "Indexed")
+    {
+        errs.push(not_supported(
+            format!("{path}.completionMode"),
+            &spec["completionMode"],
+            &["NonIndexed", "Indexed"],
+        ));
+    }
+    let tpath = format!("{path}.template.spec");
+    check_pod_spec(&spec["template"]["spec"], &tpath, errs);
+    match spec["template"]["spec"]["restartPolicy"].as_str() {
+        Some("OnFailure" | "Never") => {}
+        _ => errs.push(not_supported(
+            format!("{tpath}.restartPolicy"),
+            &spec["template"]["spec"]["restartPolicy"],
+            &["OnFailure", "Never"],
+        )),
+    }
+    let sel = &spec["selector"];
+    if !is_job || sel.is_null() {
+        return;
+    }
+    let labels = &spec["template"]["metadata"]["labels"];
+    let empty = Map::new();
+    if !crate::selector::label_selector_matches(sel, labels.as_object().unwrap_or(&empty)) {
+        errs.push(FieldError::invalid(
+            format!("{path}.template.metadata.labels"),
+            labels,
+            "`selector` does not match template `labels`",
+        ));
+    }
+}
+
+fn check_cronjob(obj: &Value, errs: &mut Vec<FieldError>) {
+    let spec = &obj["spec"];
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    if name.len() > 52 {
+        errs.push(FieldError::invalid(
+            "metadata.name",
+            &obj["metadata"]["name"],
+            "must be no more than 52 characters",
+        ));
+    }
+    match spec["schedule"].as_str() {
+        None | Some("") => errs.push(FieldError::required("spec.schedule")),
+        Some(s) if s.contains("TZ=") => errs.push(FieldError::invalid(
+            "spec.schedule",
+            &spec["schedule"],
+            "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+        )),
+        Some(s) => {
+            if let Err(e) = podnet_core::cron::Schedule::parse(s) {
+                errs.push(FieldError::invalid(
+                    "spec.schedule",
+                    &spec["schedule"],
+                    &e.0,
+                ));
+            }
+        }
+    }
+    if let Some(tz) = spec["timeZone"].as_str()
+        && let Err(e) = podnet_core::cron::time_zone(Some(tz))
+    {
+        errs.push(FieldError::invalid(
+            "spec.timeZone",
+            &spec["timeZone"],
+            &e.0,
+        ));
+    }
+    if let Some(p) = spec["concurrencyPolicy"].as_str()
+        && !matches!(p, "Allow" | "Forbid" | "Replace")
+    {
+        errs.push(not_supported(
+            "spec.concurrencyPolicy",
+            &spec["concurrencyPolicy"],
+            &["Allow", "Forbid", "Replace"],
+        ));
+    }
+    for k in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        nonnegative(&spec[k], &format!("spec.{k}"), errs);
+    }
+    check_job_spec(
+        &spec["jobTemplate"]["spec"],
+        "spec.jobTemplate.spec",
+        false,
+        errs,
+    );
+}
+
 /// Validates an object of `kind` (after defaulting).
 pub fn validate(kind: &str, obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
@@ -566,6 +763,24 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<FieldError> {
                 ));
             }
         }
+        "StatefulSet" => check_statefulset(obj, &mut errs),
+        "Job" => {
+            check_job_spec(&obj["spec"], "spec", true, &mut errs);
+            let sel = &obj["spec"]["selector"];
+            let mut own = Map::new();
+            own.insert(JOB_UID_LABEL.into(), obj["metadata"]["uid"].clone());
+            if obj["spec"]["manualSelector"] != json!(true)
+                && !sel.is_null()
+                && !crate::selector::label_selector_matches(sel, &own)
+            {
+                errs.push(FieldError::invalid(
+                    "spec.selector",
+                    sel,
+                    "`selector` not auto-generated",
+                ));
+            }
+        }
+        "CronJob" => check_cronjob(obj, &mut errs),
         "Service" => {
             let spec = &obj["spec"];
             let ty = spec["type"].as_str().unwrap_or("ClusterIP");
@@ -624,6 +839,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<FieldError> {
         "Event" if obj["involvedObject"].is_null() => {
             errs.push(FieldError::required("involvedObject"));
         }
+        "Secret" => crate::secret::validate(obj, &mut errs),
         "Role" => check_rules(obj, true, &mut errs),
         "ClusterRole" => check_rules(obj, false, &mut errs),
         "RoleBinding" | "ClusterRoleBinding" => check_binding(kind, obj, &mut errs),
@@ -676,6 +892,52 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> 
                 "field is immutable",
             ));
         }
+        "StatefulSet" => {
+            let strip = |v: &Value| {
+                let mut spec = v["spec"].clone();
+                if let Some(m) = spec.as_object_mut() {
+                    for k in [
+                        "replicas",
+                        "ordinals",
+                        "template",
+                        "updateStrategy",
+                        "revisionHistoryLimit",
+                        "persistentVolumeClaimRetentionPolicy",
+                        "minReadySeconds",
+                    ] {
+                        m.remove(k);
+                    }
+                }
+                spec
+            };
+            if strip(old) != strip(new) {
+                errs.push(FieldError::forbidden("spec", "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"));
+            }
+        }
+        "Job" => {
+            for (k, path) in [
+                ("selector", "spec.selector"),
+                ("completionMode", "spec.completionMode"),
+            ] {
+                if old["spec"][k] != new["spec"][k] {
+                    errs.push(FieldError::invalid(
+                        path,
+                        &new["spec"][k],
+                        "field is immutable",
+                    ));
+                }
+            }
+            // The template may change only while the Job is suspended.
+            if old["spec"]["template"] != new["spec"]["template"]
+                && new["spec"]["suspend"] != json!(true)
+            {
+                errs.push(FieldError::invalid(
+                    "spec.template",
+                    &new["spec"]["template"],
+                    "field is immutable",
+                ));
+            }
+        }
         "RoleBinding" | "ClusterRoleBinding" if old["roleRef"] != new["roleRef"] => {
             errs.push(FieldError {
                 reason: "FieldValueInvalid",
@@ -686,6 +948,7 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> 
                 ),
             });
         }
+        "Secret" => crate::secret::validate_update(old, new, &mut errs),
         "EndpointSlice" if old["addressType"] != new["addressType"] => {
             errs.push(FieldError::invalid(
                 "addressType",
@@ -852,6 +1115,111 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
                 obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0});
             }
         }
+        "StatefulSet" => {
+            let spec = &mut obj["spec"];
+            if spec.is_object() {
+                set_default(spec, "replicas", json!(1));
+                set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+                set_default(spec, "revisionHistoryLimit", json!(10));
+                set_default(
+                    spec,
+                    "persistentVolumeClaimRetentionPolicy",
+                    json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+                );
+                if spec["updateStrategy"]["type"].is_null() {
+                    spec["updateStrategy"] =
+                        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}});
+                } else if spec["updateStrategy"]["type"] == "RollingUpdate" {
+                    if spec["updateStrategy"]["rollingUpdate"].is_null() {
+                        spec["updateStrategy"]["rollingUpdate"] = json!({});
+                    }
+                    set_default(
+                        &mut spec["updateStrategy"]["rollingUpdate"],
+                        "partition",
+                        json!(0),
+                    );
+                }
+                if let Some(ts) = spec
+                    .get_mut("volumeClaimTemplates")
+                    .and_then(Value::as_array_mut)
+                {
+                    for t in ts.iter_mut().filter(|t| t.is_object()) {
+                        set_default(t, "apiVersion", json!("v1"));
+                        set_default(t, "kind", json!("PersistentVolumeClaim"));
+                        if t["spec"].is_object() {
+                            set_default(&mut t["spec"], "volumeMode", json!("Filesystem"));
+                        }
+                        set_default(t, "status", json!({"phase": "Pending"}));
+                    }
+                }
+            }
+            default_template(obj);
+            if obj["status"].is_null() {
+                obj["status"] = json!({"replicas": 0, "availableReplicas": 0});
+            }
+        }
+        "Job" => {
+            default_job_spec(&mut obj["spec"]);
+            let (uid, name) = (
+                obj["metadata"]["uid"].clone(),
+                obj["metadata"]["name"].clone(),
+            );
+            let spec = &mut obj["spec"];
+            if spec.is_object() && spec["manualSelector"] != json!(true) && uid.is_string() {
+                if spec["selector"].is_null() {
+                    spec["selector"] = json!({"matchLabels": {JOB_UID_LABEL: uid.clone()}});
+                }
+                if spec["template"].is_object() {
+                    if !spec["template"]["metadata"].is_object() {
+                        spec["template"]["metadata"] = json!({});
+                    }
+                    let meta = &mut spec["template"]["metadata"];
+                    if !meta["labels"].is_object() {
+                        meta["labels"] = json!({});
+                    }
+                    let labels = &mut meta["labels"];
+                    set_default(labels, "controller-uid", uid.clone());
+                    set_default(labels, "job-name", name.clone());
+                    set_default(labels, JOB_UID_LABEL, uid);
+                    set_default(labels, "batch.kubernetes.io/job-name", name);
+                }
+            }
+            default_template(obj);
+            if obj["status"].is_null() {
+                obj["status"] = json!({});
+            }
+        }
+        "CronJob" => {
+            let spec = &mut obj["spec"];
+            if spec.is_object() {
+                set_default(spec, "concurrencyPolicy", json!("Allow"));
+                set_default(spec, "suspend", json!(false));
+                set_default(spec, "successfulJobsHistoryLimit", json!(3));
+                set_default(spec, "failedJobsHistoryLimit", json!(1));
+                if let Some(ps) = spec
+                    .get_mut("jobTemplate")
+                    .and_then(|j| j.get_mut("spec"))
+                    .and_then(|j| j.get_mut("template"))
+                {
+                    if let Some(ps) = ps.get_mut("spec") {
+                        default_pod_spec(ps);
+                    }
+                    if ps["metadata"].is_object() {
+                        set_default(&mut ps["metadata"], "creationTimestamp", Value::Null);
+                    }
+                }
+                if spec["jobTemplate"]["metadata"].is_object() {
+                    set_default(
+                        &mut spec["jobTemplate"]["metadata"],
+                        "creationTimestamp",
+                        Value::Null,
+                    );
+                }
+            }
+            if obj["status"].is_null() {
+                obj["status"] = json!({});
+            }
+        }
         "Namespace" => {
             let name = obj["metadata"]["name"].clone();
             if !obj["metadata"]["labels"].is_object() {
@@ -865,6 +1233,7 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
                 obj["status"] = json!({"phase": "Active"});
             }
         }
+        "Secret" => crate::secret::apply_defaults(obj),
         "NetworkPolicy" => {
             let spec = &mut obj["spec"];
             if spec.is_object() && spec["policyTypes"].is_null() {
@@ -943,7 +1312,14 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
 pub fn has_generation(kind: &str) -> bool {
     matches!(
         kind,
-        "Deployment" | "ReplicaSet" | "DaemonSet" | "NetworkPolicy" | "Pod"
+        "Deployment"
+            | "ReplicaSet"
+            | "DaemonSet"
+            | "StatefulSet"
+            | "Job"
+            | "CronJob"
+            | "NetworkPolicy"
+            | "Pod"
     )
 }
 
@@ -977,8 +1353,8 @@ pub fn field_value<'a>(
         | "involvedObject.fieldPath"
         | "reason"
         | "reportingComponent"
-        | "source"
-        | "type" => kind == "Event",
+        | "source" => kind == "Event",
+        "type" => kind == "Event" || kind == "Secret",
         "spec.unschedulable" => kind == "Node",
         "spec.clusterIP" | "spec.type" => kind == "Service",
         _ => false,

@@ -1,8 +1,11 @@
 //! podnet-apiserver (see README.md and docs/apiserver.md): the lab's Kubernetes API server. A small, honest
 //! implementation of the API a pod network needs (core namespaces, nodes,
-//! pods, services, endpoints, events, configmaps, serviceaccounts;
-//! EndpointSlices; NetworkPolicies; Deployments, ReplicaSets, DaemonSets;
-//! Leases), so the real `kubectl` and kube-rs work against it unchanged.
+//! pods, services, endpoints, events, configmaps, secrets, serviceaccounts;
+//! EndpointSlices; NetworkPolicies; Deployments, ReplicaSets, DaemonSets,
+//! StatefulSets; Jobs, CronJobs; Leases; events.k8s.io Events), with
+//! namespace termination and deletion propagation as a controller manager
+//! would carry them out, so the real `kubectl` and kube-rs work against it
+//! unchanged.
 //!
 //! Run it in-process with [`Server::start`] (the lab supervisor does) or as
 //! the `podnet-apiserver` binary. Controllers are not here: they are API
@@ -11,11 +14,14 @@
 pub mod api;
 pub mod auth;
 pub mod discovery;
+pub mod events;
 pub mod kinds;
+pub mod lifecycle;
 pub mod patch;
 pub mod protobuf;
 pub mod rbac;
 pub mod resources;
+pub mod secret;
 pub mod security;
 pub mod selector;
 pub mod spdy;
@@ -64,6 +70,9 @@ pub struct Config {
     /// How many events are kept for watches resuming from an older
     /// resourceVersion (older ones get 410 Gone and re-list).
     pub event_log_len: usize,
+    /// How long a deleted namespace keeps its contents before they are
+    /// deleted (see [`ApiConfig::namespace_deletion_delay`](api::ApiConfig)).
+    pub namespace_deletion_delay: std::time::Duration,
 }
 
 impl Config {
@@ -79,6 +88,7 @@ impl Config {
             cluster_name: "podnet".into(),
             tls: true,
             event_log_len: store::EVENT_LOG_LEN,
+            namespace_deletion_delay: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -180,6 +190,7 @@ impl Server {
             cfg: ApiConfig {
                 service_cidr: config.service_cidr,
                 node_ports: config.node_ports,
+                namespace_deletion_delay: config.namespace_deletion_delay,
             },
             ca_pem: ca.cert_pem.clone(),
         });

@@ -1,7 +1,8 @@
 //! Decoding of Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`)
 //! into JSON, for the objects kubectl's generator commands send
-//! (`kubectl create namespace|configmap|serviceaccount|deployment|service|
-//! role|clusterrole|rolebinding|clusterrolebinding|token`, `kubectl auth`):
+//! (`kubectl create namespace|configmap|serviceaccount|deployment|job|
+//! cronjob|service|role|clusterrole|rolebinding|clusterrolebinding|token`,
+//! `kubectl auth`):
 //! the `k8s\0` envelope, `runtime.Unknown`, and the messages below by their
 //! field numbers in k8s.io/api's generated.proto. A field this table does not
 //! know is refused (415), never dropped.
@@ -27,6 +28,11 @@ enum K {
     RepMsg(&'static [F]),
     IntOrStr,
     Time,
+    /// An embedded message whose fields JSON inlines into its parent
+    /// (`Volume.volumeSource`, `LocalObjectReference` in key selectors).
+    Inline(&'static [F]),
+    /// A `resource.Quantity` (a message holding its string form).
+    Qty,
 }
 
 type F = (u64, &'static str, K);
@@ -68,7 +74,88 @@ const CPORT: &[F] = &[
     (4, "protocol", K::Str),
     (5, "hostIP", K::Str),
 ];
-const ENV: &[F] = &[(1, "name", K::Str), (2, "value", K::Str)];
+const FIELD_REF: &[F] = &[(1, "apiVersion", K::Str), (2, "fieldPath", K::Str)];
+const QTY: &[F] = &[(1, "string", K::Str)];
+const RESOURCE_REF: &[F] = &[
+    (1, "containerName", K::Str),
+    (2, "resource", K::Str),
+    (3, "divisor", K::Qty),
+];
+const KEY_REF: &[F] = &[
+    (1, "", K::Inline(LOCALREF)),
+    (2, "key", K::Str),
+    (3, "optional", K::Bool),
+];
+const ENV_SOURCE: &[F] = &[
+    (1, "fieldRef", K::Msg(FIELD_REF)),
+    (2, "resourceFieldRef", K::Msg(RESOURCE_REF)),
+    (3, "configMapKeyRef", K::Msg(KEY_REF)),
+    (4, "secretKeyRef", K::Msg(KEY_REF)),
+];
+const ENV: &[F] = &[
+    (1, "name", K::Str),
+    (2, "value", K::Str),
+    (3, "valueFrom", K::Msg(ENV_SOURCE)),
+];
+const ENV_FROM_REF: &[F] = &[(1, "", K::Inline(LOCALREF)), (2, "optional", K::Bool)];
+const ENV_FROM: &[F] = &[
+    (1, "prefix", K::Str),
+    (2, "configMapRef", K::Msg(ENV_FROM_REF)),
+    (3, "secretRef", K::Msg(ENV_FROM_REF)),
+];
+const MOUNT: &[F] = &[
+    (1, "name", K::Str),
+    (2, "readOnly", K::Bool),
+    (3, "mountPath", K::Str),
+    (4, "subPath", K::Str),
+    (5, "mountPropagation", K::Str),
+    (6, "subPathExpr", K::Str),
+];
+const CAPABILITIES: &[F] = &[(1, "add", K::RepStr), (2, "drop", K::RepStr)];
+const SECURITY: &[F] = &[
+    (1, "capabilities", K::Msg(CAPABILITIES)),
+    (2, "privileged", K::Bool),
+    (4, "runAsUser", K::Int),
+    (5, "runAsNonRoot", K::Bool),
+    (6, "readOnlyRootFilesystem", K::Bool),
+    (7, "allowPrivilegeEscalation", K::Bool),
+    (8, "runAsGroup", K::Int),
+];
+const POD_SECURITY: &[F] = &[
+    (2, "runAsUser", K::Int),
+    (3, "runAsNonRoot", K::Bool),
+    (5, "fsGroup", K::Int),
+    (6, "runAsGroup", K::Int),
+];
+const TOLERATION: &[F] = &[
+    (1, "key", K::Str),
+    (2, "operator", K::Str),
+    (3, "value", K::Str),
+    (4, "effect", K::Str),
+    (5, "tolerationSeconds", K::Int),
+];
+const KEY_TO_PATH: &[F] = &[(1, "key", K::Str), (2, "path", K::Str), (3, "mode", K::Int)];
+const HOST_PATH: &[F] = &[(1, "path", K::Str), (2, "type", K::Str)];
+const EMPTY_DIR: &[F] = &[(1, "medium", K::Str), (2, "sizeLimit", K::Qty)];
+const SECRET_VOLUME: &[F] = &[
+    (1, "secretName", K::Str),
+    (2, "items", K::RepMsg(KEY_TO_PATH)),
+    (3, "defaultMode", K::Int),
+    (4, "optional", K::Bool),
+];
+const CONFIGMAP_VOLUME: &[F] = &[
+    (1, "", K::Inline(LOCALREF)),
+    (2, "items", K::RepMsg(KEY_TO_PATH)),
+    (3, "defaultMode", K::Int),
+    (4, "optional", K::Bool),
+];
+const VOLUME_SOURCE: &[F] = &[
+    (1, "hostPath", K::Msg(HOST_PATH)),
+    (2, "emptyDir", K::Msg(EMPTY_DIR)),
+    (6, "secret", K::Msg(SECRET_VOLUME)),
+    (19, "configMap", K::Msg(CONFIGMAP_VOLUME)),
+];
+const VOLUME: &[F] = &[(1, "name", K::Str), (2, "", K::Inline(VOLUME_SOURCE))];
 const RESOURCES: &[F] = &[(1, "limits", K::MapQty), (2, "requests", K::MapQty)];
 const CONTAINER: &[F] = &[
     (1, "name", K::Str),
@@ -79,14 +166,18 @@ const CONTAINER: &[F] = &[
     (6, "ports", K::RepMsg(CPORT)),
     (7, "env", K::RepMsg(ENV)),
     (8, "resources", K::Msg(RESOURCES)),
+    (9, "volumeMounts", K::RepMsg(MOUNT)),
     (13, "terminationMessagePath", K::Str),
     (14, "imagePullPolicy", K::Str),
+    (15, "securityContext", K::Msg(SECURITY)),
     (16, "stdin", K::Bool),
     (17, "stdinOnce", K::Bool),
     (18, "tty", K::Bool),
+    (19, "envFrom", K::RepMsg(ENV_FROM)),
     (20, "terminationMessagePolicy", K::Str),
 ];
 const POD_SPEC: &[F] = &[
+    (1, "volumes", K::RepMsg(VOLUME)),
     (2, "containers", K::RepMsg(CONTAINER)),
     (3, "restartPolicy", K::Str),
     (4, "terminationGracePeriodSeconds", K::Int),
@@ -95,8 +186,24 @@ const POD_SPEC: &[F] = &[
     (8, "serviceAccountName", K::Str),
     (10, "nodeName", K::Str),
     (11, "hostNetwork", K::Bool),
+    (12, "hostPID", K::Bool),
+    (13, "hostIPC", K::Bool),
+    (14, "securityContext", K::Msg(POD_SECURITY)),
+    (16, "hostname", K::Str),
+    (17, "subdomain", K::Str),
     (19, "schedulerName", K::Str),
     (20, "initContainers", K::RepMsg(CONTAINER)),
+    (21, "automountServiceAccountToken", K::Bool),
+    (22, "tolerations", K::RepMsg(TOLERATION)),
+    (9, "serviceAccount", K::Str),
+    (25, "priority", K::Int),
+    (30, "enableServiceLinks", K::Bool),
+    (31, "preemptionPolicy", K::Str),
+];
+const POD: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(POD_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
 ];
 const TEMPLATE: &[F] = &[(1, "metadata", K::Msg(META)), (2, "spec", K::Msg(POD_SPEC))];
 const ROLLING: &[F] = &[
@@ -120,6 +227,41 @@ const DEPLOYMENT: &[F] = &[
     (2, "spec", K::Msg(DEPLOY_SPEC)),
     (3, "status", K::Msg(EMPTY)),
 ];
+const JOB_SPEC: &[F] = &[
+    (1, "parallelism", K::Int),
+    (2, "completions", K::Int),
+    (3, "activeDeadlineSeconds", K::Int),
+    (4, "selector", K::Msg(SELECTOR)),
+    (5, "manualSelector", K::Bool),
+    (6, "template", K::Msg(TEMPLATE)),
+    (7, "backoffLimit", K::Int),
+    (8, "ttlSecondsAfterFinished", K::Int),
+    (9, "completionMode", K::Str),
+    (10, "suspend", K::Bool),
+    (14, "podReplacementPolicy", K::Str),
+    (15, "managedBy", K::Str),
+];
+const JOB: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(JOB_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
+];
+const JOB_TEMPLATE: &[F] = &[(1, "metadata", K::Msg(META)), (2, "spec", K::Msg(JOB_SPEC))];
+const CRONJOB_SPEC: &[F] = &[
+    (1, "schedule", K::Str),
+    (2, "startingDeadlineSeconds", K::Int),
+    (3, "concurrencyPolicy", K::Str),
+    (4, "suspend", K::Bool),
+    (5, "jobTemplate", K::Msg(JOB_TEMPLATE)),
+    (6, "successfulJobsHistoryLimit", K::Int),
+    (7, "failedJobsHistoryLimit", K::Int),
+    (8, "timeZone", K::Str),
+];
+const CRONJOB: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "spec", K::Msg(CRONJOB_SPEC)),
+    (3, "status", K::Msg(EMPTY)),
+];
 const NS_SPEC: &[F] = &[(1, "finalizers", K::RepStr)];
 const NS_STATUS: &[F] = &[(1, "phase", K::Str)];
 const NAMESPACE: &[F] = &[
@@ -132,6 +274,13 @@ const CONFIGMAP: &[F] = &[
     (2, "data", K::MapStr),
     (3, "binaryData", K::MapBytes),
     (4, "immutable", K::Bool),
+];
+const SECRET: &[F] = &[
+    (1, "metadata", K::Msg(META)),
+    (2, "data", K::MapBytes),
+    (3, "type", K::Str),
+    (4, "stringData", K::MapStr),
+    (5, "immutable", K::Bool),
 ];
 const OBJREF: &[F] = &[
     (1, "kind", K::Str),
@@ -264,8 +413,12 @@ fn schema(kind: &str) -> Option<&'static [F]> {
     Some(match kind {
         "Namespace" => NAMESPACE,
         "ConfigMap" => CONFIGMAP,
+        "Secret" => SECRET,
+        "Pod" => POD,
         "ServiceAccount" => SA,
         "Deployment" => DEPLOYMENT,
+        "Job" => JOB,
+        "CronJob" => CRONJOB,
         "Service" => SERVICE,
         "Role" => ROLE,
         "ClusterRole" => CLUSTER_ROLE,
@@ -402,6 +555,16 @@ fn message(b: &[u8], fields: &'static [F], path: &str) -> Result<Value, ProtoErr
                 (!s.is_empty()).then(|| json!(s))
             }
             (K::Msg(f), 2) => Some(message(r.bytes()?, f, &p)?),
+            (K::Qty, 2) => {
+                let q = message(r.bytes()?, QTY, &p)?;
+                q["string"].as_str().map(|s| json!(s))
+            }
+            (K::Inline(f), 2) => {
+                if let Value::Object(m) = message(r.bytes()?, f, path)? {
+                    out.extend(m);
+                }
+                None
+            }
             (K::Time, 2) => {
                 let t = message(
                     r.bytes()?,

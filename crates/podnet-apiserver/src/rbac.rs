@@ -687,11 +687,15 @@ pub fn bootstrap_cluster_roles() -> Vec<Value> {
             "system:aggregate-to-edit",
             json!({AGG_ADMIN: "true", AGG_EDIT: "true"}),
             vec![
+<<<<<<< HEAD
                 rule(
                     READ,
                     &[""],
                     &["pods/attach", "pods/exec", "pods/portforward"],
                 ),
+=======
+                rule(READ, &[""], &["pods/attach", "pods/exec", "secrets"]),
+>>>>>>> main
                 rule(&["impersonate"], &[""], &["serviceaccounts"]),
                 rule(
                     WRITE,
@@ -701,7 +705,13 @@ pub fn bootstrap_cluster_roles() -> Vec<Value> {
                 rule(
                     WRITE,
                     &[""],
-                    &["configmaps", "events", "serviceaccounts", "services"],
+                    &[
+                        "configmaps",
+                        "events",
+                        "secrets",
+                        "serviceaccounts",
+                        "services",
+                    ],
                 ),
                 rule(&["create"], &[""], &["serviceaccounts/token"]),
                 rule(
@@ -713,8 +723,11 @@ pub fn bootstrap_cluster_roles() -> Vec<Value> {
                         "deployments/scale",
                         "replicasets",
                         "replicasets/scale",
+                        "statefulsets",
+                        "statefulsets/scale",
                     ],
                 ),
+                rule(WRITE, &["batch"], &["cronjobs", "jobs"]),
                 rule(WRITE, &["networking.k8s.io"], &["networkpolicies"]),
             ],
             None,
@@ -760,7 +773,15 @@ pub fn bootstrap_cluster_roles() -> Vec<Value> {
                         "replicasets",
                         "replicasets/scale",
                         "replicasets/status",
+                        "statefulsets",
+                        "statefulsets/scale",
+                        "statefulsets/status",
                     ],
+                ),
+                rule(
+                    READ,
+                    &["batch"],
+                    &["cronjobs", "cronjobs/status", "jobs", "jobs/status"],
                 ),
                 rule(READ, &["networking.k8s.io"], &["networkpolicies"]),
             ],

@@ -30,8 +30,9 @@ pub struct Resource {
 
 impl Resource {
     /// "pods" for core, "apps/deployments" otherwise: the store key prefix.
+    /// events.k8s.io Events are kept with core Events (one store, two versions).
     pub fn id(&self) -> String {
-        if self.group.is_empty() {
+        if self.group.is_empty() || (self.group == "events.k8s.io" && self.plural == "events") {
             self.plural.to_string()
         } else {
             format!("{}/{}", self.group, self.plural)
@@ -167,6 +168,7 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         false,
     ),
+    r("", "Secret", "secrets", "secret", true, &[], &[], false),
     r(
         "",
         "ServiceAccount",
@@ -224,6 +226,37 @@ pub static RESOURCES: &[Resource] = &[
         "daemonset",
         true,
         &["ds"],
+        &["status"],
+        true,
+    ),
+    r(
+        "events.k8s.io",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        &[],
+        false,
+    ),
+    r(
+        "apps",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        true,
+        &["sts"],
+        &["status", "scale"],
+        true,
+    ),
+    r("batch", "Job", "jobs", "job", true, &[], &["status"], true),
+    r(
+        "batch",
+        "CronJob",
+        "cronjobs",
+        "cronjob",
+        true,
+        &["cj"],
         &["status"],
         true,
     ),
@@ -315,10 +348,12 @@ pub static GROUPS: &[&str] = &[
     "apps",
     "authentication.k8s.io",
     "authorization.k8s.io",
+    "batch",
     "rbac.authorization.k8s.io",
     "discovery.k8s.io",
     "networking.k8s.io",
     "coordination.k8s.io",
+    "events.k8s.io",
 ];
 
 /// The resource at `group`/`version`/`plural`.

@@ -120,6 +120,10 @@ const NAME: &str = "Name must be unique within a namespace.";
 const AGE: &str =
     "CreationTimestamp is a timestamp representing the server time when this object was created.";
 
+const CONTAINERS: &str = "Names of each container in the template.";
+const IMAGES: &str = "Images referenced by each container in the template.";
+const JOB_SELECTOR: &str = "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors";
+
 /// The column definitions of a kind.
 pub fn columns(kind: &str) -> Vec<Value> {
     let c = |n: &str, t: &str, p: i64| {
@@ -286,6 +290,70 @@ pub fn columns(kind: &str) -> Vec<Value> {
                 1,
                 "Selector is a label query over pods that should match the replica count.",
             ),
+        ],
+        "StatefulSet" => vec![
+            c("Name", "string", 0),
+            col("Ready", "string", 0, "Number of the pod with ready state"),
+            c("Age", "string", 0),
+            col("Containers", "string", 1, CONTAINERS),
+            col("Images", "string", 1, IMAGES),
+        ],
+        "Job" => vec![
+            c("Name", "string", 0),
+            col("Status", "string", 0, "Status of the job."),
+            col(
+                "Completions",
+                "string",
+                0,
+                "The number of pods which reached phase Succeeded. The value increases monotonically for a given spec. However, it may decrease in reaction to scale down of elastic indexed jobs.",
+            ),
+            col(
+                "Duration",
+                "string",
+                0,
+                "Time required to complete the job.",
+            ),
+            c("Age", "string", 0),
+            col("Containers", "string", 1, CONTAINERS),
+            col("Images", "string", 1, IMAGES),
+            col("Selector", "string", 1, JOB_SELECTOR),
+        ],
+        "CronJob" => vec![
+            c("Name", "string", 0),
+            col(
+                "Schedule",
+                "string",
+                0,
+                "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.",
+            ),
+            col(
+                "Timezone",
+                "string",
+                0,
+                "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones. If not specified, this will default to the time zone of the kube-controller-manager process. The set of valid time zone names and the time zone offset is loaded from the system-wide time zone database by the API server during CronJob validation and the controller manager during execution. If no system-wide time zone database can be found a bundled version of the database is used instead. If the time zone name becomes invalid during the lifetime of a CronJob or due to a change in host configuration, the controller will stop creating new new Jobs and will create a system event with the reason UnknownTimeZone. More information can be found in https://kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/#time-zones",
+            ),
+            col(
+                "Suspend",
+                "boolean",
+                0,
+                "This flag tells the controller to suspend subsequent executions, it does not apply to already started executions.  Defaults to false.",
+            ),
+            col(
+                "Active",
+                "integer",
+                0,
+                "A list of pointers to currently running jobs.",
+            ),
+            col(
+                "Last Schedule",
+                "string",
+                0,
+                "Information when was the last time the job was successfully scheduled.",
+            ),
+            c("Age", "string", 0),
+            col("Containers", "string", 1, CONTAINERS),
+            col("Images", "string", 1, IMAGES),
+            col("Selector", "string", 1, JOB_SELECTOR),
         ],
         "DaemonSet" => vec![
             c("Name", "string", 0),
@@ -484,6 +552,22 @@ pub fn columns(kind: &str) -> Vec<Value> {
         "ConfigMap" => vec![
             c("Name", "string", 0),
             col("Data", "string", 0, "Data contains the configuration data."),
+            c("Age", "string", 0),
+        ],
+        "Secret" => vec![
+            c("Name", "string", 0),
+            col(
+                "Type",
+                "string",
+                0,
+                "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types",
+            ),
+            col(
+                "Data",
+                "string",
+                0,
+                "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'. The serialized form of the secret data is a base64 encoded string, representing the arbitrary (possibly non-string) data value here. Described in https://tools.ietf.org/html/rfc4648#section-4",
+            ),
             c("Age", "string", 0),
         ],
         "ServiceAccount" => vec![
@@ -967,6 +1051,64 @@ fn event_cells(o: &Value, now: i64) -> Vec<Value> {
     ]
 }
 
+/// A Job's row: its status word (as kubectl shows it), `succeeded/wanted`,
+/// and how long it ran (or has been running).
+fn job_cells(o: &Value, now: i64) -> Vec<Value> {
+    let spec = &o["spec"];
+    let st = &o["status"];
+    let succeeded = st["succeeded"].as_i64().unwrap_or(0);
+    let completions = match spec["completions"].as_i64() {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => match spec["parallelism"].as_i64().unwrap_or(0) {
+            p if p > 1 => format!("{succeeded}/1 of {p}"),
+            _ => format!("{succeeded}/1"),
+        },
+    };
+    let time = |v: &Value| {
+        v.as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_second())
+    };
+    let duration = match (time(&st["startTime"]), time(&st["completionTime"])) {
+        (None, _) => String::new(),
+        (Some(a), None) => human_duration(now - a),
+        (Some(a), Some(b)) => human_duration(b - a),
+    };
+    let has = |ty: &str| {
+        st["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == ty && c["status"] == "True")
+    };
+    let status = if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if o["metadata"]["deletionTimestamp"].is_string() {
+        "Terminating"
+    } else if has("Suspended") {
+        "Suspended"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else if has("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    };
+    let (c, i) = containers_images(&spec["template"]["spec"]);
+    vec![
+        json!(s(&o["metadata"]["name"])),
+        json!(status),
+        json!(completions),
+        json!(duration),
+        json!(since(&o["metadata"]["creationTimestamp"], now)),
+        json!(c),
+        json!(i),
+        json!(or_none(label_selector_string(&spec["selector"]))),
+    ]
+}
+
 /// The cells of one object's row.
 pub fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
     let name = json!(s(&o["metadata"]["name"]));
@@ -1025,6 +1167,47 @@ pub fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 json!(or_none(label_selector_string(&o["spec"]["selector"]))),
             ]
         }
+        "StatefulSet" => {
+            let (c, i) = containers_images(&o["spec"]["template"]["spec"]);
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    o["spec"]["replicas"].as_i64().unwrap_or(0)
+                )),
+                age,
+                json!(c),
+                json!(i),
+            ]
+        }
+        "Job" => job_cells(o, now),
+        "CronJob" => {
+            let tmpl = &o["spec"]["jobTemplate"]["spec"];
+            let (c, i) = containers_images(&tmpl["template"]["spec"]);
+            let last = if o["status"]["lastScheduleTime"].is_string() {
+                since(&o["status"]["lastScheduleTime"], now)
+            } else {
+                "<none>".into()
+            };
+            let suspend = match o["spec"]["suspend"].as_bool() {
+                Some(true) => "True",
+                Some(false) => "False",
+                None => "<unset>",
+            };
+            vec![
+                name,
+                json!(s(&o["spec"]["schedule"])),
+                json!(o["spec"]["timeZone"].as_str().unwrap_or("<none>")),
+                json!(suspend),
+                json!(o["status"]["active"].as_array().map(Vec::len).unwrap_or(0)),
+                json!(last),
+                age,
+                json!(c),
+                json!(i),
+                json!(or_none(label_selector_string(&tmpl["selector"]))),
+            ]
+        }
         "Endpoints" => vec![name, json!(endpoints_cell(o)), age],
         "EndpointSlice" => {
             let (p, e) = slice_cells(o);
@@ -1038,6 +1221,12 @@ pub fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 + o["binaryData"].as_object().map(Map::len).unwrap_or(0);
             vec![name, json!(n), age]
         }
+        "Secret" => vec![
+            name,
+            json!(s(&o["type"])),
+            json!(o["data"].as_object().map(Map::len).unwrap_or(0)),
+            age,
+        ],
         "ServiceAccount" => vec![
             name,
             json!(o["secrets"].as_array().map(Vec::len).unwrap_or(0)),

@@ -7,7 +7,8 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
@@ -111,6 +112,9 @@ pub struct Caches {
     replica_sets: OnceLock<Cache<ReplicaSet>>,
     deployments: OnceLock<Cache<Deployment>>,
     daemon_sets: OnceLock<Cache<DaemonSet>>,
+    stateful_sets: OnceLock<Cache<StatefulSet>>,
+    jobs: OnceLock<Cache<Job>>,
+    cron_jobs: OnceLock<Cache<CronJob>>,
 }
 
 macro_rules! accessor {
@@ -135,6 +139,9 @@ impl Caches {
             replica_sets: OnceLock::new(),
             deployments: OnceLock::new(),
             daemon_sets: OnceLock::new(),
+            stateful_sets: OnceLock::new(),
+            jobs: OnceLock::new(),
+            cron_jobs: OnceLock::new(),
         })
     }
 
@@ -151,4 +158,7 @@ impl Caches {
     accessor!(replica_sets, ReplicaSet);
     accessor!(deployments, Deployment);
     accessor!(daemon_sets, DaemonSet);
+    accessor!(stateful_sets, StatefulSet);
+    accessor!(jobs, Job);
+    accessor!(cron_jobs, CronJob);
 }

@@ -283,10 +283,26 @@ impl DsController {
                     }
                 }
                 tracing::debug!(ds = %format!("{ns}/{name}"), nodes = ?create_on, "created daemon pods");
+                crate::events::record_later(
+                    &api.clone().into_client(),
+                    "daemonset-controller",
+                    ds,
+                    "Normal",
+                    "SuccessfulCreate",
+                    made.iter().map(|p| format!("Created pod: {p}")).collect(),
+                );
                 self.expectations.expect(uid, made, []);
             }
             if !delete.is_empty() {
                 let (gone, failed) = delete_pods(&api, &delete, "daemonset").await;
+                crate::events::record_later(
+                    &api.clone().into_client(),
+                    "daemonset-controller",
+                    ds,
+                    "Normal",
+                    "SuccessfulDelete",
+                    gone.iter().map(|p| format!("Deleted pod: {p}")).collect(),
+                );
                 self.expectations.expect(uid, [], gone);
                 if failed {
                     next = Next::After(RETRY);

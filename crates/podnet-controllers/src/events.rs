@@ -125,3 +125,29 @@ fn remember(key: Key, event: String, count: i32) {
     }
     seen.insert(key, (event, count));
 }
+
+/// [`record`] in the background, for a controller that must not wait on
+/// its Events (one per pod of a burst); a failure is only logged.
+pub fn record_later<K>(
+    client: &kube::Client,
+    component: &'static str,
+    obj: &K,
+    type_: &'static str,
+    reason: &'static str,
+    msgs: Vec<String>,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let (client, obj) = (client.clone(), obj.clone());
+    tokio::spawn(async move {
+        let source = Source {
+            component: component.into(),
+            host: None,
+        };
+        for msg in msgs {
+            if let Err(e) = record(&client, &source, &obj, type_, reason, &msg).await {
+                tracing::debug!(error = %e, reason, "event not recorded");
+            }
+        }
+    });
+}

@@ -1,5 +1,6 @@
-//! Garbage collection: deletes Pods, ReplicaSets and EndpointSlices whose
-//! every owner (a ReplicaSet, Deployment, DaemonSet or Service) is gone, so
+//! Garbage collection: deletes Pods, ReplicaSets, Jobs and EndpointSlices
+//! whose every owner (a ReplicaSet, Deployment, DaemonSet, StatefulSet, Job,
+//! CronJob or Service) is gone, so
 //! `kubectl delete deployment web` removes its ReplicaSets and pods even if
 //! the API server does not collect them itself (or missed it while down).
 //!
@@ -11,7 +12,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
@@ -25,6 +27,9 @@ const KNOWN_OWNERS: &[(&str, &str)] = &[
     ("apps/v1", "ReplicaSet"),
     ("apps/v1", "Deployment"),
     ("apps/v1", "DaemonSet"),
+    ("apps/v1", "StatefulSet"),
+    ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
     ("v1", "Service"),
 ];
 
@@ -51,7 +56,13 @@ pub async fn run_with(caches: Arc<Caches>, resync: Duration) -> Result<(), Error
     caches.deployments().wake_on_change(&wake);
     caches.daemon_sets().wake_on_change(&wake);
     caches.services().wake_on_change(&wake);
+    caches.stateful_sets().wake_on_change(&wake);
+    caches.jobs().wake_on_change(&wake);
+    caches.cron_jobs().wake_on_change(&wake);
     caches.replica_sets().ready().await;
+    caches.stateful_sets().ready().await;
+    caches.jobs().ready().await;
+    caches.cron_jobs().ready().await;
     caches.deployments().ready().await;
     caches.daemon_sets().ready().await;
     caches.services().ready().await;
@@ -81,9 +92,14 @@ impl Collector {
         live.extend(uids(&deps));
         live.extend(uids(&dss));
         live.extend(uids(&svcs));
+        let jobs = c.jobs().all();
+        live.extend(uids(&c.stateful_sets().all()));
+        live.extend(uids(&jobs));
+        live.extend(uids(&c.cron_jobs().all()));
         let mut next = Next::Idle;
         next = next.min(self.collect(&c.pods().all(), &live).await);
         next = next.min(self.collect(&rs, &live).await);
+        next = next.min(self.collect(&jobs, &live).await);
         next = next.min(self.collect(&c.endpoint_slices().all(), &live).await);
         next
     }
@@ -162,6 +178,18 @@ async fn owners_really_gone(
                 .get_opt(&o.name)
                 .await?
                 .and_then(|x| x.metadata.uid),
+            "StatefulSet" => kube::Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_opt(&o.name)
+                .await?
+                .and_then(|x| x.metadata.uid),
+            "Job" => kube::Api::<Job>::namespaced(client.clone(), ns)
+                .get_opt(&o.name)
+                .await?
+                .and_then(|x| x.metadata.uid),
+            "CronJob" => kube::Api::<CronJob>::namespaced(client.clone(), ns)
+                .get_opt(&o.name)
+                .await?
+                .and_then(|x| x.metadata.uid),
             _ => return Ok(false),
         };
         if found_uid.as_deref() == Some(o.uid.as_str()) {
@@ -197,6 +225,12 @@ mod tests {
             &[owner("ReplicaSet", "gone"), owner("Deployment", "alive")],
             &live
         ));
-        assert!(!orphaned(&[owner("StatefulSet", "gone")], &live));
+        assert!(orphaned(&[owner("StatefulSet", "gone")], &live));
+        let job = OwnerReference {
+            api_version: "batch/v1".into(),
+            ..owner("Job", "gone")
+        };
+        assert!(orphaned(&[job], &live));
+        assert!(!orphaned(&[owner("Unknown", "gone")], &live));
     }
 }

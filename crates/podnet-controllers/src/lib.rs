@@ -1,7 +1,8 @@
 //! podnet-controllers: the control-plane controllers the lab needs (and that
 //! kube-controller-manager and kube-scheduler provide on a real cluster):
 //! node IPAM, a scheduler, Deployment → ReplicaSet → Pod, DaemonSet,
-//! EndpointSlice + Endpoints, and garbage collection of orphaned pods.
+//! StatefulSet, Job, CronJob → Job, EndpointSlice + Endpoints, and garbage
+//! collection of orphaned pods and Jobs.
 //!
 //! Every controller is a level-triggered reconciler over shared kube-rs
 //! reflectors ([`cache::Caches`]): a change wakes it, it compares the whole
@@ -10,14 +11,17 @@
 //! through `kube::Client`, so it runs the same against a real cluster.
 
 pub mod cache;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod events;
 pub mod gc;
+pub mod job;
 pub mod node_ipam;
 pub mod replicaset;
 pub mod scheduler;
+pub mod statefulset;
 pub mod util;
 
 use std::time::Duration;
@@ -107,6 +111,9 @@ pub async fn run(client: kube::Client, config: ControllersConfig) -> Result<(), 
     set.spawn(deployment::run_with(caches.clone(), config.resync));
     set.spawn(replicaset::run_with(caches.clone(), config.resync));
     set.spawn(daemonset::run_with(caches.clone(), config.resync));
+    set.spawn(statefulset::run_with(caches.clone(), config.resync));
+    set.spawn(job::run_with(caches.clone(), config.resync));
+    set.spawn(cronjob::run_with(caches.clone(), config.resync));
     set.spawn(endpointslice::run_with(caches.clone(), config.resync));
     set.spawn(gc::run_with(caches.clone(), config.resync));
     drop(caches);

@@ -421,6 +421,14 @@ impl RsController {
                 let (made, failed) =
                     create_pods(&api, &pod, want - active.len(), "replicaset").await;
                 tracing::debug!(rs = %format!("{ns}/{name}"), created = made.len(), "scaled up");
+                crate::events::record_later(
+                    &api.clone().into_client(),
+                    "replicaset-controller",
+                    rs,
+                    "Normal",
+                    "SuccessfulCreate",
+                    made.iter().map(|p| format!("Created pod: {p}")).collect(),
+                );
                 self.expectations.expect(uid, made, []);
                 if failed {
                     next = Next::After(RETRY);
@@ -430,6 +438,14 @@ impl RsController {
                 let surplus = &active[..active.len() - want];
                 let (gone, failed) = delete_pods(&api, surplus, "replicaset").await;
                 tracing::debug!(rs = %format!("{ns}/{name}"), deleted = gone.len(), "scaled down");
+                crate::events::record_later(
+                    &api.clone().into_client(),
+                    "replicaset-controller",
+                    rs,
+                    "Normal",
+                    "SuccessfulDelete",
+                    gone.iter().map(|p| format!("Deleted pod: {p}")).collect(),
+                );
                 self.expectations.expect(uid, [], gone);
                 if failed {
                     next = Next::After(RETRY);

@@ -1047,7 +1047,7 @@ async fn orphaned_pods_are_collected_and_others_kept() -> Result<()> {
     // An owner of a kind this collector does not know stays untouched.
     pods.create(
         &PostParams::default(),
-        &owned_by("job-pod", "Job", "batch/v1"),
+        &owned_by("widget-pod", "Widget", "example.com/v1"),
     )
     .await?;
     pods.create(
@@ -1062,14 +1062,14 @@ async fn orphaned_pods_are_collected_and_others_kept() -> Result<()> {
             .into_iter()
             .filter_map(|p| p.metadata.name)
             .collect();
-        Ok(if names == ["bare", "job-pod"] {
+        Ok(if names == ["bare", "widget-pod"] {
             Ok(())
         } else {
             Err(format!("{names:?}"))
         })
     })
     .await?;
-    // The proof that the collector had judged "bare" and "job-pod" and
+    // The proof that the collector had judged "bare" and "widget-pod" and
     // kept them: orphans created after them are collected, one after the
     // other. The collector's pod cache follows one watch in order, so the
     // pass that collects "late-1" had both in hand; "late-2", created once
@@ -1098,7 +1098,7 @@ async fn orphaned_pods_are_collected_and_others_kept() -> Result<()> {
         .collect();
     assert_eq!(
         names,
-        ["bare", "job-pod"],
+        ["bare", "widget-pod"],
         "the collector kept a pod without owners and one owned by a kind it does not know"
     );
     Ok(())

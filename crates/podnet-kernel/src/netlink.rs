@@ -7,20 +7,24 @@
 //! [`Netlink::open_in`] gives a handle that works on a pod's namespace
 //! without the calling thread staying there.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -535,6 +539,133 @@ impl Netlink {
             Ok(_) => Ok(()),
             Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Adds or replaces the IPv4 route to `dst/prefix` via `gateway` on
+    /// link `oif` (`onlink`: the gateway needs no route of its own), as
+    /// `ip route replace` does.
+    pub fn replace_route_v4(
+        &mut self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+        oif: u32,
+        onlink: bool,
+    ) -> Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = prefix;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.scope = RouteScope::Universe;
+        if onlink {
+            msg.header.flags = RouteFlags::Onlink;
+        }
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        msg.attributes.push(RouteAttribute::Oif(oif));
+        self.request(
+            || format!("replace route {dst}/{prefix} via {gateway}"),
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
+        )
+        .map(drop)
+    }
+
+    /// Deletes the main table's IPv4 route to `dst/prefix`; a missing
+    /// route is success.
+    pub fn delete_route_v4(&mut self, dst: Ipv4Addr, prefix: u8) -> Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = prefix;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.scope = RouteScope::NoWhere;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        match self.request(
+            || format!("delete route {dst}/{prefix}"),
+            RouteNetlinkMessage::DelRoute(msg),
+            NLM_F_ACK,
+        ) {
+            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    fn neighbour(family: AddressFamily, index: u32) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg
+    }
+
+    /// Adds or replaces a permanent IPv4 neighbour (`ip neigh replace ...
+    /// nud permanent`).
+    pub fn replace_neighbour(&mut self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        let mut msg = Self::neighbour(AddressFamily::Inet, index);
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            || format!("replace neighbour {ip}"),
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
+        )
+        .map(drop)
+    }
+
+    /// Deletes an IPv4 neighbour; a missing one is success.
+    pub fn delete_neighbour(&mut self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        let mut msg = Self::neighbour(AddressFamily::Inet, index);
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.request(
+            || format!("delete neighbour {ip}"),
+            RouteNetlinkMessage::DelNeighbour(msg),
+            NLM_F_ACK,
+        ) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    /// Adds or replaces a permanent FDB entry of the device itself (a
+    /// VXLAN device's remote: `bridge fdb replace MAC dev DEV dst IP self
+    /// permanent`).
+    pub fn replace_fdb(&mut self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<()> {
+        let mut msg = Self::neighbour(AddressFamily::Bridge, index);
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        self.request(
+            || format!("replace fdb entry {mac:02x?} dst {dst}"),
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
+        )
+        .map(drop)
+    }
+
+    /// Deletes the device's FDB entry for `mac`; a missing one is success.
+    pub fn delete_fdb(&mut self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let mut msg = Self::neighbour(AddressFamily::Bridge, index);
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        match self.request(
+            || format!("delete fdb entry {mac:02x?}"),
+            RouteNetlinkMessage::DelNeighbour(msg),
+            NLM_F_ACK,
+        ) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            r => r.map(drop),
         }
     }
 

@@ -288,6 +288,7 @@ async fn prepare_volumes(k: &Kubelet, h: &PodHandle) -> Option<Vec<crate::pod_co
             Ok(m) => return Some(m),
             Err(e) => {
                 tracing::info!(pod = %h.name, error = %e.0, "volumes not ready");
+                crate::events::pod_event(k, h, crate::events::WARNING, "FailedMount", e.0.clone());
                 register_containers(h, CState::Waiting("ContainerCreating".into(), e.0));
                 report(k, h).await;
             }

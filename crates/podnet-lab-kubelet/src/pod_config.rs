@@ -433,7 +433,12 @@ pub async fn volumes(k: &Kubelet, pod: &Pod, dir: &Path) -> Result<Vec<Mount>, C
             match config_map(k, &ns, &c.name).await? {
                 Some(cm) => write_files(&vdir, &pick(config_map_data(&cm), c.items.as_ref()))?,
                 None if c.optional == Some(true) => write_files(&vdir, &BTreeMap::new())?,
-                None => return Err(ConfigError(format!("configmap {:?} not found", c.name))),
+                None => {
+                    return Err(ConfigError(format!(
+                        "MountVolume.SetUp failed for volume {:?} : configmap {:?} not found",
+                        v.name, c.name
+                    )));
+                }
             }
             sources.insert(v.name.clone(), (vdir, true));
         } else if let Some(s) = &v.secret {
@@ -441,7 +446,12 @@ pub async fn volumes(k: &Kubelet, pod: &Pod, dir: &Path) -> Result<Vec<Mount>, C
             match secret(k, &ns, &name).await? {
                 Some(sec) => write_files(&vdir, &pick(secret_data(&sec), s.items.as_ref()))?,
                 None if s.optional == Some(true) => write_files(&vdir, &BTreeMap::new())?,
-                None => return Err(ConfigError(format!("secret {name:?} not found"))),
+                None => {
+                    return Err(ConfigError(format!(
+                        "MountVolume.SetUp failed for volume {:?} : secret {name:?} not found",
+                        v.name
+                    )));
+                }
             }
             sources.insert(v.name.clone(), (vdir, true));
         } else if let Some(d) = &v.downward_api {

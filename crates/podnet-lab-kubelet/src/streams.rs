@@ -112,7 +112,21 @@ impl NodeStreams for Streams {
             if req.command.is_empty() {
                 return attach(h, &req, io).await;
             }
-            exec(h, &req, io).await
+            // The container's own environment, as `kubectl exec` gets it.
+            let (pod, ip) = (h.pod.lock().unwrap().clone(), h.ip.lock().unwrap().clone());
+            let spec = {
+                let cs = h.containers.lock().unwrap();
+                cs.get(&req.container)
+                    .or_else(|| cs.values().next())
+                    .map(|c| c.spec.clone())
+            };
+            let env = match spec {
+                Some(spec) => crate::pod_config::environment(&k, &pod, &spec, ip.as_deref())
+                    .await
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            exec(h, &req, io, env).await
         })
     }
 
@@ -195,9 +209,11 @@ async fn exec(
     h: Arc<super::PodHandle>,
     req: &ExecRequest,
     mut io: StreamIo,
+    env: Vec<(String, String)>,
 ) -> Result<i32, NodeError> {
     let (mut cmd, fds) =
         super::pod::command_in_pod(&h, &req.command, req.tty, None).map_err(err)?;
+    cmd.envs(env);
     let mut reader_fds = Vec::new();
     let mut stdin_writer: Option<std::fs::File> = None;
     let mut pty_master = None;

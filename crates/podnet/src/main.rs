@@ -2,6 +2,7 @@
 //! One file per verb under `commands/`; the lab's machinery under `lab/`.
 
 mod commands;
+mod diag;
 mod lab;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,14 @@ enum Command {
     /// Probe who reaches whom among pods (real connections), optionally
     /// against what the NetworkPolicies say (`--expect`).
     Connectivity(commands::connectivity::Args),
+    /// Walk the troubleshooting checklist: the cluster, or the path
+    /// `--from` a pod `--to` a pod, service or DNS name (✔/✘/! per check,
+    /// with the fix; exit 1 on any ✘).
+    Doctor(commands::doctor::Args),
+    /// Explain one connection hop by hop from the planners (service
+    /// translation, route, policy verdicts naming the rule); `--probe`
+    /// sends it and holds each hop against the kernel.
+    Trace(commands::trace::Args),
     /// (internal) The lab's control-plane process: API server, controllers
     /// and the host's loopback port to the API server.
     #[command(hide = true)]
@@ -46,6 +55,8 @@ fn main() -> anyhow::Result<()> {
         Command::Node(a) => commands::node::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Connectivity(a) => commands::connectivity::run(a),
+        Command::Doctor(a) => commands::doctor::run(a),
+        Command::Trace(a) => commands::trace::run(a),
         Command::LabDaemon(a) => lab::daemon::run(a),
     }
 }

@@ -228,7 +228,9 @@ pub fn active(pods: Vec<Pod>) -> Vec<Pod> {
 /// The stand-in kubelet: a pod bound to a node and still Pending becomes
 /// Running and Ready with the next IP of its node's pod CIDR; a pod marked
 /// for deletion is removed at once (grace period 0), as a kubelet confirms
-/// a stopped pod.
+/// a stopped pod. A run-to-completion pod (restartPolicy Never or
+/// OnFailure) then finishes as [`exit_code`] says: Succeeded on 0, Failed
+/// otherwise, with its container terminated with that code.
 async fn kubelet(client: kube::Client) {
     let api: kube::Api<Pod> = kube::Api::all(client.clone());
     let next_ip: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
@@ -271,7 +273,14 @@ async fn kubelet_handle(
     let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
         return Ok(());
     };
-    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Pending") {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if phase == Some("Running") {
+        if let Some(code) = exit_code(&pod) {
+            finish(&api, &name, &pod, code).await?;
+        }
+        return Ok(());
+    }
+    if phase != Some("Pending") {
         return Ok(());
     }
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());
@@ -295,6 +304,70 @@ async fn kubelet_handle(
             {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
             {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&p))
+        .await?;
+    Ok(())
+}
+
+/// How a run-to-completion pod's first container ends, read from its
+/// command and args as a shell would run them: `exit N` ends with N, a
+/// `sleep` keeps it running (None), anything else ends with 0. Pods with
+/// restartPolicy Always never end.
+pub fn exit_code(pod: &Pod) -> Option<i32> {
+    let spec = pod.spec.as_ref()?;
+    if spec.restart_policy.as_deref().unwrap_or("Always") == "Always" {
+        return None;
+    }
+    let c = spec.containers.first()?;
+    let text = c
+        .command
+        .iter()
+        .chain(c.args.iter())
+        .flatten()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.contains("sleep") {
+        return None;
+    }
+    match text.split_once("exit ") {
+        Some((_, rest)) => rest
+            .split(|ch: char| !ch.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .or(Some(1)),
+        None => Some(0),
+    }
+}
+
+/// Ends a running pod's containers with `code`: phase Succeeded or Failed,
+/// not Ready, each container terminated with that exit code.
+async fn finish(api: &kube::Api<Pod>, name: &str, pod: &Pod, code: i32) -> Result<()> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let (phase, reason) = if code == 0 {
+        ("Succeeded", "Completed")
+    } else {
+        ("Failed", "Error")
+    };
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0.to_string())
+        .unwrap_or_else(|| now.clone());
+    let statuses: Vec<serde_json::Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0, "started": false,
+            "state": {"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": now}}}))
+        .collect();
+    let p = json!({"status": {"phase": phase, "containerStatuses": statuses,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": started},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": started},
+            {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&p))
         .await?;
     Ok(())
 }

@@ -16,7 +16,8 @@ pub mod render;
 mod tests;
 
 pub use model::{
-    Direction, Matrix, Mismatch, PodKey, PolicyWorld, Probe, Proto, Verdict, expected_matrix,
+    Direction, Explanation, Matrix, Mismatch, PodFacts, PodKey, PolicyWorld, Probe, Proto, Verdict,
+    expected_matrix,
 };
 pub use plan::{NodeFacts, PolicyState, plan, plan_world};
 pub use render::{

@@ -4,7 +4,7 @@
 //! into sets; this module is the reference it is held against, and the model
 //! behind `expected_matrix`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -497,6 +497,9 @@ pub struct PolicyWorld {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Every policy.
     pub policies: Vec<CompiledPolicy>,
+    /// Where each pod is in `pods` (the first of a key), so an event
+    /// costs a lookup, not a scan of every pod.
+    index: HashMap<PodKey, usize>,
 }
 
 /// Why a connection is allowed or denied in one direction.
@@ -540,8 +543,13 @@ impl PolicyWorld {
                 BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), p.key.namespace.clone())])
             });
         }
+        let mut index = HashMap::with_capacity(pods.len());
+        for (i, p) in pods.iter().enumerate() {
+            index.entry(p.key.clone()).or_insert(i);
+        }
         Ok(PolicyWorld {
             pods,
+            index,
             namespaces: ns,
             policies: policies
                 .iter()
@@ -556,7 +564,12 @@ impl PolicyWorld {
     /// pod without an address is in no rule and no set, so changes before
     /// it has one do not count either.
     pub fn upsert_pod(&mut self, pod: &Pod) -> bool {
-        let facts = PodFacts::from_pod(pod);
+        self.upsert_pod_facts(PodFacts::from_pod(pod))
+    }
+
+    /// [`PolicyWorld::upsert_pod`] with the pod's facts already taken (a
+    /// watcher can keep only these, not the whole Pod).
+    pub fn upsert_pod_facts(&mut self, facts: PodFacts) -> bool {
         self.namespaces
             .entry(facts.key.namespace.clone())
             .or_insert_with(|| {
@@ -565,14 +578,16 @@ impl PolicyWorld {
                     facts.key.namespace.clone(),
                 )])
             });
-        match self.pods.iter_mut().find(|p| p.key == facts.key) {
-            Some(p) => {
+        match self.index.get(&facts.key) {
+            Some(&i) => {
+                let p = &mut self.pods[i];
                 let matters = *p != facts && (p.ip.is_some() || facts.ip.is_some());
                 *p = facts;
                 matters
             }
             None => {
                 let matters = facts.ip.is_some();
+                self.index.insert(facts.key.clone(), self.pods.len());
                 self.pods.push(facts);
                 matters
             }
@@ -581,12 +596,33 @@ impl PolicyWorld {
 
     /// Forgets a deleted pod; returns whether the plan can differ.
     pub fn remove_pod(&mut self, namespace: &str, name: &str) -> bool {
-        let mut matters = false;
-        self.pods.retain(|p| {
-            let gone = p.key.namespace == namespace && p.key.name == name;
-            matters |= gone && p.ip.is_some();
-            !gone
-        });
+        let key = PodKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let Some(i) = self.index.remove(&key) else {
+            return false;
+        };
+        // The pods keep their order (plans iterate them in it).
+        let gone = self.pods.remove(i);
+        for j in self.index.values_mut() {
+            if *j > i {
+                *j -= 1;
+            }
+        }
+        let mut matters = gone.ip.is_some();
+        // A key given twice to `new` (never by events): the others go too.
+        if self.pods.iter().any(|p| p.key == key) {
+            self.pods.retain(|p| {
+                let dup = p.key == key;
+                matters |= dup && p.ip.is_some();
+                !dup
+            });
+            self.index.clear();
+            for (j, p) in self.pods.iter().enumerate() {
+                self.index.entry(p.key.clone()).or_insert(j);
+            }
+        }
         matters
     }
 
@@ -712,6 +748,79 @@ impl PolicyWorld {
         } else {
             Verdict::Allowed(allowing)
         }
+    }
+}
+
+/// Which policies decide one direction of a connection, down to the rule:
+/// what `podnet trace` and `podnet doctor` print, so an operator learns not
+/// only the verdict but the policy and rule behind it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Explanation {
+    /// The policies that isolate the subject pod in this direction
+    /// (`namespace/name`); empty: not isolated, the connection is open.
+    pub isolating: Vec<String>,
+    /// `(policy, rule index)` of every rule that admits the connection
+    /// (index into `spec.ingress` or `spec.egress`).
+    pub admitting: Vec<(String, usize)>,
+}
+
+impl Explanation {
+    /// The same verdict [`PolicyWorld::verdict`] gives.
+    pub fn verdict(&self) -> Verdict {
+        if self.isolating.is_empty() {
+            Verdict::Open
+        } else if self.admitting.is_empty() {
+            Verdict::Denied(self.isolating.clone())
+        } else {
+            let mut names: Vec<String> = self.admitting.iter().map(|(p, _)| p.clone()).collect();
+            names.dedup();
+            Verdict::Allowed(names)
+        }
+    }
+}
+
+impl PolicyWorld {
+    /// [`PolicyWorld::verdict`], with the admitting rules named.
+    pub fn explain(
+        &self,
+        dir: Direction,
+        src: (Ipv4Addr, Option<&PodFacts>),
+        dst: (Ipv4Addr, Option<&PodFacts>),
+        proto: Proto,
+        port: u16,
+    ) -> Explanation {
+        let (subject, remote) = match dir {
+            Direction::Ingress => (dst.1, src),
+            Direction::Egress => (src.1, dst),
+        };
+        let mut out = Explanation::default();
+        let Some(subject) = subject.filter(|p| !p.host_network) else {
+            return out;
+        };
+        for pol in &self.policies {
+            let Some(rules) = pol.rules(dir) else {
+                continue;
+            };
+            if !pol.selects(subject) {
+                continue;
+            }
+            out.isolating.push(pol.id());
+            for (i, r) in rules.iter().enumerate() {
+                let peer_ok = r.peers.as_ref().is_none_or(|peers| {
+                    peers
+                        .iter()
+                        .any(|p| self.peer_matches(p, remote.0, remote.1))
+                });
+                let port_ok = r
+                    .ports
+                    .as_ref()
+                    .is_none_or(|ports| ports.iter().any(|s| port_matches(s, proto, port, dst.1)));
+                if peer_ok && port_ok {
+                    out.admitting.push((pol.id(), i));
+                }
+            }
+        }
+        out
     }
 }
 

@@ -391,3 +391,65 @@ fn sctp_and_protocol_only_rules_render_as_text() {
         assert_eq!(text.matches(line).count(), 1, "{line}");
     }
 }
+
+#[test]
+fn explain_names_the_admitting_rule_and_agrees_with_verdict() {
+    let w = world();
+    let pols = vec![
+        netpol("x", "deny-all", json!({"podSelector": {}, "ingress": []})),
+        netpol(
+            "x",
+            "allow-b",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"pod": "c"}}}]},
+                {"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}},
+                           "podSelector": {"matchLabels": {"pod": "b"}}}],
+                 "ports": [{"port": 80}]}]}),
+        ),
+    ];
+    let world = PolicyWorld::new(&w.pods, &w.nss, &pols).unwrap();
+    let facts = |ns: &str, name: &str| {
+        world
+            .pods
+            .iter()
+            .find(|p| p.key.namespace == ns && p.key.name == name)
+            .unwrap()
+    };
+    let (xa, yb, zb) = (facts("x", "a"), facts("y", "b"), facts("z", "b"));
+    let e = world.explain(
+        Direction::Ingress,
+        (yb.ip.unwrap(), Some(yb)),
+        (xa.ip.unwrap(), Some(xa)),
+        Proto::Tcp,
+        80,
+    );
+    assert_eq!(e.isolating, ["x/deny-all", "x/allow-b"]);
+    assert_eq!(e.admitting, [("x/allow-b".to_string(), 1)]);
+    assert_eq!(e.verdict(), Verdict::Allowed(vec!["x/allow-b".into()]));
+    for (src, port) in [(yb, 81), (zb, 80)] {
+        let e = world.explain(
+            Direction::Ingress,
+            (src.ip.unwrap(), Some(src)),
+            (xa.ip.unwrap(), Some(xa)),
+            Proto::Tcp,
+            port,
+        );
+        let v = world.verdict(
+            Direction::Ingress,
+            (src.ip.unwrap(), Some(src)),
+            (xa.ip.unwrap(), Some(xa)),
+            Proto::Tcp,
+            port,
+        );
+        assert_eq!(e.verdict(), v);
+        assert!(!v.allows());
+    }
+    let e = world.explain(
+        Direction::Egress,
+        (xa.ip.unwrap(), Some(xa)),
+        (yb.ip.unwrap(), Some(yb)),
+        Proto::Tcp,
+        80,
+    );
+    assert_eq!(e.verdict(), Verdict::Open);
+}

@@ -20,8 +20,8 @@ static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The podnet binary, with its siblings (the lab's kubelet, the agent,
 /// the CNI plugin, the DNS server). `cargo test
-/// --workspace` builds them all (their packages have integration tests);
-/// when one is missing (`cargo test -p podnet`), it is built here.
+/// --workspace` builds them all; `cargo test -p podnet` does not, so they
+/// are built here once per test binary (quick when up to date).
 pub fn podnet() -> PathBuf {
     let podnet = PathBuf::from(env!("CARGO_BIN_EXE_podnet"));
     BUILD.call_once(|| {
@@ -31,8 +31,9 @@ pub fn podnet() -> PathBuf {
             "podnet-cni",
             "podnet-dns",
         ];
-        let missing = bins.iter().any(|b| !podnet.with_file_name(b).exists());
-        if missing {
+        // Always: a sibling left from an older build would test old code
+        // (`cargo test -p podnet` builds only podnet's own binary).
+        {
             let out = Command::new(env!("CARGO"))
                 .args(["build", "-q"])
                 .args(bins.iter().flat_map(|b| ["-p", b]))
