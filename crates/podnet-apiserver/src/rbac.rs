@@ -687,15 +687,11 @@ pub fn bootstrap_cluster_roles() -> Vec<Value> {
             "system:aggregate-to-edit",
             json!({AGG_ADMIN: "true", AGG_EDIT: "true"}),
             vec![
-<<<<<<< HEAD
                 rule(
                     READ,
                     &[""],
-                    &["pods/attach", "pods/exec", "pods/portforward"],
+                    &["pods/attach", "pods/exec", "pods/portforward", "secrets"],
                 ),
-=======
-                rule(READ, &[""], &["pods/attach", "pods/exec", "secrets"]),
->>>>>>> main
                 rule(&["impersonate"], &[""], &["serviceaccounts"]),
                 rule(
                     WRITE,
