@@ -810,13 +810,15 @@ impl Api {
                     self.list(&t, &q, headers)
                 }
             }
-            (Method::GET, Some(name), None | Some("status")) => self.get(&t, name, &q, headers),
+            (Method::GET, Some(name), None | Some("status" | "ephemeralcontainers")) => {
+                self.get(&t, name, &q, headers)
+            }
             (Method::GET, Some(name), Some("scale")) => self.get_scale(&t, name),
             (Method::POST, None, _) => self.create(&t, &q, headers, &body).await,
             (Method::POST, Some(name), Some("binding")) => {
                 self.bind(&t, name, &q, headers, &body).await
             }
-            (Method::PUT, Some(name), None | Some("status")) => {
+            (Method::PUT, Some(name), None | Some("status" | "ephemeralcontainers")) => {
                 self.update(&t, name, &q, headers, &body).await
             }
             (Method::PUT, Some(name), Some("finalize")) => {
@@ -825,7 +827,7 @@ impl Api {
             (Method::PUT | Method::PATCH, Some(name), Some("scale")) => {
                 self.scale(method, &t, name, &q, headers, &body).await
             }
-            (Method::PATCH, Some(name), None | Some("status")) => {
+            (Method::PATCH, Some(name), None | Some("status" | "ephemeralcontainers")) => {
                 self.patch(&t, name, &q, headers, &body).await
             }
             (Method::DELETE, Some(name), None) => self.delete(&t, name, &q, headers, &body).await,
@@ -1517,6 +1519,18 @@ impl Api {
                         merged["spec"] = new["spec"].clone();
                         new = merged;
                     }
+                    Some("ephemeralcontainers") => {
+                        // Only the ephemeral containers are this
+                        // subresource's; the rest is the pod as stored.
+                        let mut merged = old.clone();
+                        merged["spec"]["ephemeralContainers"] = new["spec"]["ephemeralContainers"].clone();
+                        if merged["spec"]["ephemeralContainers"].is_null()
+                            && let Some(m) = merged["spec"].as_object_mut()
+                        {
+                            m.remove("ephemeralContainers");
+                        }
+                        new = merged;
+                    }
                     _ if res.has_status => {
                         match old.get("status") {
                             Some(s) => new["status"] = s.clone(),
@@ -1539,7 +1553,11 @@ impl Api {
                     }
                 }
                 let mut errs = kinds::validate(res.kind, &new);
-                errs.extend(kinds::validate_update(res.kind, old, &new));
+                if sub.as_deref() == Some("ephemeralcontainers") {
+                    errs.extend(kinds::validate_ephemeral_update(old, &new));
+                } else {
+                    errs.extend(kinds::validate_update(res.kind, old, &new));
+                }
                 if !errs.is_empty() {
                     return Err(ApiError::invalid(res.kind, res.group, name, &errs));
                 }

@@ -49,10 +49,11 @@ fn locate(store: &Store, ns: &str, pod: &str, q: &Query) -> Result<(String, Stri
         .flatten()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    let inits: Vec<&str> = v["spec"]["initContainers"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    // Init and ephemeral containers are named explicitly (`kubectl debug`
+    // attaches to its ephemeral container by name).
+    let inits: Vec<&str> = ["initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|l| v["spec"][*l].as_array().into_iter().flatten())
         .filter_map(|c| c["name"].as_str())
         .collect();
     let container = match q.get("container").filter(|c| !c.is_empty()) {

@@ -1,5 +1,7 @@
 //! The lab's kubectl, as on a real cluster, for every kubectl an operator
-//! may have: kubectl 1.27 speaks SPDY/3.1 for exec and port-forward, 1.30
+//! may have: Debian's kubectl 1.20 (`kubernetes-client`, unpacked under
+//! /opt by `scripts/install-deps`) and kubectl 1.27 speak SPDY/3.1 for exec
+//! and port-forward, 1.30
 //! WebSocket for exec and SPDY for port-forward, 1.33 WebSocket for exec
 //! and SPDY tunnelled in a WebSocket for port-forward. Each runs `exec`
 //! (exit code, stdin, tty) and `port-forward` to a pod and to a service.
@@ -13,12 +15,17 @@ use support::Lab;
 
 const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.47";
 const KUBECTLS: &[&str] = &[
+    "/opt/podnet-kubectl-1.20/usr/bin/kubectl",
     "/usr/lib/google-cloud-sdk/bin/kubectl.1.27",
     "/usr/lib/google-cloud-sdk/bin/kubectl.1.30",
     "/usr/lib/google-cloud-sdk/bin/kubectl.1.33",
 ];
 
 fn kubectl(lab: &Lab, bin: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    assert!(
+        std::path::Path::new(bin).exists(),
+        "this test drives the real kubectl at {bin} (scripts/install-deps puts Debian's 1.20 there)"
+    );
     let mut child = Command::new(bin)
         .arg("--kubeconfig")
         .arg(&lab.kubeconfig)
@@ -80,7 +87,7 @@ fn curl(port: u16, path: &str) -> String {
 }
 
 #[test]
-fn exec_and_port_forward_with_kubectl_1_27_1_30_and_1_33() {
+fn exec_and_port_forward_with_kubectl_1_20_1_27_1_30_and_1_33() {
     let lab = Lab::up("kt", "vxlan");
     let (worker, _, _) = lab
         .nodes()
@@ -100,7 +107,7 @@ fn exec_and_port_forward_with_kubectl_1_27_1_30_and_1_33() {
         "--target-port",
         "8080",
     ]);
-    let base = 20000 + (std::process::id() % 5000) as u16 * 6;
+    let base = 20000 + (std::process::id() % 5000) as u16 * 8;
     for (i, bin) in KUBECTLS.iter().enumerate() {
         // The exit code travels in the error stream's Status.
         let o = kubectl(
