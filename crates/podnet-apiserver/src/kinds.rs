@@ -897,7 +897,14 @@ pub fn validate_ephemeral_update(old: &Value, new: &Value) -> Vec<FieldError> {
                 message: format!("Not found: \"{t}\""),
             });
         }
-        for port in ["ports", "readinessProbe", "livenessProbe", "startupProbe", "lifecycle", "resources"] {
+        for port in [
+            "ports",
+            "readinessProbe",
+            "livenessProbe",
+            "startupProbe",
+            "lifecycle",
+            "resources",
+        ] {
             if c[port].as_array().is_some_and(|a| !a.is_empty())
                 || c[port].as_object().is_some_and(|o| !o.is_empty())
             {
@@ -1499,5 +1506,43 @@ mod tests {
         assert!(validate("Service", &s).is_empty());
         let bad = json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 70000}]}});
         assert_eq!(validate("Service", &bad)[0].field, "spec.ports[0].port");
+    }
+
+    #[test]
+    fn ephemeral_containers_are_only_added() {
+        let pod = |ecs: Value| {
+            json!({"metadata": {"name": "p"}, "spec": {
+                "containers": [{"name": "app", "image": "nginx"}],
+                "ephemeralContainers": ecs}})
+        };
+        let dbg = json!({"name": "dbg", "image": "busybox", "targetContainerName": "app"});
+        let old = pod(json!([dbg]));
+        let added = pod(json!([dbg, {"name": "dbg2", "image": "busybox"}]));
+        assert!(validate_ephemeral_update(&old, &added).is_empty());
+        let removed = pod(json!([]));
+        assert!(
+            validate_ephemeral_update(&old, &removed)[0]
+                .message
+                .contains("may not be removed")
+        );
+        let changed = pod(json!([{"name": "dbg", "image": "alpine"}]));
+        assert!(
+            validate_ephemeral_update(&old, &changed)[0]
+                .message
+                .contains("may not be changed")
+        );
+        let clash = pod(json!([dbg, {"name": "app", "image": "busybox"}]));
+        assert_eq!(
+            validate_ephemeral_update(&old, &clash)[0].reason,
+            "FieldValueDuplicate"
+        );
+        let no_target =
+            pod(json!([dbg, {"name": "x", "image": "b", "targetContainerName": "nope"}]));
+        assert_eq!(
+            validate_ephemeral_update(&old, &no_target)[0].field,
+            "spec.ephemeralContainers[1].targetContainerName"
+        );
+        // The main endpoint refuses them as any other spec change.
+        assert!(!validate_update("Pod", &old, &added).is_empty());
     }
 }

@@ -42,10 +42,13 @@ fn kubectl(lab: &Lab, bin: &str, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// The same on a terminal (`script` gives kubectl a pty; what is typed
-/// is `stdin`).
+/// The same on a terminal of 33 rows and 77 columns (`script` gives
+/// kubectl a pty; what is typed is `stdin`).
 fn kubectl_tty(lab: &Lab, bin: &str, args: &str, stdin: &str) -> Output {
-    let cmd = format!("{bin} --kubeconfig {} {args}", lab.kubeconfig.display());
+    let cmd = format!(
+        "stty rows 33 cols 77; {bin} --kubeconfig {} {args}",
+        lab.kubeconfig.display()
+    );
     let mut child = Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .stdin(Stdio::piped())
@@ -61,6 +64,10 @@ fn kubectl_tty(lab: &Lab, bin: &str, args: &str, stdin: &str) -> Output {
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// Prints the tty, then its size once kubectl's first resize has arrived
+/// (at most 10 s).
+const WAIT_SIZE: &str = "tty; for i in $(seq 100); do [ \"$(stty size)\" != \"0 0\" ] && break; sleep 0.1; done; echo size $(stty size)";
 
 fn text(o: &Output) -> String {
     format!(
@@ -123,12 +130,17 @@ fn debug_pods_and_nodes_with_kubectl_1_27_and_1_33() {
             &lab,
             bin,
             &format!("debug -it box {NETSHOOT} --target=box -c {tname} -- sh"),
-            "tty; echo tty-$((6*7))\nexit\n",
+            &format!("{WAIT_SIZE}; echo tty-$((6*7))\nexit\n"),
         );
         let out = text(&o);
         assert!(o.status.success(), "{bin} debug -it: {out}");
         assert!(out.contains("tty-42"), "{bin} debug -it: no output: {out}");
         assert!(out.contains("/dev/pts/"), "{bin} debug -it: no tty: {out}");
+        // kubectl's terminal size reached the container's pty.
+        assert!(
+            out.contains("size 33 77"),
+            "{bin} debug -it: terminal size: {out}"
+        );
 
         // Both are in the pod's status (the kubelet reports their end
         // soon after kubectl saw it) and in `describe`.
@@ -170,7 +182,10 @@ fn debug_pods_and_nodes_with_kubectl_1_27_and_1_33() {
         "-p",
         r#"[{"op":"remove","path":"/spec/ephemeralContainers/0"}]"#,
     ]);
-    assert!(!o.status.success(), "removing an ephemeral container worked");
+    assert!(
+        !o.status.success(),
+        "removing an ephemeral container worked"
+    );
     assert!(
         text(&o).contains("may not be removed"),
         "removing an ephemeral container: {}",
@@ -196,7 +211,10 @@ fn debug_pods_and_nodes_with_kubectl_1_27_and_1_33() {
         );
         let out = text(&o);
         assert!(o.status.success(), "{bin} debug node: {out}");
-        assert!(out.contains("node-42"), "{bin} debug node: no output: {out}");
+        assert!(
+            out.contains("node-42"),
+            "{bin} debug node: no output: {out}"
+        );
         for f in &conflists {
             assert!(
                 out.contains(f.as_str()),

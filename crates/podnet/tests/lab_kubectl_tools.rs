@@ -45,6 +45,10 @@ fn kubectl(lab: &Lab, bin: &str, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Prints the tty, then its size once kubectl's first resize has arrived
+/// (it may come just after the command starts; at most 10 s).
+const WAIT_SIZE: &str = "tty; for i in $(seq 100); do [ \"$(stty size)\" != \"0 0\" ] && break; sleep 0.1; done; echo size $(stty size)";
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -137,7 +141,7 @@ fn exec_and_port_forward_with_kubectl_1_20_1_27_1_30_and_1_33() {
         assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "3", "{bin}");
         // A TTY (kubectl on a terminal, as `script` gives it).
         let cmd = format!(
-            "{bin} --kubeconfig {} exec -it box -- sh -c 'tty; stty size'",
+            "stty rows 33 cols 77; {bin} --kubeconfig {} exec -it box -- sh -c '{WAIT_SIZE}'",
             lab.kubeconfig.display()
         );
         let o = Command::new("script")
@@ -148,6 +152,8 @@ fn exec_and_port_forward_with_kubectl_1_20_1_27_1_30_and_1_33() {
         let out = text(&o);
         assert!(o.status.success(), "{bin}: {out}");
         assert!(out.contains("/dev/pts/"), "{bin}: no tty: {out}");
+        // kubectl's terminal size reached the pty (the resize stream).
+        assert!(out.contains("size 33 77"), "{bin}: terminal size: {out}");
 
         // port-forward to the pod, then to the service (kubectl picks a pod).
         let (p1, p2) = (base + 2 * i as u16, base + 2 * i as u16 + 1);
