@@ -690,7 +690,8 @@ where
                 }
                 Frame::Ping(n) => {
                     // Ours would be even; a client's odd one is echoed.
-                    if n % 2 == 1 && out.send(Out::Frame(Frame::Ping(n))).await.is_err() {
+                    let echoed = n % 2 == 0 || out.send(Out::Frame(Frame::Ping(n))).await.is_ok();
+                    if !echoed {
                         break;
                     }
                 }

@@ -967,7 +967,8 @@ pub async fn port_forward(
                     while let Some(Ok(m)) = wrx.next().await {
                         match m {
                             AxMsg::Binary(b) => {
-                                if wr.write_all(&b).await.is_err() {
+                                let written = wr.write_all(&b).await;
+                                if written.is_err() {
                                     break;
                                 }
                             }
@@ -1071,7 +1072,8 @@ async fn forward_one(
             match m {
                 TMsg::Binary(b) if b.is_empty() => break,
                 TMsg::Binary(b) => {
-                    if w.write(b).await.is_err() {
+                    let written = w.write(b).await;
+                    if written.is_err() {
                         return;
                     }
                 }
@@ -1136,7 +1138,8 @@ async fn node_port_forward(
                 match m {
                     AxMsg::Binary(b) if b.is_empty() => break,
                     AxMsg::Binary(b) => {
-                        if wr.write_all(&b).await.is_err() {
+                        let written = wr.write_all(&b).await;
+                        if written.is_err() {
                             break;
                         }
                     }
