@@ -381,7 +381,7 @@ pub fn by_kind(group: &str, kind: &str) -> Option<&'static Resource> {
 /// The verbs of a subresource, as discovery lists them.
 pub fn sub_verbs(sub: &str) -> &'static [&'static str] {
     match sub {
-        "status" | "scale" => &["get", "patch", "update"],
+        "status" | "scale" | "ephemeralcontainers" => &["get", "patch", "update"],
         "binding" => &["create"],
         "finalize" => &["update"],
         "log" => &["get"],
