@@ -909,7 +909,9 @@ impl Api {
                     self.list(&t, &q, headers)
                 }
             }
-            (Method::GET, Some(name), None | Some("status")) => self.get(&t, name, &q, headers),
+            (Method::GET, Some(name), None | Some("status" | "ephemeralcontainers")) => {
+                self.get(&t, name, &q, headers)
+            }
             (Method::GET, Some(name), Some("scale")) => self.get_scale(&t, name),
             (Method::POST, None, _) => {
                 let m = Manage::Update(field_manager(&q, headers));
@@ -918,7 +920,7 @@ impl Api {
             (Method::POST, Some(name), Some("binding")) => {
                 self.bind(&t, name, &q, headers, &body).await
             }
-            (Method::PUT, Some(name), None | Some("status")) => {
+            (Method::PUT, Some(name), None | Some("status" | "ephemeralcontainers")) => {
                 self.update(&t, name, &q, headers, &body).await
             }
             (Method::PUT, Some(name), Some("finalize")) => {
@@ -927,7 +929,7 @@ impl Api {
             (Method::PUT | Method::PATCH, Some(name), Some("scale")) => {
                 self.scale(method, &t, name, &q, headers, &body).await
             }
-            (Method::PATCH, Some(name), None | Some("status")) => {
+            (Method::PATCH, Some(name), None | Some("status" | "ephemeralcontainers")) => {
                 self.patch(&t, name, &q, headers, &body).await
             }
             (Method::DELETE, Some(name), None) => self.delete(&t, name, &q, headers, &body).await,
@@ -1641,6 +1643,18 @@ impl Api {
                         merged["spec"] = new["spec"].clone();
                         new = merged;
                     }
+                    Some("ephemeralcontainers") => {
+                        // Only the ephemeral containers are this
+                        // subresource's; the rest is the pod as stored.
+                        let mut merged = old.clone();
+                        merged["spec"]["ephemeralContainers"] = new["spec"]["ephemeralContainers"].clone();
+                        if merged["spec"]["ephemeralContainers"].is_null()
+                            && let Some(m) = merged["spec"].as_object_mut()
+                        {
+                            m.remove("ephemeralContainers");
+                        }
+                        new = merged;
+                    }
                     _ if res.has_status => {
                         match old.get("status") {
                             Some(s) => new["status"] = s.clone(),
@@ -1663,7 +1677,11 @@ impl Api {
                     }
                 }
                 let mut errs = kinds::validate(res.kind, &new);
-                errs.extend(kinds::validate_update(res.kind, old, &new));
+                if sub.as_deref() == Some("ephemeralcontainers") {
+                    errs.extend(kinds::validate_ephemeral_update(old, &new));
+                } else {
+                    errs.extend(kinds::validate_update(res.kind, old, &new));
+                }
                 if !errs.is_empty() {
                     return Err(ApiError::invalid(res.kind, res.group, name, &errs));
                 }

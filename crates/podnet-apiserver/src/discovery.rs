@@ -67,10 +67,11 @@ fn sub_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static st
         "scale" => ("Scale", "autoscaling", "v1"),
         "token" => ("TokenRequest", "authentication.k8s.io", "v1"),
         "binding" => ("Binding", "", ""),
-        "log" | "exec" | "attach" => (
+        "log" | "exec" | "attach" | "portforward" => (
             match sub {
                 "log" => "Pod",
                 "exec" => "PodExecOptions",
+                "portforward" => "PodPortForwardOptions",
                 _ => "PodAttachOptions",
             },
             "",

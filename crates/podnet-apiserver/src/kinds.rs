@@ -848,6 +848,89 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<FieldError> {
     errs
 }
 
+/// What `pods/ephemeralcontainers` may change: ephemeral containers are
+/// only ever added (as kube-apiserver rules: none removed or changed), with
+/// names of their own and a target that is one of the pod's containers.
+pub fn validate_ephemeral_update(old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let empty = Vec::new();
+    let list = |v: &Value| v["spec"]["ephemeralContainers"].as_array().cloned();
+    let (olds, news) = (list(old).unwrap_or_default(), list(new).unwrap_or_default());
+    for o in &olds {
+        let name = o["name"].as_str().unwrap_or_default();
+        match news.iter().position(|n| n["name"] == o["name"]) {
+            None => errs.push(FieldError::forbidden(
+                "spec.ephemeralContainers",
+                &format!("existing ephemeral containers \"{name}\" may not be removed"),
+            )),
+            Some(i) if news[i] != *o => errs.push(FieldError::forbidden(
+                format!("spec.ephemeralContainers[{i}]"),
+                &format!("existing ephemeral containers \"{name}\" may not be changed"),
+            )),
+            Some(_) => {}
+        }
+    }
+    let regular: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| new["spec"][*l].as_array().unwrap_or(&empty))
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in news.iter().enumerate() {
+        let field = format!("spec.ephemeralContainers[{i}]");
+        let name = c["name"].as_str().unwrap_or_default();
+        if name.is_empty() {
+            errs.push(FieldError::required(format!("{field}.name")));
+        } else if regular.contains(&name) || !seen.insert(name) {
+            errs.push(FieldError::duplicate(format!("{field}.name"), &c["name"]));
+        }
+        if c["image"].as_str().is_none_or(str::is_empty) {
+            errs.push(FieldError::required(format!("{field}.image")));
+        }
+        if let Some(t) = c["targetContainerName"].as_str()
+            && !t.is_empty()
+            && !regular.contains(&t)
+        {
+            errs.push(FieldError {
+                reason: "FieldValueNotFound",
+                field: format!("{field}.targetContainerName"),
+                message: format!("Not found: \"{t}\""),
+            });
+        }
+        for port in [
+            "ports",
+            "readinessProbe",
+            "livenessProbe",
+            "startupProbe",
+            "lifecycle",
+            "resources",
+        ] {
+            if c[port].as_array().is_some_and(|a| !a.is_empty())
+                || c[port].as_object().is_some_and(|o| !o.is_empty())
+            {
+                errs.push(FieldError::forbidden(
+                    format!("{field}.{port}"),
+                    "cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+    }
+    let mut o = old["spec"].clone();
+    let mut n = new["spec"].clone();
+    for spec in [&mut o, &mut n] {
+        if let Some(m) = spec.as_object_mut() {
+            m.remove("ephemeralContainers");
+        }
+    }
+    if o != n {
+        errs.push(FieldError::forbidden(
+            "spec",
+            "pod updates through ephemeralcontainers may only change `spec.ephemeralContainers`",
+        ));
+    }
+    errs
+}
+
 /// Fields an update may not change.
 pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
@@ -1423,5 +1506,43 @@ mod tests {
         assert!(validate("Service", &s).is_empty());
         let bad = json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 70000}]}});
         assert_eq!(validate("Service", &bad)[0].field, "spec.ports[0].port");
+    }
+
+    #[test]
+    fn ephemeral_containers_are_only_added() {
+        let pod = |ecs: Value| {
+            json!({"metadata": {"name": "p"}, "spec": {
+                "containers": [{"name": "app", "image": "nginx"}],
+                "ephemeralContainers": ecs}})
+        };
+        let dbg = json!({"name": "dbg", "image": "busybox", "targetContainerName": "app"});
+        let old = pod(json!([dbg]));
+        let added = pod(json!([dbg, {"name": "dbg2", "image": "busybox"}]));
+        assert!(validate_ephemeral_update(&old, &added).is_empty());
+        let removed = pod(json!([]));
+        assert!(
+            validate_ephemeral_update(&old, &removed)[0]
+                .message
+                .contains("may not be removed")
+        );
+        let changed = pod(json!([{"name": "dbg", "image": "alpine"}]));
+        assert!(
+            validate_ephemeral_update(&old, &changed)[0]
+                .message
+                .contains("may not be changed")
+        );
+        let clash = pod(json!([dbg, {"name": "app", "image": "busybox"}]));
+        assert_eq!(
+            validate_ephemeral_update(&old, &clash)[0].reason,
+            "FieldValueDuplicate"
+        );
+        let no_target =
+            pod(json!([dbg, {"name": "x", "image": "b", "targetContainerName": "nope"}]));
+        assert_eq!(
+            validate_ephemeral_update(&old, &no_target)[0].field,
+            "spec.ephemeralContainers[1].targetContainerName"
+        );
+        // The main endpoint refuses them as any other spec change.
+        assert!(!validate_update("Pod", &old, &added).is_empty());
     }
 }

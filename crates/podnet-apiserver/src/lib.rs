@@ -26,6 +26,7 @@ pub mod resources;
 pub mod secret;
 pub mod security;
 pub mod selector;
+pub mod spdy;
 pub mod store;
 pub mod stream;
 pub mod table;
@@ -530,7 +531,7 @@ async fn dispatch(State(sh): State<Arc<Shared>>, req: Request) -> Response {
         return answer_create_only(&sh, &user, &method, target, req).await;
     }
     if target.res.kind == "Pod"
-        && let (Some(name), Some(sub @ ("log" | "exec" | "attach"))) =
+        && let (Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) =
             (target.name.clone(), target.sub.as_deref())
     {
         let ns = target.ns.clone().unwrap_or_default();
@@ -550,6 +551,9 @@ async fn dispatch(State(sh): State<Arc<Shared>>, req: Request) -> Response {
                     req,
                 )
                 .await,
+            ),
+            ("portforward", &Method::GET | &Method::POST) => Some(
+                stream::port_forward(&sh.api.store, sh.node_token.clone(), &ns, &name, req).await,
             ),
             _ => None,
         };

@@ -687,9 +687,17 @@ pub fn bootstrap_cluster_roles() -> Vec<Value> {
             "system:aggregate-to-edit",
             json!({AGG_ADMIN: "true", AGG_EDIT: "true"}),
             vec![
-                rule(READ, &[""], &["pods/attach", "pods/exec", "secrets"]),
+                rule(
+                    READ,
+                    &[""],
+                    &["pods/attach", "pods/exec", "pods/portforward", "secrets"],
+                ),
                 rule(&["impersonate"], &[""], &["serviceaccounts"]),
-                rule(WRITE, &[""], &["pods", "pods/attach", "pods/exec"]),
+                rule(
+                    WRITE,
+                    &[""],
+                    &["pods", "pods/attach", "pods/exec", "pods/portforward"],
+                ),
                 rule(
                     WRITE,
                     &[""],

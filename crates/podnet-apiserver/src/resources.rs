@@ -134,7 +134,15 @@ pub static RESOURCES: &[Resource] = &[
         "pod",
         true,
         &["po"],
-        &["status", "binding", "log", "exec", "attach"],
+        &[
+            "status",
+            "binding",
+            "log",
+            "exec",
+            "attach",
+            "portforward",
+            "ephemeralcontainers",
+        ],
         true,
     ),
     r(
@@ -373,11 +381,11 @@ pub fn by_kind(group: &str, kind: &str) -> Option<&'static Resource> {
 /// The verbs of a subresource, as discovery lists them.
 pub fn sub_verbs(sub: &str) -> &'static [&'static str] {
     match sub {
-        "status" | "scale" => &["get", "patch", "update"],
+        "status" | "scale" | "ephemeralcontainers" => &["get", "patch", "update"],
         "binding" => &["create"],
         "finalize" => &["update"],
         "log" => &["get"],
-        "exec" | "attach" => &["create", "get"],
+        "exec" | "attach" | "portforward" => &["create", "get"],
         "token" => &["create"],
         _ => &[],
     }

@@ -49,10 +49,11 @@ fn locate(store: &Store, ns: &str, pod: &str, q: &Query) -> Result<(String, Stri
         .flatten()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    let inits: Vec<&str> = v["spec"]["initContainers"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    // Init and ephemeral containers are named explicitly (`kubectl debug`
+    // attaches to its ephemeral container by name).
+    let inits: Vec<&str> = ["initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|l| v["spec"][*l].as_array().into_iter().flatten())
         .filter_map(|c| c["name"].as_str())
         .collect();
     let container = match q.get("container").filter(|c| !c.is_empty()) {
@@ -221,6 +222,20 @@ pub async fn exec_or_attach(
         return Err(ApiError::bad_request(format!(
             "cannot {verb} into a container in a completed pod; current phase is {phase}"
         )));
+    }
+    if is_spdy(req.headers()) {
+        return spdy_exec(
+            &host,
+            &node_token,
+            verb,
+            ns,
+            pod,
+            &container,
+            raw_query,
+            q,
+            req,
+        )
+        .await;
     }
     let (mut parts, _) = req.into_parts();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
@@ -394,6 +409,17 @@ pub trait NodeStreams: Send + Sync + 'static {
         req: ExecRequest,
         io: StreamIo,
     ) -> futures::future::BoxFuture<'static, Result<i32, NodeError>>;
+    /// A TCP connection to `port` on the pod's own localhost (inside its
+    /// network namespace), as the kubelet makes one for `port-forward`.
+    fn port_forward(
+        &self,
+        namespace: String,
+        pod: String,
+        port: u16,
+    ) -> futures::future::BoxFuture<'static, Result<tokio::net::TcpStream, NodeError>> {
+        let _ = (namespace, pod, port);
+        Box::pin(async { Err(NodeError("port-forward is not served by this node".into())) })
+    }
 }
 
 #[derive(Clone)]
@@ -609,8 +635,521 @@ pub fn node_router(handler: Arc<dyn NodeStreams>, token: &str) -> axum::Router {
             "/{verb}/{ns}/{pod}/{container}",
             axum::routing::get(node_exec).post(node_exec),
         )
+        .route(
+            "/portForward/{ns}/{pod}",
+            axum::routing::get(node_port_forward),
+        )
         .with_state(NodeState {
             handler,
             token: Arc::from(token),
         })
+}
+
+/// The streaming protocols kubectl offers over SPDY for exec and attach
+/// (`X-Stream-Protocol-Version`), best first.
+pub const SPDY_EXEC_PROTOCOLS: &[&str] = &[
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+/// The port-forward protocol over SPDY (and tunnelled in a WebSocket).
+pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+
+/// Whether a request asks for a SPDY/3.1 upgrade (kubectl before 1.30).
+pub fn is_spdy(h: &HeaderMap) -> bool {
+    h.get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case(crate::spdy::UPGRADE))
+        })
+}
+
+fn spdy_offered(h: &HeaderMap) -> Vec<String> {
+    h.get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect()
+}
+
+/// 101 Switching Protocols for SPDY with the chosen stream protocol.
+fn spdy_switch(proto: &str) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::UPGRADE,
+        HeaderValue::from_static(crate::spdy::UPGRADE),
+    );
+    if let Ok(v) = HeaderValue::from_str(proto) {
+        h.insert("x-stream-protocol-version", v);
+    }
+    r
+}
+
+fn node_ws_request(
+    url: &str,
+    proto: Option<&str>,
+    node_token: &str,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, ApiError> {
+    let mut nreq = url
+        .into_client_request()
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    if let Some(p) = proto {
+        nreq.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_str(p)
+                .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?,
+        );
+    }
+    nreq.headers_mut().insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {node_token}"))
+            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?,
+    );
+    Ok(nreq)
+}
+
+/// `exec`/`attach` over SPDY: the client's streams (error, stdin, stdout,
+/// stderr, resize) are bridged to the node's WebSocket channels (v5).
+#[allow(clippy::too_many_arguments)] // the request, split as the router has it
+async fn spdy_exec(
+    host: &str,
+    node_token: &str,
+    verb: &str,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    raw_query: &str,
+    q: &Query,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let offered = spdy_offered(req.headers());
+    let proto = SPDY_EXEC_PROTOCOLS
+        .iter()
+        .find(|p| offered.iter().any(|o| o == *p))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "none of the offered stream protocols {offered:?} is supported: {}",
+                SPDY_EXEC_PROTOCOLS.join(", ")
+            ))
+        })?;
+    let on = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+    let tty = on("tty");
+    let want = [
+        ("error", true),
+        ("stdin", on("stdin")),
+        ("stdout", on("stdout")),
+        ("stderr", on("stderr") && !tty),
+        (
+            "resize",
+            tty && *proto != "channel.k8s.io" && *proto != "v2.channel.k8s.io",
+        ),
+    ];
+    let query = passthrough_query(raw_query, &["container"]);
+    let url = format!("ws://{host}/{verb}/{ns}/{pod}/{container}?{query}");
+    let (node_ws, _) = tokio_tungstenite::connect_async(node_ws_request(
+        &url,
+        Some("v5.channel.k8s.io"),
+        node_token,
+    )?)
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            500,
+            "InternalError",
+            format!("error dialing node {host}: {e}"),
+        )
+    })?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let v4 = *proto == "v4.channel.k8s.io";
+    tokio::spawn(async move {
+        let Ok(up) = upgrade.await else { return };
+        let (mut incoming, ctl) = crate::spdy::serve(hyper_util::rt::TokioIo::new(up));
+        let mut got: std::collections::HashMap<String, crate::spdy::Stream> = Default::default();
+        let all = |got: &std::collections::HashMap<String, crate::spdy::Stream>| {
+            want.iter().all(|(k, w)| !w || got.contains_key(*k))
+        };
+        while !all(&got) {
+            match tokio::time::timeout(std::time::Duration::from_secs(30), incoming.recv()).await {
+                Ok(Some(s)) => {
+                    let kind = s.header("streamtype").unwrap_or("").to_string();
+                    got.insert(kind, s);
+                }
+                _ => {
+                    tracing::debug!("spdy exec: the client's streams did not all come");
+                    ctl.shutdown().await;
+                    return;
+                }
+            }
+        }
+        let (mut ntx, mut nrx) = node_ws.split();
+        let stdin = got.remove("stdin");
+        let resize = got.remove("resize");
+        let up = async move {
+            let (mut sin, mut srs) = (stdin.map(|s| s.data), resize.map(|s| s.data));
+            let mut pending = Vec::new();
+            loop {
+                tokio::select! {
+                    d = async { sin.as_mut().expect("guarded").recv().await }, if sin.is_some() => match d {
+                        Some(b) => {
+                            let mut m = vec![0u8];
+                            m.extend_from_slice(&b);
+                            if ntx.send(TMsg::Binary(m.into())).await.is_err() { return; }
+                        }
+                        None => {
+                            sin = None;
+                            if ntx.send(TMsg::Binary(vec![255u8, 0].into())).await.is_err() { return; }
+                        }
+                    },
+                    d = async { srs.as_mut().expect("guarded").recv().await }, if srs.is_some() => match d {
+                        Some(b) => {
+                            pending.extend_from_slice(&b);
+                            let mut it = serde_json::Deserializer::from_slice(&pending).into_iter::<Value>();
+                            let mut used = 0;
+                            while let Some(Ok(v)) = it.next() {
+                                used = it.byte_offset();
+                                let mut m = vec![4u8];
+                                m.extend_from_slice(&serde_json::to_vec(&v).expect("json"));
+                                if ntx.send(TMsg::Binary(m.into())).await.is_err() { return; }
+                            }
+                            pending.drain(..used);
+                        }
+                        None => srs = None,
+                    },
+                    else => { std::future::pending::<()>().await }
+                }
+            }
+        };
+        let up = tokio::spawn(up);
+        let out = got.get("stdout").map(|s| s.writer.clone());
+        let err = got.get("stderr").map(|s| s.writer.clone());
+        let mut status: Option<Value> = None;
+        while let Some(Ok(m)) = nrx.next().await {
+            let TMsg::Binary(b) = m else {
+                if matches!(m, TMsg::Close(_)) {
+                    break;
+                }
+                continue;
+            };
+            let Some((&ch, rest)) = b.split_first() else {
+                continue;
+            };
+            let rest = b.slice(b.len() - rest.len()..);
+            let _ = match ch {
+                1 => match &out {
+                    Some(w) => w.write(rest).await,
+                    None => Ok(()),
+                },
+                2 => match &err {
+                    Some(w) => w.write(rest).await,
+                    None => Ok(()),
+                },
+                3 => {
+                    status = serde_json::from_slice(&rest).ok();
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+        }
+        up.abort();
+        for w in [&out, &err].into_iter().flatten() {
+            let _ = w.close().await;
+        }
+        if let Some(e) = got.get("error") {
+            let failed = status.as_ref().is_some_and(|s| s["status"] == "Failure");
+            let body = match &status {
+                Some(s) if v4 => serde_json::to_vec(s).expect("json"),
+                Some(s) if failed => s["message"].as_str().unwrap_or("").as_bytes().to_vec(),
+                _ => Vec::new(),
+            };
+            if !body.is_empty() {
+                let _ = e.writer.write(Bytes::from(body)).await;
+            }
+            let _ = e.writer.close().await;
+        }
+        ctl.shutdown().await;
+    });
+    Ok(spdy_switch(proto))
+}
+
+/// Where a pod's node endpoint is (address:port).
+fn pod_node(store: &Store, ns: &str, pod: &str) -> Result<String, ApiError> {
+    let res = crate::resources::find("", "v1", "pods").expect("served");
+    let p = store
+        .get("pods", ns, pod)
+        .ok_or_else(|| ApiError::not_found(res, pod))?;
+    let first = p.value["spec"]["containers"][0]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let q: Query = [("container".to_string(), first)].into_iter().collect();
+    locate(store, ns, pod, &q).map(|(h, _)| h)
+}
+
+/// `pods/portforward`: SPDY (`portforward.k8s.io`), or SPDY tunnelled in a
+/// WebSocket (`SPDY/3.1+portforward.k8s.io`, kubectl 1.31 and later). Each
+/// forwarded connection is a pair of streams (error, data) that share a
+/// `requestID`; its data reaches the node as one WebSocket, which the node
+/// connects to the port inside the pod's network namespace.
+pub async fn port_forward(
+    store: &Store,
+    node_token: String,
+    ns: &str,
+    pod: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let host = pod_node(store, ns, pod)?;
+    let (ns, pod) = (ns.to_string(), pod.to_string());
+    if is_spdy(req.headers()) {
+        let offered = spdy_offered(req.headers());
+        if !offered.iter().any(|o| o == PORT_FORWARD_PROTOCOL) {
+            return Err(ApiError::bad_request(format!(
+                "none of the offered stream protocols {offered:?} is supported: {PORT_FORWARD_PROTOCOL}"
+            )));
+        }
+        let mut req = req;
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let (incoming, ctl) = crate::spdy::serve(hyper_util::rt::TokioIo::new(up));
+                forward_streams(incoming, host, node_token, ns, pod).await;
+                ctl.shutdown().await;
+            }
+        });
+        return Ok(spdy_switch(PORT_FORWARD_PROTOCOL));
+    }
+    let tunnel = format!("{}{PORT_FORWARD_PROTOCOL}", crate::spdy::WS_TUNNEL_PREFIX);
+    let offers_tunnel = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == tunnel);
+    let (mut parts, _) = req.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(u) if offers_tunnel => u,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "port-forward requires a SPDY/3.1 upgrade ({PORT_FORWARD_PROTOCOL}) or a WebSocket with the subprotocol {tunnel}"
+            )));
+        }
+    };
+    Ok(upgrade
+        .protocols([tunnel])
+        .on_upgrade(move |ws: WebSocket| async move {
+            // The WebSocket carries SPDY's bytes: bridge it to a byte pipe.
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let (incoming, ctl) = crate::spdy::serve(theirs);
+            let pump = tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut rd, mut wr) = tokio::io::split(ours);
+                let (mut wtx, mut wrx) = ws.split();
+                let down = async {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    while let Ok(n) = rd.read(&mut buf).await {
+                        if n == 0
+                            || wtx
+                                .send(AxMsg::Binary(Bytes::copy_from_slice(&buf[..n])))
+                                .await
+                                .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = wtx.send(normal_close()).await;
+                };
+                let up = async {
+                    while let Some(Ok(m)) = wrx.next().await {
+                        match m {
+                            AxMsg::Binary(b) => {
+                                let written = wr.write_all(&b).await;
+                                if written.is_err() {
+                                    break;
+                                }
+                            }
+                            AxMsg::Close(_) => break,
+                            _ => {}
+                        }
+                    }
+                    let _ = wr.shutdown().await;
+                };
+                tokio::select! { _ = down => {}, _ = up => {} }
+            });
+            forward_streams(incoming, host, node_token, ns, pod).await;
+            ctl.shutdown().await;
+            let _ = pump.await;
+        }))
+}
+
+async fn forward_streams(
+    mut incoming: mpsc::Receiver<crate::spdy::Stream>,
+    host: String,
+    node_token: String,
+    ns: String,
+    pod: String,
+) {
+    let mut errors: std::collections::HashMap<String, crate::spdy::Stream> = Default::default();
+    while let Some(s) = incoming.recv().await {
+        let id = s.header("requestid").unwrap_or("").to_string();
+        match s.header("streamtype") {
+            Some("error") => {
+                errors.insert(id, s);
+            }
+            Some("data") => {
+                let err = errors.remove(&id);
+                let port = s.header("port").and_then(|p| p.parse::<u16>().ok());
+                let (host, token, ns, pod) =
+                    (host.clone(), node_token.clone(), ns.clone(), pod.clone());
+                tokio::spawn(async move {
+                    let r = match port {
+                        Some(p) => forward_one(s, &host, &token, &ns, &pod, p).await,
+                        None => Err("invalid port".to_string()),
+                    };
+                    if let Some(e) = err {
+                        if let Err(msg) = r {
+                            let _ = e.writer.write(Bytes::from(msg)).await;
+                        }
+                        let _ = e.writer.close().await;
+                    }
+                });
+            }
+            _ => {
+                let _ = s.writer.reset().await;
+            }
+        }
+    }
+}
+
+/// One forwarded connection: the data stream to and from the node.
+async fn forward_one(
+    mut s: crate::spdy::Stream,
+    host: &str,
+    token: &str,
+    ns: &str,
+    pod: &str,
+    port: u16,
+) -> Result<(), String> {
+    let url = format!("ws://{host}/portForward/{ns}/{pod}?port={port}");
+    let req = node_ws_request(&url, None, token).map_err(|_| "bad node request".to_string())?;
+    let node = tokio_tungstenite::connect_async(req).await;
+    let (node_ws, _) = match node {
+        Ok(x) => x,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            let body = r
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let _ = s.writer.close().await;
+            return Err(format!("error forwarding port {port} to pod {pod}: {body}"));
+        }
+        Err(e) => {
+            let _ = s.writer.close().await;
+            return Err(format!("error forwarding port {port} to pod {pod}: {e}"));
+        }
+    };
+    let (mut ntx, mut nrx) = node_ws.split();
+    let w = s.writer.clone();
+    let up = async move {
+        while let Some(b) = s.data.recv().await {
+            if ntx.send(TMsg::Binary(b)).await.is_err() {
+                return;
+            }
+        }
+        // The client half-closed: an empty message says so to the node.
+        let _ = ntx.send(TMsg::Binary(Bytes::new())).await;
+        std::future::pending::<()>().await;
+    };
+    let down = async move {
+        while let Some(Ok(m)) = nrx.next().await {
+            match m {
+                TMsg::Binary(b) if b.is_empty() => break,
+                TMsg::Binary(b) => {
+                    let written = w.write(b).await;
+                    if written.is_err() {
+                        return;
+                    }
+                }
+                TMsg::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = w.close().await;
+    };
+    tokio::select! { _ = down => {}, _ = up => {} }
+    Ok(())
+}
+
+/// The node side of port-forward: one WebSocket per connection; binary
+/// messages are the bytes, an empty one is a half-close.
+async fn node_port_forward(
+    State(st): State<NodeState>,
+    Path((ns, pod)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    req: Request,
+) -> Response {
+    if !authorized(&st, req.headers()) {
+        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+    }
+    let q = multi_query(raw.as_deref().unwrap_or(""));
+    let Some(port) = q
+        .iter()
+        .find(|(k, _)| k == "port")
+        .and_then(|(_, v)| v.parse::<u16>().ok())
+    else {
+        return (StatusCode::BAD_REQUEST, "a port is required").into_response();
+    };
+    let (mut parts, _) = req.into_parts();
+    let Ok(upgrade) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await else {
+        return (StatusCode::BAD_REQUEST, "websocket upgrade required").into_response();
+    };
+    let tcp = match st.handler.port_forward(ns, pod, port).await {
+        Ok(t) => t,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.0).into_response(),
+    };
+    upgrade.on_upgrade(move |ws: WebSocket| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut rd, mut wr) = tcp.into_split();
+        let (mut wtx, mut wrx) = ws.split();
+        let down = async {
+            let mut buf = vec![0u8; 32 * 1024];
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0
+                    || wtx
+                        .send(AxMsg::Binary(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = wtx.send(AxMsg::Binary(Bytes::new())).await;
+            let _ = wtx.send(normal_close()).await;
+        };
+        let up = async {
+            while let Some(Ok(m)) = wrx.next().await {
+                match m {
+                    AxMsg::Binary(b) if b.is_empty() => break,
+                    AxMsg::Binary(b) => {
+                        let written = wr.write_all(&b).await;
+                        if written.is_err() {
+                            break;
+                        }
+                    }
+                    AxMsg::Close(_) => break,
+                    _ => {}
+                }
+            }
+            let _ = wr.shutdown().await;
+            std::future::pending::<()>().await;
+        };
+        tokio::select! { _ = down => {}, _ = up => {} }
+    })
 }

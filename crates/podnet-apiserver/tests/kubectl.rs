@@ -535,3 +535,127 @@ fn generator_commands_send_json_or_protobuf_and_work() {
         );
     }
 }
+
+/// `pods/ephemeralcontainers` as `kubectl debug` and `kubectl patch
+/// --subresource` use it: strategic-merge and JSON patches add, nothing
+/// removes or changes one, and the main endpoint changes none.
+#[test]
+fn ephemeral_containers_are_added_through_their_subresource() {
+    let lab = Lab::start();
+    let pod = lab.file("pod.yaml", POD);
+    lab.ok("1.33", &["create", "-f", &pod]);
+    let sub = "--subresource=ephemeralcontainers";
+    lab.ok(
+        "1.33",
+        &[
+            "patch",
+            "pod",
+            "web",
+            sub,
+            "--type=strategic",
+            "-p",
+            r#"{"spec":{"ephemeralContainers":[{"name":"dbg","image":"busybox","targetContainerName":"nginx","stdin":true,"tty":true}]}}"#,
+        ],
+    );
+    lab.ok(
+        "1.33",
+        &[
+            "patch",
+            "pod",
+            "web",
+            sub,
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/ephemeralContainers/-","value":{"name":"dbg2","image":"busybox"}}]"#,
+        ],
+    );
+    let names = lab.ok(
+        "1.33",
+        &[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.spec.ephemeralContainers[*].name} {.spec.ephemeralContainers[0].targetContainerName}",
+        ],
+    );
+    assert_eq!(names, "dbg dbg2 nginx");
+    let err = lab.fails(
+        "1.33",
+        &[
+            "patch",
+            "pod",
+            "web",
+            sub,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/ephemeralContainers/0"}]"#,
+        ],
+    );
+    assert!(
+        err.contains("existing ephemeral containers \"dbg\" may not be removed"),
+        "{err}"
+    );
+    let err = lab.fails(
+        "1.33",
+        &[
+            "patch",
+            "pod",
+            "web",
+            sub,
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/ephemeralContainers/-","value":{"name":"x","image":"busybox","targetContainerName":"nope"}}]"#,
+        ],
+    );
+    assert!(
+        err.contains("spec.ephemeralContainers[2].targetContainerName: Not found: \"nope\""),
+        "{err}"
+    );
+    // Only the ephemeral containers are the subresource's.
+    lab.ok(
+        "1.33",
+        &[
+            "patch",
+            "pod",
+            "web",
+            sub,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"x":"y"}},"spec":{"ephemeralContainers":[{"name":"dbg","image":"busybox","targetContainerName":"nginx","stdin":true,"tty":true},{"name":"dbg2","image":"busybox"},{"name":"dbg3","image":"busybox"}]}}"#,
+        ],
+    );
+    let out = lab.ok(
+        "1.33",
+        &[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.metadata.labels.x}/{.spec.ephemeralContainers[2].name}",
+        ],
+    );
+    assert_eq!(out, "/dbg3");
+    let err = lab.fails(
+        "1.33",
+        &[
+            "patch",
+            "pod",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/ephemeralContainers/-","value":{"name":"y","image":"busybox"}}]"#,
+        ],
+    );
+    assert!(err.contains("pod updates may not change fields"), "{err}");
+    // Discovery lists it with its verbs.
+    let raw = lab.ok("1.33", &["get", "--raw", "/api/v1"]);
+    let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let r = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pods/ephemeralcontainers")
+        .expect("pods/ephemeralcontainers in discovery");
+    assert_eq!(r["verbs"], serde_json::json!(["get", "patch", "update"]));
+}

@@ -163,6 +163,9 @@ pub fn observe(k: &Arc<Kubelet>, pod: Pod, gone: bool) {
     match known {
         Some(h) => {
             *h.pod.lock().unwrap() = pod.clone();
+            if !deleting {
+                start_ephemeral(k, &h);
+            }
             if deleting && !*h.stop.borrow() {
                 let grace = if gone {
                     0
@@ -380,11 +383,79 @@ async fn start(k: Arc<Kubelet>, h: Arc<PodHandle>) {
     for c in &spec.containers {
         tokio::spawn(supervise(k.clone(), h.clone(), c.name.clone(), None));
     }
+    start_ephemeral(&k, &h);
     // Each container's first start (running, or why not) is reported with
     // the IP, as kubelet's first status after a sandbox: one write instead
     // of a ContainerCreating one just before it, for every watcher of pods.
     if spec.containers.is_empty() {
         report(&k, &h).await;
+    }
+}
+
+/// Starts the pod's ephemeral containers (`kubectl debug`) that have not
+/// run yet, once its sandbox exists: each runs once in the pod's
+/// namespaces and is never restarted, as the kubelet runs them. One the
+/// pod's status already shows as started (a kubelet restart) is not run
+/// again.
+pub fn start_ephemeral(k: &Arc<Kubelet>, h: &Arc<PodHandle>) {
+    if h.sandbox_pid.lock().unwrap().is_none() || *h.stop.borrow() {
+        return;
+    }
+    let (specs, seen) = {
+        let pod = h.pod.lock().unwrap();
+        let specs = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.ephemeral_containers.clone())
+            .unwrap_or_default();
+        let seen: Vec<String> = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.ephemeral_container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|s| {
+                s.state
+                    .as_ref()
+                    .is_some_and(|st| st.running.is_some() || st.terminated.is_some())
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        (specs, seen)
+    };
+    for ec in specs {
+        if seen.contains(&ec.name) {
+            continue;
+        }
+        // The same fields as a container's, less ports and probes.
+        let spec: Container = match serde_json::to_value(&ec).and_then(serde_json::from_value) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(pod = %h.name, container = %ec.name, error = %e, "ephemeral container");
+                continue;
+            }
+        };
+        {
+            let mut cs = h.containers.lock().unwrap();
+            if cs.contains_key(&ec.name) {
+                continue;
+            }
+            cs.insert(
+                ec.name.clone(),
+                ContainerRt {
+                    spec,
+                    state: CState::Waiting("ContainerCreating".into(), String::new()),
+                    last: None,
+                    restarts: 0,
+                    pid: None,
+                    shim_pid: None,
+                    ready: false,
+                    io: None,
+                },
+            );
+        }
+        tracing::info!(pod = %h.name, container = %ec.name, target = ?ec.target_container_name, "ephemeral container");
+        tokio::spawn(supervise(k.clone(), h.clone(), ec.name, None));
     }
 }
 
@@ -811,9 +882,14 @@ async fn supervise(
         let init = spec
             .and_then(|s| s.init_containers.as_ref())
             .is_some_and(|ics| ics.iter().any(|c| c.name == name));
+        let ephemeral = spec
+            .and_then(|s| s.ephemeral_containers.as_ref())
+            .is_some_and(|ecs| ecs.iter().any(|c| c.name == name));
         // An init container runs to success: it is restarted on failure
-        // unless the pod's policy is Never, never after success.
+        // unless the pod's policy is Never, never after success. An
+        // ephemeral container runs once.
         match (init, policy.as_str()) {
+            _ if ephemeral => "Never".to_string(),
             (true, "Never") => "Never".to_string(),
             (true, _) => "OnFailure".to_string(),
             _ => policy,
@@ -1477,6 +1553,24 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
         }
         init_statuses.push(s);
     }
+    let mut ephemeral_statuses = Vec::new();
+    for c in spec.ephemeral_containers.iter().flatten() {
+        let Some(rt) = cs.get(&c.name) else {
+            continue;
+        };
+        let image = c.image.clone().unwrap_or_default();
+        let mut s = json!({
+            "name": c.name, "image": image, "imageID": format!("podnet-lab://{image}"),
+            "ready": false, "started": matches!(rt.state, CState::Running(_)),
+            "restartCount": 0,
+            "state": state_json(&h.uid, &rt.state),
+            "lastState": {},
+        });
+        if !matches!(rt.state, CState::Waiting(..)) {
+            s["containerID"] = json!(format!("podnet://{}/{}", h.uid, c.name));
+        }
+        ephemeral_statuses.push(s);
+    }
     let phase = if init_failed {
         "Failed"
     } else if spec.containers.is_empty() || cs.is_empty() || !initialized {
@@ -1518,6 +1612,9 @@ fn status_of(k: &Kubelet, h: &PodHandle) -> Value {
     });
     if !init_statuses.is_empty() {
         st["initContainerStatuses"] = json!(init_statuses);
+    }
+    if !ephemeral_statuses.is_empty() {
+        st["ephemeralContainerStatuses"] = json!(ephemeral_statuses);
     }
     if let Some(ip) = ip {
         st["podIP"] = json!(ip);

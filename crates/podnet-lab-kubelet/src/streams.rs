@@ -129,6 +129,53 @@ impl NodeStreams for Streams {
             exec(h, &req, io, env).await
         })
     }
+
+    fn port_forward(
+        &self,
+        namespace: String,
+        pod: String,
+        port: u16,
+    ) -> BoxFuture<'static, Result<tokio::net::TcpStream, NodeError>> {
+        let k = self.0.clone();
+        Box::pin(async move {
+            let h = k
+                .find(&namespace, &pod)
+                .ok_or_else(|| err(format!("pod {namespace}/{pod} is not running on this node")))?;
+            let netns = h.netns.clone();
+            let std = tokio::task::spawn_blocking(move || connect_in(netns.as_deref(), port))
+                .await
+                .map_err(err)??;
+            std.set_nonblocking(true).map_err(err)?;
+            tokio::net::TcpStream::from_std(std).map_err(err)
+        })
+    }
+}
+
+/// Connects to `port` on localhost in the pod's network namespace (the
+/// node's own with hostNetwork), as the kubelet does for port-forward: the
+/// socket belongs to the namespace it was made in.
+fn connect_in(netns: Option<&str>, port: u16) -> Result<std::net::TcpStream, NodeError> {
+    let connect = || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(10),
+        )
+        .map_err(|e| {
+            err(format!(
+                "failed to connect to localhost:{port} inside the pod's network namespace: {e}"
+            ))
+        })
+    };
+    match netns {
+        None => connect(),
+        Some(ns) => {
+            let path = std::path::Path::new(podnet_kernel::netns::NETNS_DIR).join(ns);
+            let f =
+                std::fs::File::open(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+            podnet_kernel::netns::run_in(std::os::fd::AsFd::as_fd(&f), &path, connect)
+                .map_err(err)?
+        }
+    }
 }
 
 /// A follow stream: the first chunk, then whatever `poll` finds every
@@ -189,6 +236,9 @@ async fn exec(
     let mut child = cmd
         .spawn()
         .map_err(|e| err(format!("exec {:?}: {e}", req.command[0])))?;
+    // The Command still holds the pty slave: drop it, or the master never
+    // reads EOF and `exec -it` outlives its process.
+    drop(cmd);
     drop(fds);
     if let Some(master) = pty_master {
         let m = std::fs::File::from(master);

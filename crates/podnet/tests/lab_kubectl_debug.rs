@@ -1,0 +1,272 @@
+//! `kubectl debug`, as on a real cluster, with kubectl 1.27 (attach over
+//! SPDY/3.1) and 1.33 (attach over WebSocket): an ephemeral container in a
+//! running pod (`pods/ephemeralcontainers`, started by the node's kubelet
+//! in the pod's namespaces, shown by `kubectl describe pod`), with and
+//! without a terminal; and a debugging pod on a node (`debug node/NODE`:
+//! hostNetwork, hostPID, the node's `/` at `/host`).
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use support::Lab;
+
+const KUBECTLS: &[&str] = &[
+    "/usr/lib/google-cloud-sdk/bin/kubectl.1.27",
+    "/usr/lib/google-cloud-sdk/bin/kubectl.1.33",
+];
+const NETSHOOT: &str = "--image=nicolaka/netshoot";
+
+/// Runs `bin` with `args` on the lab, `stdin` written to it then closed.
+fn kubectl(lab: &Lab, bin: &str, args: &[&str], stdin: &str) -> Output {
+    assert!(
+        std::path::Path::new(bin).exists(),
+        "this test drives the real kubectl at {bin}"
+    );
+    let mut child = Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(&lab.kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The same on a terminal of 33 rows and 77 columns (`script` gives
+/// kubectl a pty; what is typed is `stdin`).
+fn kubectl_tty(lab: &Lab, bin: &str, args: &str, stdin: &str) -> Output {
+    let cmd = format!(
+        "stty rows 33 cols 77; {bin} --kubeconfig {} {args}",
+        lab.kubeconfig.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Prints the tty, then its size once kubectl's first resize has arrived
+/// (at most 10 s).
+const WAIT_SIZE: &str = "tty; for i in $(seq 100); do [ \"$(stty size)\" != \"0 0\" ] && break; sleep 0.1; done; echo size $(stty size)";
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn debug_pods_and_nodes_with_kubectl_1_27_and_1_33() {
+    let lab = Lab::up("kd", "vxlan");
+    let nodes = lab.nodes();
+    let (worker, worker_ip, _) = nodes
+        .iter()
+        .find(|n| n.0.ends_with("worker"))
+        .cloned()
+        .unwrap();
+    // The target: a process the debugger should see by its command line.
+    lab.run_on("box", "busybox", &worker, &["sleep", "31337"]);
+    lab.wait_ready("run=box");
+    let (box_ip, _) = lab.pod_ip_node("box");
+    assert!(!box_ip.is_empty(), "box has no IP");
+
+    for (i, bin) in KUBECTLS.iter().enumerate() {
+        // An ephemeral container with stdin, no terminal: what is typed
+        // runs in the pod's network namespace, beside the target.
+        let name = format!("dbg{i}");
+        let o = kubectl(
+            &lab,
+            bin,
+            &[
+                "debug",
+                "-i",
+                "box",
+                NETSHOOT,
+                "--target=box",
+                "-c",
+                &name,
+                "--",
+                "sh",
+            ],
+            "ip -o addr; ps -ef; echo done-$((6*7))\nexit\n",
+        );
+        let out = text(&o);
+        assert!(o.status.success(), "{bin} debug -i: {out}");
+        assert!(out.contains("done-42"), "{bin} debug -i: no output: {out}");
+        assert!(
+            out.contains(&format!("inet {box_ip}/")),
+            "{bin} debug: the pod's address {box_ip} not seen: {out}"
+        );
+        assert!(
+            out.contains("sleep 31337"),
+            "{bin} debug --target=box: the target's process not seen: {out}"
+        );
+
+        // The same with a terminal (`kubectl debug -it`).
+        let tname = format!("dbgt{i}");
+        let o = kubectl_tty(
+            &lab,
+            bin,
+            &format!("debug -it box {NETSHOOT} --target=box -c {tname} -- sh"),
+            &format!("{WAIT_SIZE}; echo tty-$((6*7))\nexit\n"),
+        );
+        let out = text(&o);
+        assert!(o.status.success(), "{bin} debug -it: {out}");
+        assert!(out.contains("tty-42"), "{bin} debug -it: no output: {out}");
+        assert!(out.contains("/dev/pts/"), "{bin} debug -it: no tty: {out}");
+        // kubectl's terminal size reached the container's pty.
+        assert!(
+            out.contains("size 33 77"),
+            "{bin} debug -it: terminal size: {out}"
+        );
+
+        // Both are in the pod's status (the kubelet reports their end
+        // soon after kubectl saw it) and in `describe`.
+        for n in [&name, &tname] {
+            let s = wait_for(&lab, &["pod", "box"], |pod| {
+                pod["status"]["ephemeralContainerStatuses"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|s| s["name"] == n.as_str()))
+                    .filter(|s| !s["state"]["terminated"].is_null())
+                    .cloned()
+            });
+            assert_eq!(
+                s["state"]["terminated"]["exitCode"], 0,
+                "{bin}: {n} did not end with 0: {s}"
+            );
+        }
+        let describe = lab.kubectl(&["describe", "pod", "box"]);
+        assert!(
+            describe.contains("Ephemeral Containers:")
+                && describe.contains(&format!("{name}:"))
+                && describe.contains(&format!("{tname}:")),
+            "describe pod box: {describe}"
+        );
+    }
+    // The pod's own container was left alone.
+    let pod = lab.get_json(&["pod", "box"]);
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{pod}"
+    );
+    assert_eq!(pod["status"]["phase"], "Running", "{pod}");
+    // Ephemeral containers are only added.
+    let o = lab.kubectl_raw(&[
+        "patch",
+        "pod",
+        "box",
+        "--subresource=ephemeralcontainers",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/ephemeralContainers/0"}]"#,
+    ]);
+    assert!(
+        !o.status.success(),
+        "removing an ephemeral container worked"
+    );
+    assert!(
+        text(&o).contains("may not be removed"),
+        "removing an ephemeral container: {}",
+        text(&o)
+    );
+
+    // A debugging pod on the node: the node's network, its files at /host.
+    let cni = format!(
+        "/var/lib/podnet/{}/nodes/{worker}/root/etc/cni/net.d",
+        lab.name
+    );
+    let conflists: Vec<String> = std::fs::read_dir(&cni)
+        .unwrap_or_else(|e| panic!("{cni}: {e}"))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!conflists.is_empty(), "{cni} is empty");
+    for bin in KUBECTLS {
+        let o = kubectl(
+            &lab,
+            bin,
+            &["debug", &format!("node/{worker}"), "-i", NETSHOOT],
+            "ls /host/etc/cni/net.d; ip -o addr; hostname; echo node-$((6*7))\nexit\n",
+        );
+        let out = text(&o);
+        assert!(o.status.success(), "{bin} debug node: {out}");
+        assert!(
+            out.contains("node-42"),
+            "{bin} debug node: no output: {out}"
+        );
+        for f in &conflists {
+            assert!(
+                out.contains(f.as_str()),
+                "{bin} debug node: /host/etc/cni/net.d lacks {f}: {out}"
+            );
+        }
+        assert!(
+            out.contains(&format!("inet {worker_ip}/")),
+            "{bin} debug node: the node's address {worker_ip} not seen: {out}"
+        );
+        assert!(
+            out.lines().any(|l| l.trim() == worker),
+            "{bin} debug node: hostname is not {worker}: {out}"
+        );
+    }
+    let pods = lab.get_json(&["pods"]);
+    let debuggers: Vec<_> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("node-debugger-")
+        })
+        .collect();
+    assert_eq!(debuggers.len(), KUBECTLS.len(), "{pods}");
+    for p in debuggers {
+        assert_eq!(p["spec"]["nodeName"], worker.as_str(), "{p}");
+        assert_eq!(p["spec"]["hostNetwork"], true, "{p}");
+        assert_eq!(p["spec"]["hostPID"], true, "{p}");
+        let name = p["metadata"]["name"].as_str().unwrap();
+        wait_for(&lab, &["pod", name], |p| {
+            (p["status"]["phase"] == "Succeeded").then_some(())
+        });
+    }
+}
+
+/// Polls `kubectl get <what> -o json` until `f` finds what it wants (at
+/// most a minute: then it fails with the object as last seen).
+fn wait_for<T>(lab: &Lab, what: &[&str], f: impl Fn(&serde_json::Value) -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v = lab.get_json(what);
+        if let Some(t) = f(&v) {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what:?} never got there: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
