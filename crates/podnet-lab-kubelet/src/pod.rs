@@ -660,6 +660,14 @@ fn make_sandbox(
         argv.push("--mount".into());
         argv.push(m.arg());
     }
+    argv.push("--made-log".into());
+    argv.push(
+        k.args
+            .state_dir
+            .join(MOUNT_POINTS_LOG)
+            .display()
+            .to_string(),
+    );
     *h.sandbox_pid.lock().unwrap() = Some(start_sandbox_process(&argv, &h.dir)?);
     tracing::debug!(pod = %h.name, "sandbox process ready");
 
@@ -683,6 +691,11 @@ fn make_sandbox(
     pod_files(h, ip.as_deref())?;
     Ok(())
 }
+
+/// The node's record of the mount points its sandboxes made on the shared
+/// filesystem (a volume's target that did not exist, e.g. `/host` of
+/// `kubectl debug node/`), read by `podnet down`.
+pub const MOUNT_POINTS_LOG: &str = "mount-points.log";
 
 /// Appends the new namespace's inode and cookie to `<node dir>/netns.log`,
 /// so `podnet down` can tell afterwards, over `/proc`, that no process,

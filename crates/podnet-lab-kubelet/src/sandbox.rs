@@ -6,7 +6,7 @@
 //! IP, one `localhost`, one hostname.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use nix::mount::{MsFlags, mount};
@@ -27,12 +27,16 @@ pub struct SandboxArgs {
     /// A volume: `SOURCE:TARGET[:ro]`, bound at TARGET in the pod.
     #[arg(long = "mount")]
     pub mounts: Vec<String>,
+    /// Where to append each mount point this sandbox makes on the shared
+    /// filesystem, so that `podnet down` can take them away again.
+    #[arg(long)]
+    pub made_log: Option<PathBuf>,
 }
 
 /// Binds one volume. A missing mount point is made on the node's
 /// filesystem (an empty directory or file, as a runtime makes one in an
 /// image); nothing mounted here reaches the node.
-fn bind_volume(spec: &str) -> anyhow::Result<()> {
+fn bind_volume(spec: &str, made_log: Option<&Path>) -> anyhow::Result<()> {
     let (rest, read_only) = match spec.strip_suffix(":ro") {
         Some(r) => (r, true),
         None => (spec, false),
@@ -42,6 +46,22 @@ fn bind_volume(spec: &str) -> anyhow::Result<()> {
         .with_context(|| format!("volume {spec:?} is not SOURCE:TARGET"))?;
     let (src, dst) = (PathBuf::from(src), PathBuf::from(dst));
     if !dst.exists() {
+        // Recorded before they are made: a crash in between leaves a line
+        // for a path that is not there, never a path without its line.
+        let mut missing: Vec<&Path> = dst.ancestors().take_while(|p| !p.exists()).collect();
+        missing.reverse();
+        if let Some(log) = made_log {
+            let lines: String = missing
+                .iter()
+                .map(|p| format!("{}\n", p.display()))
+                .collect();
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, lines.as_bytes()))
+                .with_context(|| format!("record the mount point in {}", log.display()))?;
+        }
         if src.is_dir() {
             std::fs::create_dir_all(&dst)
         } else {
@@ -100,7 +120,7 @@ pub fn hold(args: SandboxArgs) -> anyhow::Result<()> {
         }
     }
     for m in &args.mounts {
-        bind_volume(m)?;
+        bind_volume(m, args.made_log.as_deref())?;
     }
     let mut out = std::io::stdout();
     out.write_all(b"ready\n")?;

@@ -79,6 +79,9 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn debug_pods_and_nodes_with_kubectl_1_27_and_1_33() {
+    // `/host` is made on the shared filesystem for the node debugger's
+    // volume; `down` must take it away again if the lab made it.
+    let host_existed = std::path::Path::new("/host").exists();
     let lab = Lab::up("kd", "vxlan");
     let nodes = lab.nodes();
     let (worker, worker_ip, _) = nodes
@@ -251,6 +254,36 @@ fn debug_pods_and_nodes_with_kubectl_1_27_and_1_33() {
         wait_for(&lab, &["pod", name], |p| {
             (p["status"]["phase"] == "Succeeded").then_some(())
         });
+    }
+    if !host_existed {
+        let log = format!(
+            "/var/lib/podnet/{}/nodes/{worker}/mount-points.log",
+            lab.name
+        );
+        let made = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            made.lines().any(|l| l == "/host"),
+            "the sandbox made /host but {log} does not record it: {made:?}"
+        );
+    }
+    let down = lab.down();
+    assert!(down.status.success(), "{}", text(&down));
+    // Mount points are shared by every lab on the machine, so `down` keeps
+    // them while another lab is recorded (as CI's serial test binaries
+    // never have).
+    let others: Vec<_> = std::fs::read_dir("/var/lib/podnet")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    if !host_existed && others.is_empty() {
+        assert!(
+            !std::path::Path::new("/host").exists(),
+            "podnet down left the /host mount point the node debugger's sandbox made"
+        );
+    } else if !host_existed {
+        eprintln!("/host not checked after down: other labs are recorded: {others:?}");
     }
 }
 

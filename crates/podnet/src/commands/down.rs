@@ -118,10 +118,10 @@ pub fn teardown(name: &str, rec: Option<&LabRecord>, verify: bool) -> Report {
         }
     }
     lab::cgroup::remove(name);
+    let mut mount_points = rec.map(|r| r.mount_points.clone()).unwrap_or_default();
+    mount_points.extend(lab::sandbox_mount_points(name));
     let _ = std::fs::remove_dir_all(lab::state_dir(name));
-    if let Some(rec) = rec {
-        lab::remove_mount_points(name, &rec.mount_points);
-    }
+    lab::remove_mount_points(name, &mount_points);
     if rec.is_some_and(|r| r.kubeconfig == lab::state_dir(name).join("kubeconfig")) {
         let ctx = format!("podnet-{name}");
         for what in ["delete-context", "delete-cluster", "delete-user"] {

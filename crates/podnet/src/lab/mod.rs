@@ -164,6 +164,24 @@ pub fn make_mount_points() -> anyhow::Result<Vec<PathBuf>> {
     Ok(made)
 }
 
+/// The mount points the lab's sandboxes made on the shared filesystem (a
+/// volume target that did not exist), from each node's `mount-points.log`
+/// (the kubelet's `MOUNT_POINTS_LOG`), parents before children.
+pub fn sandbox_mount_points(lab: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let nodes = std::fs::read_dir(state_dir(lab).join("nodes"));
+    for e in nodes.into_iter().flatten().flatten() {
+        let log = std::fs::read_to_string(e.path().join("mount-points.log")).unwrap_or_default();
+        for line in log.lines().filter(|l| l.starts_with('/')) {
+            let p = PathBuf::from(line);
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// Removes the mount points a lab made, deepest first, each only if it is
 /// empty, and only when no other lab is recorded (another lab's kubelets
 /// may have their nodes' directories bound there).
@@ -176,7 +194,17 @@ pub fn remove_mount_points(lab: &str, made: &[PathBuf]) {
     if others {
         return;
     }
-    for dir in made.iter().rev() {
-        let _ = std::fs::remove_dir(dir);
+    for path in made.iter().rev() {
+        // Only what is still as it was made: an empty directory, or an
+        // empty file (the mount point of a file volume).
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                let _ = std::fs::remove_dir(path);
+            }
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                let _ = std::fs::remove_file(path);
+            }
+            _ => {}
+        }
     }
 }
