@@ -708,46 +708,7 @@ impl PolicyWorld {
         proto: Proto,
         port: u16,
     ) -> Verdict {
-        let (subject, remote) = match dir {
-            Direction::Ingress => (dst.1, src),
-            Direction::Egress => (src.1, dst),
-        };
-        let Some(subject) = subject.filter(|p| !p.host_network) else {
-            return Verdict::Open;
-        };
-        let mut isolating = Vec::new();
-        let mut allowing = Vec::new();
-        for pol in &self.policies {
-            let Some(rules) = pol.rules(dir) else {
-                continue;
-            };
-            if !pol.selects(subject) {
-                continue;
-            }
-            isolating.push(pol.id());
-            let admits = rules.iter().any(|r| {
-                let peer_ok = r.peers.as_ref().is_none_or(|peers| {
-                    peers
-                        .iter()
-                        .any(|p| self.peer_matches(p, remote.0, remote.1))
-                });
-                let port_ok = r
-                    .ports
-                    .as_ref()
-                    .is_none_or(|ports| ports.iter().any(|s| port_matches(s, proto, port, dst.1)));
-                peer_ok && port_ok
-            });
-            if admits {
-                allowing.push(pol.id());
-            }
-        }
-        if isolating.is_empty() {
-            Verdict::Open
-        } else if allowing.is_empty() {
-            Verdict::Denied(isolating)
-        } else {
-            Verdict::Allowed(allowing)
-        }
+        self.explain(dir, src, dst, proto, port).verdict()
     }
 }
 
