@@ -20,6 +20,7 @@ mod node;
 mod policy;
 mod proxy;
 mod routes;
+mod slim;
 mod watch;
 
 use std::net::Ipv4Addr;

@@ -7,7 +7,7 @@
 use std::sync::{Mutex, OnceLock};
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use podnet_core::policy::{DropLog, NodeFacts, PodFacts, PolicyWorld, plan_world};
@@ -16,6 +16,7 @@ use podnet_dataplane::policy::PolicyApplier;
 use tokio::sync::mpsc;
 
 use crate::AgentArgs;
+use crate::slim::SlimPod;
 use crate::watch::{self, Update};
 
 /// The node's applier, shared with the `/metrics` endpoint: counters are
@@ -121,10 +122,12 @@ pub async fn run(
         crate::drops::start(args.node.clone(), args.drop_log_group, world());
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // Pods are decoded to what their facts need (see `slim`), then reduced
+    // to those facts in the watch task.
     watch::spawn_mapped(
-        Api::<Pod>::all(client.clone()),
+        Api::<SlimPod>::all(client.clone()),
         tx.clone(),
-        |p| PodFacts::from_pod(&p),
+        |p| PodFacts::from_pod(&p.0),
         Change::Pod,
     );
     watch::spawn(

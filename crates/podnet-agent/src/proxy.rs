@@ -8,17 +8,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use podnet_core::proxy::{
-    NodeFacts, ProxyState, ServicePortName, ServicePortPlan, plan, plan_service,
-};
+use podnet_core::proxy::{NodeFacts, ProxyState, ServicePortName, ServicePortPlan, plan_service};
 use podnet_dataplane::proxy::{IptablesProxy, NftProxy, Target};
 use tokio::sync::mpsc;
 
 use crate::AgentArgs;
+use crate::slim::{SlimService, SlimSlice};
 use crate::watch::{self, Update};
 
 /// The lab's service CIDR (the `kubernetes` service is its first address).
 const LAB_SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// Service ports per transaction of the first nftables load on a node
+/// without podnet's table (see `NftProxy::first_load`): small enough that
+/// libnftables' memory for one stays a few MiB, large enough that 10,000
+/// services take a handful of transactions.
+const FIRST_LOAD_STEP: usize = 1_000;
 
 /// A proxy needs the node to route service addresses somewhere (a real
 /// node's default route does): a connection from the node itself is
@@ -258,12 +263,14 @@ pub async fn run(
         Backend::Nft(NftProxy::new(Target::current()))
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    watch::spawn(
-        Api::<Service>::all(client.clone()),
+    // Only what `plan_service` reads is decoded and kept (see `slim`).
+    watch::spawn_mapped(
+        Api::<SlimService>::all(client.clone()),
         tx.clone(),
+        |s| s.0,
         Change::Service,
     );
-    watch::spawn(Api::<EndpointSlice>::all(client), tx, Change::Slice);
+    watch::spawn_mapped(Api::<SlimSlice>::all(client), tx, |s| s.0, Change::Slice);
     let mut view = View::default();
     let mut synced = 0;
     let mut loaded = false;
@@ -287,26 +294,14 @@ pub async fn run(
             continue; // both initial lists first: never program half a world
         }
         let result = if !loaded {
-            // The first sync: the whole world, one full load.
+            // The first sync: every service planned from the view (no
+            // copy of the objects), then one full load.
             loaded = true;
-            let svcs: Vec<Service> = view.services.values().cloned().collect();
-            let sls: Vec<EndpointSlice> = view.slices.values().cloned().collect();
-            let p = plan(&svcs, &sls, &node);
-            for problem in &p.problems {
-                tracing::warn!(%problem, "proxy input left out");
-            }
-            view.planned = p
-                .state
-                .ports
-                .keys()
-                .map(|n| (format!("{}/{}", n.namespace, n.service), n.clone()))
-                .fold(BTreeMap::new(), |mut m: BTreeMap<_, Vec<_>>, (k, n)| {
-                    m.entry(k).or_default().push(n);
-                    m
-                });
-            view.state = p.state;
+            view.state.cluster_cidrs = node.cluster_cidrs.clone();
+            let all: BTreeSet<String> = view.services.keys().cloned().collect();
+            view.replan(&all, &node);
             tokio::task::block_in_place(|| match &mut backend {
-                Backend::Nft(b) => b.sync(&view.state).map(drop),
+                Backend::Nft(b) => b.first_load(&view.state, FIRST_LOAD_STEP).map(drop),
                 Backend::Iptables(b) => b.sync(&view.state).map(drop),
             })
         } else {

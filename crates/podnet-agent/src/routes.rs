@@ -17,13 +17,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use podnet_kernel::netlink::Netlink;
 
 use crate::AgentArgs;
+use crate::slim::SlimNode;
 
 /// The VXLAN device's name.
 pub const VXLAN_DEV: &str = "podnet.1";
 
 /// A remote node as routing needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Remote {
+pub(crate) struct Remote {
     ip: Ipv4Addr,
     cidr: Ipv4Net,
 }
@@ -48,7 +49,7 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 /// The remote a Node stands for: its pod CIDR and InternalIP, or None
 /// while it lacks either (or when it is this node).
-fn remote_of(n: &Node, me: &str) -> Option<(String, Remote)> {
+pub(crate) fn remote_of(n: &Node, me: &str) -> Option<(String, Remote)> {
     let name = n.metadata.name.clone().unwrap_or_default();
     if name == me {
         return None;
@@ -86,7 +87,8 @@ pub async fn run(
     if args.encap == "vxlan" {
         setup_vxlan(&args, own_cidr)?;
     }
-    let nodes: Api<Node> = Api::all(client);
+    // Only the name, pod CIDR and addresses are decoded (see `slim`).
+    let nodes: Api<SlimNode> = Api::all(client);
     // What is in the kernel, by node name.
     let mut applied: BTreeMap<String, Remote> = BTreeMap::new();
     // A list being received (between Init and InitDone).
@@ -126,7 +128,8 @@ pub async fn run(
                 continue;
             }
             Ok(watcher::Event::InitApply(n)) => {
-                if let (Some(l), Some((name, r))) = (listing.as_mut(), remote_of(&n, &args.node)) {
+                if let (Some(l), Some((name, r))) = (listing.as_mut(), remote_of(&n.0, &args.node))
+                {
                     l.insert(name, r);
                 }
                 continue;
@@ -147,8 +150,8 @@ pub async fn run(
                 applied = want;
             }
             Ok(watcher::Event::Apply(n)) => {
-                let name = n.metadata.name.clone().unwrap_or_default();
-                match remote_of(&n, &args.node) {
+                let name = n.0.metadata.name.clone().unwrap_or_default();
+                match remote_of(&n.0, &args.node) {
                     Some((name, r)) => {
                         let old = applied.get(&name);
                         if old != Some(&r) {
@@ -164,7 +167,7 @@ pub async fn run(
                 }
             }
             Ok(watcher::Event::Delete(n)) => {
-                let name = n.metadata.name.clone().unwrap_or_default();
+                let name = n.0.metadata.name.clone().unwrap_or_default();
                 if let Some(old) = applied.remove(&name) {
                     removes.push((name, old));
                 }

@@ -224,6 +224,60 @@ impl NftProxy {
         })
     }
 
+    /// The first load of `state` on a node where podnet's tables are not
+    /// in the kernel yet (a fresh node, not an agent restart): in steps of
+    /// `step` service ports, each its own transaction, the first a
+    /// [`NftProxy::full_sync`] and the rest [`NftProxy::update`]s.
+    /// libnftables holds a whole transaction in memory at once (parse
+    /// tree, cache, netlink batch): 10,000 services in one peaked the
+    /// agent at hundreds of MiB. Where the tables are there (or cannot be
+    /// listed), or a state was applied already, this is
+    /// [`NftProxy::sync`]: the old table serves traffic until one
+    /// transaction replaces it, never half of it.
+    pub fn first_load(
+        &mut self,
+        state: &ProxyState,
+        step: usize,
+    ) -> Result<SyncReport, ProxyError> {
+        if self.state.is_some() || state.ports.len() <= step || self.kernel_has_table() {
+            return self.sync(state);
+        }
+        let mut ports = state.ports.iter();
+        let first = ProxyState {
+            ports: ports
+                .by_ref()
+                .take(step)
+                .map(|(n, p)| (n.clone(), p.clone()))
+                .collect(),
+            cluster_cidrs: state.cluster_cidrs.clone(),
+        };
+        let mut report = self.full_sync(&first)?;
+        loop {
+            let changes: Vec<_> = ports
+                .by_ref()
+                .take(step)
+                .map(|(n, p)| (n.clone(), Some(p.clone())))
+                .collect();
+            if changes.is_empty() {
+                return Ok(report);
+            }
+            let r = self.update(changes)?;
+            report.element_changes += r.element_changes;
+            report.flushed += r.flushed;
+        }
+    }
+
+    /// Whether the kernel holds a table of podnet's proxy (in any family);
+    /// `true` when the tables cannot be listed.
+    fn kernel_has_table(&mut self) -> bool {
+        match self.list(&["list", "tables"]) {
+            Ok(l) => l
+                .lines()
+                .any(|l| l.split_whitespace().last() == Some(TABLE)),
+            Err(_) => true,
+        }
+    }
+
     /// Loads `script` as one transaction, in process when libnftables is
     /// there, else through `nft -f`.
     fn apply(&mut self, script: &str) -> Result<(), ProxyError> {
