@@ -25,11 +25,11 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Pod, PodTemplateSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::replicaset::{Expectations, delete_pods, pod_from_template};
+use crate::replicaset::{Expectations, create_pods, delete_pods, pod_from_template};
 use crate::scheduler::record_event_for;
 use crate::util::{
     controller_of, is_available, is_ready, is_terminal, is_terminating, labels_of, template_hash,
@@ -362,35 +362,41 @@ impl StsController {
             let plan = plan(sts, &pods, &update_rev);
             let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
             let current_rev = sts.status.as_ref().and_then(|s| s.current_revision.clone());
-            let mut made = Vec::new();
-            for (ord, keep_current) in &plan.create {
-                let (rev, template) = match current_rev.as_ref().filter(|_| *keep_current) {
+            // Lowest ordinals first, so a scale-down seen between batches
+            // cuts the tail of the burst.
+            let mut create = plan.create.clone();
+            create.sort_unstable();
+            let make = |i: usize| {
+                let (ord, keep_current) = create[i];
+                match current_rev.as_ref().filter(|_| keep_current) {
                     Some(c) if self.templates.contains_key(c) => {
-                        (c.clone(), self.templates[c].clone())
+                        stateful_pod(sts, ord, &self.templates[c], c)
                     }
-                    _ => (update_rev.clone(), spec.template.clone()),
-                };
-                let pod = stateful_pod(sts, *ord, &template, &rev);
-                let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                match api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {
-                        made.push(pod_name.clone());
-                        let msg = format!("create Pod {pod_name} in StatefulSet {name} successful");
-                        let _ = record_event_for(
-                            &client,
-                            COMPONENT,
-                            sts,
-                            "Normal",
-                            "SuccessfulCreate",
-                            &msg,
-                        )
-                        .await;
-                    }
-                    Err(e) => {
-                        crate::log_write_error("statefulset", "create pod", &e);
-                        next = Next::After(RETRY);
-                    }
+                    _ => stateful_pod(sts, ord, &spec.template, &update_rev),
                 }
+            };
+            let sets = self.caches.stateful_sets();
+            let wanted = || {
+                sets.current(sts).map_or(0, |now| {
+                    let replicas = now.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    create.iter().filter(|(o, _)| *o < replicas).count()
+                })
+            };
+            let (made, refused) =
+                create_pods(&api, create.len(), make, "statefulset", wanted).await;
+            for pod_name in &made {
+                let msg = format!("create Pod {pod_name} in StatefulSet {name} successful");
+                let _ =
+                    record_event_for(&client, COMPONENT, sts, "Normal", "SuccessfulCreate", &msg)
+                        .await;
+            }
+            for e in &refused {
+                let msg = format!("create Pod in StatefulSet {name} failed error: {e}");
+                let _ = record_event_for(&client, COMPONENT, sts, "Warning", "FailedCreate", &msg)
+                    .await;
+            }
+            if !refused.is_empty() {
+                next = Next::After(RETRY);
             }
             let doomed: Vec<&Arc<Pod>> = owned
                 .iter()
