@@ -494,17 +494,22 @@ impl RsController {
                     "SuccessfulCreate",
                     made.iter().map(|p| format!("Created pod: {p}")).collect(),
                 );
-                crate::events::record_later(
-                    &client,
-                    "replicaset-controller",
-                    rs,
-                    "Warning",
-                    "FailedCreate",
-                    refused
-                        .iter()
-                        .map(|e| format!("Error creating: {e}"))
-                        .collect(),
-                );
+                // Recorded before the pass goes on (there are few, thanks
+                // to the slow start), so the status this pass writes comes
+                // after the events of its refusals.
+                let source = crate::events::Source {
+                    component: "replicaset-controller".into(),
+                    host: None,
+                };
+                for e in &refused {
+                    let msg = format!("Error creating: {e}");
+                    if let Err(e) =
+                        crate::events::record(&client, &source, rs, "Warning", "FailedCreate", &msg)
+                            .await
+                    {
+                        tracing::debug!(error = %e, "event not recorded");
+                    }
+                }
                 self.expectations.expect(uid, made, []);
                 if !refused.is_empty() {
                     next = Next::After(RETRY);
