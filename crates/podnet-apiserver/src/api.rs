@@ -1173,7 +1173,7 @@ impl Api {
     ) -> Result<Response, ApiError> {
         let (ls, fs) = self.selectors(t, q)?;
         let rv_param = q.get("resourceVersion").cloned().unwrap_or_default();
-        let send_initial = query_flag(&q, "sendInitialEvents");
+        let send_initial = query_flag(q, "sendInitialEvents");
         let from = if rv_param.is_empty() || rv_param == "0" || send_initial {
             None
         } else {
@@ -1181,7 +1181,7 @@ impl Api {
                 ApiError::bad_request(format!("invalid resource version: {rv_param}"))
             })?)
         };
-        let bookmarks = query_flag(&q, "allowWatchBookmarks");
+        let bookmarks = query_flag(q, "allowWatchBookmarks");
         let timeout = q
             .get("timeoutSeconds")
             .and_then(|s| s.parse::<u64>().ok())

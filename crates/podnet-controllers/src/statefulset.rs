@@ -17,10 +17,17 @@
 //! an older revision is remembered in memory only, so a pod below the
 //! partition that is recreated after a controller restart gets the newest
 //! template.
+//!
+//! A pod is recreated under its old name only [`NAME_REUSE_DELAY`] after
+//! the controller found the old one gone: `kubectl delete pod web-1`
+//! (kubectl up to 1.35) waits for a DELETED event of the name, and hangs
+//! if the old pod vanished and a new one appeared under the name between
+//! its list and its first look at it (kubernetes/kubectl#1803). A real
+//! kubelet takes that long to stop a pod; the lab's confirms at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Pod, PodTemplateSpec, Volume};
@@ -35,6 +42,10 @@ use crate::util::{
     controller_of, is_available, is_ready, is_terminal, is_terminating, labels_of, template_hash,
 };
 use crate::{Caches, Error, Next, RETRY};
+
+/// How long a name stays unused after its pod was found gone (see the
+/// module doc): well over kubectl's 100 ms cache-sync poll.
+pub const NAME_REUSE_DELAY: Duration = Duration::from_secs(1);
 
 /// The label naming a StatefulSet pod (a Service may select one pod by it).
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -278,6 +289,8 @@ pub async fn run_with(caches: Arc<Caches>, resync: Duration) -> Result<(), Error
         expectations: Expectations::default(),
         templates: HashMap::new(),
         warned: HashSet::new(),
+        seen: HashMap::new(),
+        gone_at: HashMap::new(),
     };
     crate::drive!("statefulset", wake, resync, c.pass().await)
 }
@@ -290,6 +303,11 @@ struct StsController {
     templates: HashMap<String, PodTemplateSpec>,
     /// Sets already warned about their volume claim templates.
     warned: HashSet<String>,
+    /// The pod names of each set (by uid) in the last pass.
+    seen: HashMap<String, HashSet<String>>,
+    /// When a name seen before was found gone, by (set uid, pod name):
+    /// its replacement waits until [`NAME_REUSE_DELAY`] after that.
+    gone_at: HashMap<(String, String), Instant>,
 }
 
 impl StsController {
@@ -302,6 +320,9 @@ impl StsController {
             .collect();
         self.expectations.retain(&live);
         self.warned.retain(|u| live.contains(u.as_str()));
+        self.seen.retain(|u, _| live.contains(u.as_str()));
+        self.gone_at
+            .retain(|(u, _), t| live.contains(u.as_str()) && t.elapsed() < NAME_REUSE_DELAY);
         let mut next = Next::Idle;
         for sts in &sets {
             if sts.metadata.deletion_timestamp.is_some() {
@@ -362,9 +383,29 @@ impl StsController {
             let plan = plan(sts, &pods, &update_rev);
             let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
             let current_rev = sts.status.as_ref().and_then(|s| s.current_revision.clone());
+            let names: HashSet<String> = owned
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            let before = self.seen.insert(uid.to_string(), names.clone());
+            for gone in before.iter().flatten().filter(|n| !names.contains(*n)) {
+                self.gone_at
+                    .entry((uid.to_string(), gone.clone()))
+                    .or_insert_with(Instant::now);
+            }
             // Lowest ordinals first, so a scale-down seen between batches
-            // cuts the tail of the burst.
+            // cuts the tail of the burst; names gone a moment ago wait.
             let mut create = plan.create.clone();
+            create.retain(|(ord, _)| {
+                let key = (uid.to_string(), format!("{name}-{ord}"));
+                match self.gone_at.get(&key).map(Instant::elapsed) {
+                    Some(e) if e < NAME_REUSE_DELAY => {
+                        next = next.min(Next::After(NAME_REUSE_DELAY - e));
+                        false
+                    }
+                    _ => true,
+                }
+            });
             create.sort_unstable();
             let make = |i: usize| {
                 let (ord, keep_current) = create[i];

@@ -65,6 +65,9 @@ async fn events_for(lab: &Lab, name: &str) -> Result<Vec<(String, String, String
         .collect())
 }
 
+/// How many times the StatefulSet test deletes web-1 and waits for it.
+const PID_REUSE_ROUNDS: usize = 10;
+
 const WEB: &str = r#"
 apiVersion: v1
 kind: Service
@@ -181,17 +184,27 @@ async fn statefulset_orders_names_recreates_scales_and_rolls() -> Result<()> {
     let all = lab.kubectl(&["get", "all"])?;
     assert!(all.contains("statefulset.apps/web"), "{all}");
 
-    // A deleted pod comes back under the same name.
-    lab.kubectl(&["delete", "pod", "web-1"])?;
-    let old_uid = web1.metadata.uid.clone();
-    eventually("web-1 recreated and Ready", || async {
-        let p = pods.get_opt("web-1").await?;
-        Ok(match p {
-            Some(p) if p.metadata.uid != old_uid && pod_ready(&p) => Ok(()),
-            other => Err(format!("{:?}", other.map(|p| p.metadata.uid))),
+    // A deleted pod comes back under the same name, and `kubectl delete`
+    // (which waits for the deletion) returns although the new pod may
+    // already stand under the old name when it looks. Several times: the
+    // race is between kubectl's reads and the controller's create.
+    let mut old_uid = web1.metadata.uid.clone();
+    for _ in 0..PID_REUSE_ROUNDS {
+        lab.kubectl(&[
+            "delete",
+            "pod",
+            "web-1",
+            &format!("--timeout={}s", common::CONVERGE.as_secs()),
+        ])?;
+        old_uid = eventually("web-1 recreated and Ready", || async {
+            let p = pods.get_opt("web-1").await?;
+            Ok(match p {
+                Some(p) if p.metadata.uid != old_uid && pod_ready(&p) => Ok(p.metadata.uid),
+                other => Err(format!("{:?}", other.map(|p| p.metadata.uid))),
+            })
         })
-    })
-    .await?;
+        .await?;
+    }
 
     // Rolling update above a partition: web-2 and web-1 change, web-0 stays.
     lab.kubectl(&[
