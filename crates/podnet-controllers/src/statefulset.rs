@@ -72,9 +72,17 @@ pub fn revision_of(sts: &StatefulSet) -> String {
     format!(
         "{}-{}",
         sts.metadata.name.as_deref().unwrap_or(""),
+        // No collisionCount yet counts as 0, as kube-controller-manager
+        // reads it: else the revision changes when the first status lands
+        // and the pods made before it are rolled at once.
         template_hash(
             &spec.template,
-            sts.status.as_ref().and_then(|s| s.collision_count)
+            Some(
+                sts.status
+                    .as_ref()
+                    .and_then(|s| s.collision_count)
+                    .unwrap_or(0)
+            )
         )
     )
 }

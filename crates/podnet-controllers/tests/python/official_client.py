@@ -142,7 +142,8 @@ def main(kubeconfig):
         field_selector="metadata.name=db",
     )
     pods = core.list_namespaced_pod(NS, label_selector="app=db").items
-    assert sorted(p.metadata.name for p in pods) == ["db-0", "db-1"], pods
+    names = sorted(p.metadata.name for p in pods)
+    assert names == ["db-0", "db-1"], names
 
     # Job: runs to completion.
     batch.create_namespaced_job(
