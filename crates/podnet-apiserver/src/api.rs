@@ -150,6 +150,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A boolean query parameter as kube-apiserver reads it (Go's
+/// `strconv.ParseBool`): clients differ in spelling, e.g. the official
+/// Python client sends `watch=True`. None when it is not a boolean.
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether boolean query parameter `k` is present and true.
+pub(crate) fn query_flag(q: &Query, k: &str) -> bool {
+    q.get(k).and_then(|v| parse_bool(v)) == Some(true)
+}
+
 fn qualified(res: &Resource) -> String {
     if res.group.is_empty() {
         res.plural.to_string()
@@ -902,8 +918,7 @@ impl Api {
     ) -> Response {
         let r = match (method.clone(), &t.name, t.sub.as_deref()) {
             (Method::GET, None, _) => {
-                if t.watch_path || matches!(q.get("watch").map(String::as_str), Some("true" | "1"))
-                {
+                if t.watch_path || query_flag(&q, "watch") {
                     self.watch(&t, &q, headers).await
                 } else {
                     self.list(&t, &q, headers)
@@ -1158,7 +1173,7 @@ impl Api {
     ) -> Result<Response, ApiError> {
         let (ls, fs) = self.selectors(t, q)?;
         let rv_param = q.get("resourceVersion").cloned().unwrap_or_default();
-        let send_initial = q.get("sendInitialEvents").map(String::as_str) == Some("true");
+        let send_initial = query_flag(q, "sendInitialEvents");
         let from = if rv_param.is_empty() || rv_param == "0" || send_initial {
             None
         } else {
@@ -1166,7 +1181,7 @@ impl Api {
                 ApiError::bad_request(format!("invalid resource version: {rv_param}"))
             })?)
         };
-        let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+        let bookmarks = query_flag(q, "allowWatchBookmarks");
         let timeout = q
             .get("timeoutSeconds")
             .and_then(|s| s.parse::<u64>().ok())
@@ -1780,8 +1795,8 @@ impl Api {
             ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct})"))
         })?;
         let force = match q.get("force").map(String::as_str) {
-            None | Some("") | Some("false") => false,
-            Some("true") => true,
+            None | Some("") => false,
+            Some(o) if parse_bool(o).is_some() => parse_bool(o) == Some(true),
             Some(o) => {
                 return Err(ApiError::bad_request(format!(
                     "failed to parse \"force\" ({o}): expected a boolean"
@@ -2527,5 +2542,23 @@ mod tests {
         let q = parse_query(Some("labelSelector=app%3Dweb%2Ctier+in+%28a%29&limit=5"));
         assert_eq!(q["labelSelector"], "app=web,tier in (a)");
         assert_eq!(q["limit"], "5");
+    }
+
+    #[test]
+    fn boolean_parameters_are_read_as_go_parses_them() {
+        // The official Python client sends watch=True.
+        for v in ["true", "True", "TRUE", "1", "t", "T"] {
+            assert!(
+                query_flag(&parse_query(Some(&format!("watch={v}"))), "watch"),
+                "{v}"
+            );
+        }
+        for v in ["false", "False", "0", "f", "", "yes"] {
+            assert!(
+                !query_flag(&parse_query(Some(&format!("watch={v}"))), "watch"),
+                "{v}"
+            );
+        }
+        assert_eq!(parse_bool("yes"), None);
     }
 }

@@ -590,7 +590,7 @@ pub fn request_info(method: &Method, path: &str, q: &Query) -> Attributes {
         a.resource = r.to_string();
     }
     if a.name.is_empty() && a.verb == "get" {
-        a.verb = if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
+        a.verb = if crate::api::query_flag(q, "watch") {
             "watch"
         } else {
             "list"

@@ -8,7 +8,14 @@
 //! The schema knowledge is the part kubectl users meet: lists merge by key
 //! where upstream declares `x-kubernetes-list-map-keys` (containers, ports,
 //! env, volumes, volume mounts, service ports, owner references); every other
-//! list is atomic, as are label selectors and node selectors.
+//! list is atomic, as are label selectors and node selectors, except the
+//! few `x-kubernetes-list-type: set` lists (finalizers, a node's pod CIDRs,
+//! an endpoint's addresses), whose items are owned one by one
+//! (`v:"example.com/x"`). A container's `args` and `command` are atomic.
+//!
+//! An update owns a map it adds as a whole (`".": {}`), as upstream does
+//! for Go maps, pointer structs and lists; the non-pointer structs (spec,
+//! template, strategy, ...) are always there in Go, so never added.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -167,28 +174,65 @@ fn list_keys(kind: &str, names: &[String]) -> Option<&'static [&'static str]> {
     })
 }
 
+/// Lists of scalars merged as sets (`x-kubernetes-list-type: set`): items
+/// are owned one by one. Every other list of scalars is atomic.
+fn set_list(kind: &str, names: &[String]) -> bool {
+    match names {
+        [m, f] if m == "metadata" && f == "finalizers" => true,
+        [s, f] if kind == "Node" && s == "spec" && f == "podCIDRs" => true,
+        [e, a] if kind == "EndpointSlice" && e == "endpoints" && a == "addresses" => true,
+        _ => false,
+    }
+}
+
+/// The set list's items, if `names` is one and they are all scalars.
+fn set_items<'a>(kind: &str, names: &[String], v: &'a Value) -> Option<&'a [Value]> {
+    let a = v.as_array()?;
+    (set_list(kind, names) && a.iter().all(|i| !i.is_object() && !i.is_array()))
+        .then_some(a.as_slice())
+}
+
+/// `v:"x"`: a set item's element.
+fn value_element(item: &Value) -> String {
+    format!("v:{item}")
+}
+
+/// Fields holding a Go struct that is not a pointer: present (`{}`) in every
+/// object, so an update never adds it and does not own it as a whole.
+fn non_pointer_struct(names: &[String]) -> bool {
+    names.last().is_some_and(|f| {
+        matches!(
+            f.as_str(),
+            "metadata"
+                | "spec"
+                | "status"
+                | "template"
+                | "jobTemplate"
+                | "strategy"
+                | "updateStrategy"
+                | "resources"
+                | "port"
+                | "conditions"
+                | "roleRef"
+                | "involvedObject"
+                | "source"
+                | "scaleTargetRef"
+                | "state"
+                | "lastState"
+                | "nodeInfo"
+                | "daemonEndpoints"
+                | "kubeletEndpoint"
+                | "loadBalancer"
+        )
+    })
+}
+
 /// Maps replaced as a whole (label selectors, node selectors).
 fn atomic_map(names: &[String]) -> bool {
     names.last().is_some_and(|f| {
         matches!(
             f.as_str(),
             "selector" | "podSelector" | "namespaceSelector" | "nodeSelector" | "labelSelector"
-        )
-    })
-}
-
-/// Maps of strings (not structs): a newly set one is itself a member.
-fn string_map(names: &[String]) -> bool {
-    names.last().is_some_and(|f| {
-        matches!(
-            f.as_str(),
-            "labels"
-                | "annotations"
-                | "data"
-                | "binaryData"
-                | "matchLabels"
-                | "limits"
-                | "requests"
         )
     })
 }
@@ -260,10 +304,20 @@ impl Walk<'_> {
     fn collect(&self, v: &Value, p: &mut Path, names: &mut Vec<String>, out: &mut FieldSet) {
         match v {
             Value::Object(m) if !atomic_map(names) && !m.is_empty() => {
-                if self.added && string_map(names) {
+                if self.added && !names.is_empty() && !non_pointer_struct(names) {
                     out.insert(p);
                 }
                 self.fields(m, p, names, out);
+            }
+            Value::Array(a) if !a.is_empty() && set_items(self.kind, names, v).is_some() => {
+                if self.added {
+                    out.insert(p);
+                }
+                for item in a {
+                    p.push(value_element(item));
+                    out.insert(p);
+                    p.pop();
+                }
             }
             Value::Array(a) if !a.is_empty() => match keyed(self.kind, names, a) {
                 Some(keys) => {
@@ -336,6 +390,18 @@ impl Walk<'_> {
                     }
                 }
             }
+            (Value::Array(o), Value::Array(n))
+                if set_items(self.kind, names, old).is_some()
+                    && set_items(self.kind, names, new).is_some() =>
+            {
+                for (from, to, into) in [(n, o, &mut out.0), (o, n, &mut out.1)] {
+                    for item in from.iter().filter(|i| !to.contains(i)) {
+                        p.push(value_element(item));
+                        into.insert(p);
+                        p.pop();
+                    }
+                }
+            }
             (Value::Array(o), Value::Array(n)) => {
                 let keys = keyed(self.kind, names, o).and(keyed(self.kind, names, n));
                 let Some(keys) = keys else {
@@ -393,6 +459,20 @@ impl Walk<'_> {
                 }
                 Value::Object(out)
             }
+            (Value::Array(l), Value::Array(c))
+                if set_items(self.kind, names, live).is_some()
+                    && set_items(self.kind, names, cfg).is_some() =>
+            {
+                // A set: the applied items join the others' (an item the
+                // applier stops applying goes with the fields it dropped).
+                let mut out = l.clone();
+                for ci in c {
+                    if !out.contains(ci) {
+                        out.push(ci.clone());
+                    }
+                }
+                Value::Array(out)
+            }
             (Value::Array(l), Value::Array(c)) => {
                 let keys = keyed(self.kind, names, l).and(keyed(self.kind, names, c));
                 let Some(keys) = keys else {
@@ -424,6 +504,20 @@ fn remove_path(v: &mut Value, p: &[String]) {
             m.remove(f);
         } else if let Some(c) = m.get_mut(f) {
             remove_path(c, rest);
+            // A set emptied of its last item goes (Go omits an empty slice).
+            if rest.len() == 1
+                && rest[0].starts_with("v:")
+                && c.as_array().is_some_and(Vec::is_empty)
+            {
+                m.remove(f);
+            }
+        }
+    } else if let Some(item) = first.strip_prefix("v:") {
+        let Ok(item) = serde_json::from_str::<Value>(item) else {
+            return;
+        };
+        if let Some(a) = v.as_array_mut() {
+            a.retain(|i| *i != item);
         }
     } else if let Some(k) = first.strip_prefix("k:") {
         let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else {
@@ -997,6 +1091,147 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("conflict with \"kubectl-edit\" using apps/v1: .spec.replicas")
+        );
+    }
+
+    /// The `fieldsV1` of `obj`'s entry of `manager`.
+    fn fields_of(obj: &Value, manager: &str) -> Value {
+        obj["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["manager"] == manager)
+            .map(|e| e["fieldsV1"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn an_update_owns_what_it_adds_as_a_whole_but_not_non_pointer_structs() {
+        // As kube-apiserver records `kubectl create` of such a Deployment:
+        // rollingUpdate (a pointer) and the labels map get ".", strategy,
+        // template, its metadata and spec (Go structs) do not.
+        let mut d = deploy(2, "nginx");
+        d["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}});
+        d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"] =
+            json!({"httpGet": {"path": "/", "port": 80}});
+        record_update(
+            None,
+            &mut d,
+            "kubectl-create",
+            "Deployment",
+            Scope::NoStatus,
+            None,
+            "t",
+        );
+        let v = fields_of(&d, "kubectl-create");
+        assert_eq!(
+            v["f:spec"]["f:strategy"],
+            json!({"f:type": {}, "f:rollingUpdate": {".": {}, "f:maxSurge": {}}})
+        );
+        let t = &v["f:spec"]["f:template"];
+        assert!(
+            t.get(".").is_none() && t["f:spec"].get(".").is_none(),
+            "{t}"
+        );
+        assert!(t["f:metadata"].get(".").is_none(), "{t}");
+        assert_eq!(t["f:metadata"]["f:labels"]["."], json!({}));
+        let c = &t["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"];
+        assert_eq!(
+            c["f:livenessProbe"],
+            json!({".": {}, "f:httpGet": {".": {}, "f:path": {}, "f:port": {}}})
+        );
+        assert!(v["f:spec"].get(".").is_none() && v["f:metadata"].get(".").is_none());
+    }
+
+    #[test]
+    fn finalizers_are_a_set_owned_item_by_item() {
+        let cm = |fins: Value| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "x", "namespace": "default", "finalizers": fins}})
+        };
+        // An update adding finalizers owns the list and its item, as
+        // `{"f:finalizers":{".":{},"v:\"example.com/a\"":{}}}` upstream.
+        let mut obj = cm(json!(["example.com/a"]));
+        record_update(None, &mut obj, "ctl", "ConfigMap", Scope::All, None, "t");
+        assert_eq!(
+            fields_of(&obj, "ctl")["f:metadata"]["f:finalizers"],
+            json!({".": {}, "v:\"example.com/a\"": {}})
+        );
+        // Two appliers each add theirs: no conflict, both stay.
+        let a = apply(
+            &json!({}),
+            &cm(json!(["example.com/a"])),
+            "a",
+            false,
+            "ConfigMap",
+            Scope::All,
+            "t",
+        )
+        .unwrap();
+        let ab = apply(
+            &a,
+            &cm(json!(["example.com/b"])),
+            "b",
+            false,
+            "ConfigMap",
+            Scope::All,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            ab["metadata"]["finalizers"],
+            json!(["example.com/a", "example.com/b"])
+        );
+        assert_eq!(
+            fields_of(&ab, "b")["f:metadata"]["f:finalizers"],
+            json!({"v:\"example.com/b\"": {}})
+        );
+        // An applier that stops applying its finalizer removes it alone.
+        let mut none = cm(json!([]));
+        none["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("finalizers");
+        let b = apply(&ab, &none, "a", false, "ConfigMap", Scope::All, "t").unwrap();
+        assert_eq!(b["metadata"]["finalizers"], json!(["example.com/b"]));
+        let gone = apply(&b, &none, "b", false, "ConfigMap", Scope::All, "t").unwrap();
+        assert!(gone["metadata"].get("finalizers").is_none(), "{gone}");
+    }
+
+    #[test]
+    fn container_args_are_atomic() {
+        // `args` has no list type upstream: atomic, so a second applier
+        // with other args conflicts on the whole list.
+        let with_args = |args: Value| {
+            let mut d = deploy(2, "nginx");
+            d["spec"]["template"]["spec"]["containers"][0]["args"] = args;
+            d
+        };
+        let a = apply(
+            &json!({}),
+            &with_args(json!(["-x"])),
+            "a",
+            false,
+            "Deployment",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap();
+        let c = &fields_of(&a, "a")["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"];
+        assert_eq!(c["f:args"], json!({}));
+        let err = apply(
+            &a,
+            &with_args(json!(["-y"])),
+            "b",
+            false,
+            "Deployment",
+            Scope::NoStatus,
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Apply failed with 1 conflict: conflict with \"a\": .spec.template.spec.containers[name=\"c\"].args"
         );
     }
 }

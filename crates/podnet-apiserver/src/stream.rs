@@ -450,7 +450,8 @@ fn multi_query(raw: &str) -> Vec<(String, String)> {
 }
 
 fn flag(q: &[(String, String)], k: &str) -> bool {
-    q.iter().any(|(a, b)| a == k && (b == "true" || b == "1"))
+    q.iter()
+        .any(|(a, b)| a == k && crate::api::parse_bool(b) == Some(true))
 }
 
 async fn node_logs(
@@ -737,7 +738,7 @@ async fn spdy_exec(
                 SPDY_EXEC_PROTOCOLS.join(", ")
             ))
         })?;
-    let on = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+    let on = |k: &str| q.get(k).and_then(|v| crate::api::parse_bool(v)) == Some(true);
     let tty = on("tty");
     let want = [
         ("error", true),

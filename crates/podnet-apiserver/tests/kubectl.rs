@@ -659,3 +659,80 @@ fn ephemeral_containers_are_added_through_their_subresource() {
         .expect("pods/ephemeralcontainers in discovery");
     assert_eq!(r["verbs"], serde_json::json!(["get", "patch", "update"]));
 }
+
+/// `kubectl apply --server-side` by two field managers: finalizers are a
+/// set (each manager's own items merge and go alone, as kube-apiserver
+/// does for `x-kubernetes-list-type: set`), a container's `args` is an
+/// atomic list (a second manager's other args conflict on the whole list).
+#[test]
+fn server_side_apply_merges_finalizers_as_a_set_and_args_atomically() {
+    let lab = Lab::start();
+    let v = "1.33";
+    let cm = |fins: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: {fins}\ndata: {{a: '1'}}\n"
+        )
+    };
+    let apply = |manager: &str, file: &str| {
+        lab.ok(
+            v,
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager",
+                manager,
+                "-f",
+                file,
+            ],
+        )
+    };
+    apply("a", &lab.file("a.yaml", &cm("[example.com/a]")));
+    apply("b", &lab.file("b.yaml", &cm("[example.com/b]")));
+    let fins = || {
+        lab.ok(
+            v,
+            &["get", "cm", "held", "-o", "jsonpath={.metadata.finalizers}"],
+        )
+    };
+    assert_eq!(fins(), r#"["example.com/a","example.com/b"]"#);
+    let json: serde_json::Value = serde_json::from_str(&lab.ok(
+        v,
+        &["get", "cm", "held", "--show-managed-fields", "-o", "json"],
+    ))
+    .unwrap();
+    let b = json["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "b")
+        .unwrap();
+    assert_eq!(
+        b["fieldsV1"]["f:metadata"]["f:finalizers"],
+        serde_json::json!({"v:\"example.com/b\"": {}})
+    );
+    // a stops applying its finalizer: only b's stays.
+    apply("a", &lab.file("a2.yaml", &cm("[]")));
+    assert_eq!(fins(), r#"["example.com/b"]"#);
+
+    let deploy = |args: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: argy}}\nspec:\n  selector: {{matchLabels: {{app: argy}}}}\n  template:\n    metadata: {{labels: {{app: argy}}}}\n    spec:\n      containers: [{{name: c, image: busybox, args: {args}}}]\n"
+        )
+    };
+    apply("a", &lab.file("d1.yaml", &deploy("[-x]")));
+    let err = lab.fails(
+        v,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "b",
+            "-f",
+            &lab.file("d2.yaml", &deploy("[-y]")),
+        ],
+    );
+    assert!(
+        err.contains(r#"conflict with "a": .spec.template.spec.containers[name="c"].args"#),
+        "{err}"
+    );
+}

@@ -92,6 +92,21 @@ where
     pub fn all(&self) -> Vec<Arc<K>> {
         self.store.state()
     }
+
+    /// The cached copy of `obj` as the watch shows it now, if it is still
+    /// the same object (same uid) and not being deleted. A controller in
+    /// the middle of a burst of writes reads this between batches, so a
+    /// change made meanwhile (a scale-down, a delete) stops the burst.
+    pub fn current(&self, obj: &K) -> Option<Arc<K>> {
+        let meta = obj.meta();
+        let mut r = reflector::ObjectRef::new(meta.name.as_deref()?);
+        if let Some(ns) = meta.namespace.as_deref() {
+            r = r.within(ns);
+        }
+        self.store
+            .get(&r)
+            .filter(|o| o.meta().uid == meta.uid && o.meta().deletion_timestamp.is_none())
+    }
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Drop for Cache<K> {

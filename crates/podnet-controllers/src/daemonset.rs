@@ -273,23 +273,39 @@ impl DsController {
                 }
             }
             if !create_on.is_empty() {
-                let mut made = Vec::new();
-                for node in &create_on {
-                    let pod = daemon_pod(ds, &hash, node);
-                    let (m, failed) = create_pods(&api, &pod, 1, "daemonset").await;
-                    made.extend(m);
-                    if failed {
-                        next = Next::After(RETRY);
-                    }
+                let daemon_sets = self.caches.daemon_sets();
+                let wanted = || daemon_sets.current(ds).map_or(0, |_| create_on.len());
+                let (made, refused) = create_pods(
+                    &api,
+                    create_on.len(),
+                    |i| daemon_pod(ds, &hash, &create_on[i]),
+                    "daemonset",
+                    wanted,
+                )
+                .await;
+                if !refused.is_empty() {
+                    next = Next::After(RETRY);
                 }
-                tracing::debug!(ds = %format!("{ns}/{name}"), nodes = ?create_on, "created daemon pods");
+                tracing::debug!(ds = %format!("{ns}/{name}"), nodes = ?create_on, created = made.len(), failed = refused.len(), "created daemon pods");
+                let client = api.clone().into_client();
                 crate::events::record_later(
-                    &api.clone().into_client(),
+                    &client,
                     "daemonset-controller",
                     ds,
                     "Normal",
                     "SuccessfulCreate",
                     made.iter().map(|p| format!("Created pod: {p}")).collect(),
+                );
+                crate::events::record_later(
+                    &client,
+                    "daemonset-controller",
+                    ds,
+                    "Warning",
+                    "FailedCreate",
+                    refused
+                        .iter()
+                        .map(|e| format!("Error creating: {e}"))
+                        .collect(),
                 );
                 self.expectations.expect(uid, made, []);
             }

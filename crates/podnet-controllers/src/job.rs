@@ -429,7 +429,34 @@ impl JobController {
         }
         let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
         if plan.create > 0 {
-            let (made, failed) = create_pods(&api, &job_pod(job), plan.create, "job").await;
+            let pod = job_pod(job);
+            // Fewer once the Job's parallelism is lowered, none once it is
+            // suspended or gone, as the cache shows it between batches.
+            let parallelism = |j: &Job| j.spec.as_ref().and_then(|s| s.parallelism).unwrap_or(1);
+            let jobs_cache = self.caches.jobs();
+            let wanted = || {
+                jobs_cache
+                    .current(job)
+                    .filter(|now| now.spec.as_ref().and_then(|s| s.suspend) != Some(true))
+                    .map_or(0, |now| {
+                        let cut = (parallelism(job) - parallelism(&now)).max(0) as usize;
+                        plan.create.saturating_sub(cut)
+                    })
+            };
+            let (made, refused) =
+                create_pods(&api, plan.create, |_| pod.clone(), "job", wanted).await;
+            for e in &refused {
+                let _ = record_event_for(
+                    &client,
+                    COMPONENT,
+                    job,
+                    "Warning",
+                    "FailedCreate",
+                    &format!("Error creating: {e}"),
+                )
+                .await;
+            }
+            let failed = !refused.is_empty();
             for p in &made {
                 let _ = record_event_for(
                     &client,

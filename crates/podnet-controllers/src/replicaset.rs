@@ -144,31 +144,85 @@ pub(crate) fn pod_from_template<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
-/// Creates `n` pods concurrently; returns the names created and whether
-/// any create failed.
-pub(crate) async fn create_pods(
-    api: &kube::Api<Pod>,
-    pod: &Pod,
-    n: usize,
-    who: &'static str,
-) -> (Vec<String>, bool) {
-    let results: Vec<Result<Pod, kube::Error>> = futures::stream::iter(0..n)
-        .map(|_| async move { api.create(&PostParams::default(), pod).await })
-        .buffer_unordered(PARALLEL_WRITES)
-        .collect()
-        .await;
-    let mut names = Vec::new();
-    let mut failed = false;
-    for r in results {
-        match r {
-            Ok(p) => names.extend(p.metadata.name),
-            Err(e) => {
-                crate::log_write_error(who, "create pod", &e);
-                failed = true;
+/// kube-controller-manager's `SlowStartInitialBatchSize`: the first batch
+/// of a burst of creates is this big, and each later batch twice the last.
+const SLOW_START_INITIAL: usize = 1;
+
+/// Runs up to `total` writes (`write(i)` for i in `0..total`) in
+/// slow-start batches of 1, 2, 4, 8, … as kube-controller-manager's
+/// `slowStartBatch` does, each batch with at most [`PARALLEL_WRITES`] in
+/// flight. It stops at the end of the first batch in which a write failed,
+/// so a burst the API server refuses (a terminating namespace, RBAC, a
+/// quota) costs one failed write instead of hundreds. Before each batch it
+/// asks `wanted` how many of the `total` are still wanted as the caches
+/// show the owner now: a scale-down or a delete issued in the middle of a
+/// burst stops it there instead of after every pod was made (which the
+/// next pass would then have to delete). Returns what the successful
+/// writes gave and the errors of the failed ones.
+pub(crate) async fn slow_start<T, E, Fut>(
+    total: usize,
+    mut wanted: impl FnMut() -> usize,
+    write: impl Fn(usize) -> Fut,
+) -> (Vec<T>, Vec<E>)
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut done = Vec::new();
+    let mut next = 0;
+    let mut batch = SLOW_START_INITIAL;
+    loop {
+        let limit = total.min(wanted());
+        if next >= limit {
+            return (done, Vec::new());
+        }
+        let size = batch.min(limit - next);
+        let results: Vec<Result<T, E>> = futures::stream::iter(next..next + size)
+            .map(&write)
+            .buffer_unordered(PARALLEL_WRITES)
+            .collect()
+            .await;
+        next += size;
+        let mut failed = Vec::new();
+        for r in results {
+            match r {
+                Ok(t) => done.push(t),
+                Err(e) => failed.push(e),
             }
         }
+        if !failed.is_empty() {
+            return (done, failed);
+        }
+        batch *= 2;
     }
-    (names, failed)
+}
+
+/// Creates up to `n` pods, `make(i)` the i-th, in slow-start batches (see
+/// [`slow_start`]; `wanted` caps how many are still wanted); returns the
+/// names created and the API server's words for each refused create, for
+/// the owner's `FailedCreate` events.
+pub(crate) async fn create_pods(
+    api: &kube::Api<Pod>,
+    n: usize,
+    make: impl Fn(usize) -> Pod,
+    who: &'static str,
+    wanted: impl FnMut() -> usize,
+) -> (Vec<String>, Vec<String>) {
+    slow_start(n, wanted, |i| {
+        let pod = make(i);
+        async move {
+            match api.create(&PostParams::default(), &pod).await {
+                Ok(p) => Ok(p.metadata.name.unwrap_or_default()),
+                Err(e) => {
+                    crate::log_write_error(who, "create pod", &e);
+                    Err(match e {
+                        kube::Error::Api(ae) => ae.message,
+                        e => e.to_string(),
+                    })
+                }
+            }
+        }
+    })
+    .await
 }
 
 /// Deletes pods (each guarded by its uid) concurrently; returns the names
@@ -418,19 +472,46 @@ impl RsController {
                     rs.spec.as_ref().and_then(|s| s.template.as_ref()),
                     &format!("{name}-"),
                 );
-                let (made, failed) =
-                    create_pods(&api, &pod, want - active.len(), "replicaset").await;
-                tracing::debug!(rs = %format!("{ns}/{name}"), created = made.len(), "scaled up");
+                // How many more the ReplicaSet wants as the cache shows it
+                // now: none once it is scaled down to what exists or gone.
+                let had = active.len();
+                let replica_sets = self.caches.replica_sets();
+                let wanted = || {
+                    replica_sets.current(rs).map_or(0, |now| {
+                        let want = now.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                        (want.max(0) as usize).saturating_sub(had)
+                    })
+                };
+                let (made, refused) =
+                    create_pods(&api, want - had, |_| pod.clone(), "replicaset", wanted).await;
+                tracing::debug!(rs = %format!("{ns}/{name}"), created = made.len(), failed = refused.len(), "scaled up");
+                let client = api.clone().into_client();
                 crate::events::record_later(
-                    &api.clone().into_client(),
+                    &client,
                     "replicaset-controller",
                     rs,
                     "Normal",
                     "SuccessfulCreate",
                     made.iter().map(|p| format!("Created pod: {p}")).collect(),
                 );
+                // Recorded before the pass goes on (there are few, thanks
+                // to the slow start), so the status this pass writes comes
+                // after the events of its refusals.
+                let source = crate::events::Source {
+                    component: "replicaset-controller".into(),
+                    host: None,
+                };
+                for e in &refused {
+                    let msg = format!("Error creating: {e}");
+                    if let Err(e) =
+                        crate::events::record(&client, &source, rs, "Warning", "FailedCreate", &msg)
+                            .await
+                    {
+                        tracing::debug!(error = %e, "event not recorded");
+                    }
+                }
                 self.expectations.expect(uid, made, []);
-                if failed {
+                if !refused.is_empty() {
                     next = Next::After(RETRY);
                 }
             } else if active.len() > want {
@@ -556,5 +637,64 @@ mod tests {
         let mut gone = (*a).clone();
         gone.metadata.deletion_timestamp = Some(crate::util::now());
         assert!(e.satisfied("rs", &[&Arc::new(gone), &b]));
+    }
+
+    /// Runs [`slow_start`] over `total` writes where `fail(i)` says which
+    /// fail and `wanted(batch number)` how many are still wanted; returns
+    /// how many writes had been started before each batch, the successes
+    /// and the failures.
+    fn run_slow_start(
+        total: usize,
+        fail: impl Fn(usize) -> bool,
+        wanted: impl Fn(usize) -> usize,
+    ) -> (Vec<usize>, usize, usize) {
+        let started = std::sync::Mutex::new(0usize);
+        let mut bounds = Vec::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (ok, failed) = rt.block_on(slow_start(
+            total,
+            || {
+                bounds.push(*started.lock().unwrap());
+                wanted(bounds.len() - 1)
+            },
+            |i| {
+                *started.lock().unwrap() += 1;
+                let r = if fail(i) { Err(i) } else { Ok(i) };
+                async move { r }
+            },
+        ));
+        (bounds, ok.len(), failed.len())
+    }
+
+    #[test]
+    fn slow_start_doubles_its_batches() {
+        let (bounds, ok, failed) = run_slow_start(10, |_| false, |_| usize::MAX);
+        // Batches of 1, 2, 4 and the 3 left.
+        assert_eq!(bounds, vec![0, 1, 3, 7, 10]);
+        assert_eq!((ok, failed), (10, 0));
+    }
+
+    #[test]
+    fn slow_start_stops_after_the_first_batch_with_a_failure() {
+        let (bounds, ok, failed) = run_slow_start(500, |i| i >= 2, |_| usize::MAX);
+        // The batch of 1 went through; the batch of 2 had one refused.
+        assert_eq!(bounds, vec![0, 1]);
+        assert_eq!((ok, failed), (2, 1));
+        // Everything refused: one write, not 500.
+        let (bounds, ok, failed) = run_slow_start(500, |_| true, |_| usize::MAX);
+        assert_eq!((bounds, ok, failed), (vec![0], 0, 1));
+    }
+
+    #[test]
+    fn slow_start_stops_when_the_owner_wants_fewer() {
+        // Scaled down to 3 after the first batch: the second batch makes
+        // the 2 still wanted and the burst ends.
+        let (bounds, ok, _) = run_slow_start(100, |_| false, |b| if b == 0 { 100 } else { 3 });
+        assert_eq!((bounds, ok), (vec![0, 1, 3], 3));
+        // Deleted after the first batch: nothing more.
+        let (bounds, ok, _) = run_slow_start(100, |_| false, |b| if b == 0 { 100 } else { 0 });
+        assert_eq!((bounds, ok), (vec![0, 1], 1));
     }
 }

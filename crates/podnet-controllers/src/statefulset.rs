@@ -17,24 +17,35 @@
 //! an older revision is remembered in memory only, so a pod below the
 //! partition that is recreated after a controller restart gets the newest
 //! template.
+//!
+//! A pod is recreated under its old name only [`NAME_REUSE_DELAY`] after
+//! the controller found the old one gone: `kubectl delete pod web-1`
+//! (kubectl up to 1.35) waits for a DELETED event of the name, and hangs
+//! if the old pod vanished and a new one appeared under the name between
+//! its list and its first look at it (kubernetes/kubectl#1803). A real
+//! kubelet takes that long to stop a pod; the lab's confirms at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Pod, PodTemplateSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::replicaset::{Expectations, delete_pods, pod_from_template};
+use crate::replicaset::{Expectations, create_pods, delete_pods, pod_from_template};
 use crate::scheduler::record_event_for;
 use crate::util::{
     controller_of, is_available, is_ready, is_terminal, is_terminating, labels_of, template_hash,
 };
 use crate::{Caches, Error, Next, RETRY};
+
+/// How long a name stays unused after its pod was found gone (see the
+/// module doc): well over kubectl's 100 ms cache-sync poll.
+pub const NAME_REUSE_DELAY: Duration = Duration::from_secs(1);
 
 /// The label naming a StatefulSet pod (a Service may select one pod by it).
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -61,9 +72,17 @@ pub fn revision_of(sts: &StatefulSet) -> String {
     format!(
         "{}-{}",
         sts.metadata.name.as_deref().unwrap_or(""),
+        // No collisionCount yet counts as 0, as kube-controller-manager
+        // reads it: else the revision changes when the first status lands
+        // and the pods made before it are rolled at once.
         template_hash(
             &spec.template,
-            sts.status.as_ref().and_then(|s| s.collision_count)
+            Some(
+                sts.status
+                    .as_ref()
+                    .and_then(|s| s.collision_count)
+                    .unwrap_or(0)
+            )
         )
     )
 }
@@ -278,6 +297,8 @@ pub async fn run_with(caches: Arc<Caches>, resync: Duration) -> Result<(), Error
         expectations: Expectations::default(),
         templates: HashMap::new(),
         warned: HashSet::new(),
+        seen: HashMap::new(),
+        gone_at: HashMap::new(),
     };
     crate::drive!("statefulset", wake, resync, c.pass().await)
 }
@@ -290,6 +311,11 @@ struct StsController {
     templates: HashMap<String, PodTemplateSpec>,
     /// Sets already warned about their volume claim templates.
     warned: HashSet<String>,
+    /// The pod names of each set (by uid) in the last pass.
+    seen: HashMap<String, HashSet<String>>,
+    /// When a name seen before was found gone, by (set uid, pod name):
+    /// its replacement waits until [`NAME_REUSE_DELAY`] after that.
+    gone_at: HashMap<(String, String), Instant>,
 }
 
 impl StsController {
@@ -302,6 +328,9 @@ impl StsController {
             .collect();
         self.expectations.retain(&live);
         self.warned.retain(|u| live.contains(u.as_str()));
+        self.seen.retain(|u, _| live.contains(u.as_str()));
+        self.gone_at
+            .retain(|(u, _), t| live.contains(u.as_str()) && t.elapsed() < NAME_REUSE_DELAY);
         let mut next = Next::Idle;
         for sts in &sets {
             if sts.metadata.deletion_timestamp.is_some() {
@@ -362,35 +391,61 @@ impl StsController {
             let plan = plan(sts, &pods, &update_rev);
             let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
             let current_rev = sts.status.as_ref().and_then(|s| s.current_revision.clone());
-            let mut made = Vec::new();
-            for (ord, keep_current) in &plan.create {
-                let (rev, template) = match current_rev.as_ref().filter(|_| *keep_current) {
-                    Some(c) if self.templates.contains_key(c) => {
-                        (c.clone(), self.templates[c].clone())
+            let names: HashSet<String> = owned
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            let before = self.seen.insert(uid.to_string(), names.clone());
+            for gone in before.iter().flatten().filter(|n| !names.contains(*n)) {
+                self.gone_at
+                    .entry((uid.to_string(), gone.clone()))
+                    .or_insert_with(Instant::now);
+            }
+            // Lowest ordinals first, so a scale-down seen between batches
+            // cuts the tail of the burst; names gone a moment ago wait.
+            let mut create = plan.create.clone();
+            create.retain(|(ord, _)| {
+                let key = (uid.to_string(), format!("{name}-{ord}"));
+                match self.gone_at.get(&key).map(Instant::elapsed) {
+                    Some(e) if e < NAME_REUSE_DELAY => {
+                        next = next.min(Next::After(NAME_REUSE_DELAY - e));
+                        false
                     }
-                    _ => (update_rev.clone(), spec.template.clone()),
-                };
-                let pod = stateful_pod(sts, *ord, &template, &rev);
-                let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                match api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {
-                        made.push(pod_name.clone());
-                        let msg = format!("create Pod {pod_name} in StatefulSet {name} successful");
-                        let _ = record_event_for(
-                            &client,
-                            COMPONENT,
-                            sts,
-                            "Normal",
-                            "SuccessfulCreate",
-                            &msg,
-                        )
-                        .await;
-                    }
-                    Err(e) => {
-                        crate::log_write_error("statefulset", "create pod", &e);
-                        next = Next::After(RETRY);
-                    }
+                    _ => true,
                 }
+            });
+            create.sort_unstable();
+            let make = |i: usize| {
+                let (ord, keep_current) = create[i];
+                match current_rev.as_ref().filter(|_| keep_current) {
+                    Some(c) if self.templates.contains_key(c) => {
+                        stateful_pod(sts, ord, &self.templates[c], c)
+                    }
+                    _ => stateful_pod(sts, ord, &spec.template, &update_rev),
+                }
+            };
+            let sets = self.caches.stateful_sets();
+            let wanted = || {
+                sets.current(sts).map_or(0, |now| {
+                    let replicas = now.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    create.iter().filter(|(o, _)| *o < replicas).count()
+                })
+            };
+            let (made, refused) =
+                create_pods(&api, create.len(), make, "statefulset", wanted).await;
+            for pod_name in &made {
+                let msg = format!("create Pod {pod_name} in StatefulSet {name} successful");
+                let _ =
+                    record_event_for(&client, COMPONENT, sts, "Normal", "SuccessfulCreate", &msg)
+                        .await;
+            }
+            for e in &refused {
+                let msg = format!("create Pod in StatefulSet {name} failed error: {e}");
+                let _ = record_event_for(&client, COMPONENT, sts, "Warning", "FailedCreate", &msg)
+                    .await;
+            }
+            if !refused.is_empty() {
+                next = Next::After(RETRY);
             }
             let doomed: Vec<&Arc<Pod>> = owned
                 .iter()

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use common::{Lab, eventually, pod_ready};
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::ListParams;
@@ -64,6 +64,9 @@ async fn events_for(lab: &Lab, name: &str) -> Result<Vec<(String, String, String
         })
         .collect())
 }
+
+/// How many times the StatefulSet test deletes web-1 and waits for it.
+const PID_REUSE_ROUNDS: usize = 10;
 
 const WEB: &str = r#"
 apiVersion: v1
@@ -181,17 +184,27 @@ async fn statefulset_orders_names_recreates_scales_and_rolls() -> Result<()> {
     let all = lab.kubectl(&["get", "all"])?;
     assert!(all.contains("statefulset.apps/web"), "{all}");
 
-    // A deleted pod comes back under the same name.
-    lab.kubectl(&["delete", "pod", "web-1"])?;
-    let old_uid = web1.metadata.uid.clone();
-    eventually("web-1 recreated and Ready", || async {
-        let p = pods.get_opt("web-1").await?;
-        Ok(match p {
-            Some(p) if p.metadata.uid != old_uid && pod_ready(&p) => Ok(()),
-            other => Err(format!("{:?}", other.map(|p| p.metadata.uid))),
+    // A deleted pod comes back under the same name, and `kubectl delete`
+    // (which waits for the deletion) returns although the new pod may
+    // already stand under the old name when it looks. Several times: the
+    // race is between kubectl's reads and the controller's create.
+    let mut old_uid = web1.metadata.uid.clone();
+    for _ in 0..PID_REUSE_ROUNDS {
+        lab.kubectl(&[
+            "delete",
+            "pod",
+            "web-1",
+            &format!("--timeout={}s", common::CONVERGE.as_secs()),
+        ])?;
+        old_uid = eventually("web-1 recreated and Ready", || async {
+            let p = pods.get_opt("web-1").await?;
+            Ok(match p {
+                Some(p) if p.metadata.uid != old_uid && pod_ready(&p) => Ok(p.metadata.uid),
+                other => Err(format!("{:?}", other.map(|p| p.metadata.uid))),
+            })
         })
-    })
-    .await?;
+        .await?;
+    }
 
     // Rolling update above a partition: web-2 and web-1 change, web-0 stays.
     lab.kubectl(&[
@@ -629,5 +642,109 @@ async fn cronjob_defaults_table_and_create_job_from_it() -> Result<()> {
         })
     })
     .await?;
+    Ok(())
+}
+
+/// What the controllers may do in `refused_pod_creates_…`: everything but
+/// create pods (RBAC is additive, so the create rule lists the rest).
+const NO_POD_CREATES: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: controllers-without-pod-create}
+rules:
+- apiGroups: ["*"]
+  resources: ["*"]
+  verbs: [get, list, watch, update, patch, delete, deletecollection]
+- apiGroups: ["*"]
+  resources: [events, replicasets, jobs, endpoints, endpointslices, controllerrevisions, leases, pods/binding, pods/eviction]
+  verbs: [create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: controllers-without-pod-create}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: controllers-without-pod-create}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: limited-controllers}]
+"#;
+
+const BURST: &str = r#"
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: burst}
+spec:
+  replicas: 64
+  selector: {matchLabels: {app: burst}}
+  template:
+    metadata: {labels: {app: burst}}
+    spec: {containers: [{name: c, image: busybox}]}
+"#;
+
+/// A ReplicaSet whose pod creates the API server refuses (here RBAC: the
+/// controllers' identity may not create pods) costs one refused create per
+/// attempt, as kube-controller-manager's slow start does, not `replicas`
+/// of them; each refusal is a FailedCreate event in the API server's words.
+/// Scaling it to 0 ends the attempts; once its status shows that scale was
+/// seen, every refusal's event is in (the controller records them before
+/// the status), so the count is final.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_pod_creates_stop_at_the_first_slow_start_batch() -> Result<()> {
+    let mut lab = Lab::start().await?;
+    apply(&lab, NO_POD_CREATES)?;
+    let limited = lab.client_as("limited-controllers").await?;
+    lab.start_controllers_with(limited);
+    apply(&lab, BURST)?;
+    let refused = |evs: Vec<Event>| -> (i32, Vec<String>) {
+        let failed: Vec<Event> = evs
+            .into_iter()
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some("burst")
+                    && e.reason.as_deref() == Some("FailedCreate")
+            })
+            .collect();
+        (
+            failed.iter().map(|e| e.count.unwrap_or(1)).sum(),
+            failed.into_iter().filter_map(|e| e.message).collect(),
+        )
+    };
+    let events: kube::Api<Event> = kube::Api::namespaced(lab.client.clone(), "default");
+    eventually("a FailedCreate event of ReplicaSet burst", || async {
+        let (n, msgs) = refused(events.list(&ListParams::default()).await?.items);
+        Ok(if n > 0 {
+            Ok(msgs)
+        } else {
+            Err("none yet".to_string())
+        })
+    })
+    .await?;
+    lab.kubectl(&["scale", "replicaset", "burst", "--replicas=0"])?;
+    let sets: kube::Api<ReplicaSet> = kube::Api::namespaced(lab.client.clone(), "default");
+    eventually(
+        "ReplicaSet burst's status to show the scale to 0",
+        || async {
+            let rs = sets.get("burst").await?;
+            let seen = rs.status.as_ref().and_then(|s| s.observed_generation);
+            Ok(if seen.is_some() && seen == rs.metadata.generation {
+                Ok(())
+            } else {
+                Err(format!(
+                    "generation {:?}, observed {seen:?}",
+                    rs.metadata.generation
+                ))
+            })
+        },
+    )
+    .await?;
+    let (n, msgs) = refused(events.list(&ListParams::default()).await?.items);
+    assert!(
+        msgs.iter().all(|m| m.starts_with("Error creating: ")
+            && m.contains(r#"User "limited-controllers" cannot create resource "pods""#)),
+        "{msgs:?}"
+    );
+    // All 64 at once would be 64 refusals per attempt.
+    assert!(
+        (1..64).contains(&n),
+        "{n} refused creates for a ReplicaSet of 64 (one per attempt expected): {msgs:?}"
+    );
+    let pods: kube::Api<Pod> = kube::Api::namespaced(lab.client.clone(), "default");
+    assert!(pods.list(&ListParams::default()).await?.items.is_empty());
     Ok(())
 }

@@ -92,7 +92,22 @@ impl Lab {
 
     /// Runs `podnet_controllers::run` in the background.
     pub fn start_controllers(&mut self) {
-        let client = self.client.clone();
+        self.start_controllers_with(self.client.clone());
+    }
+
+    /// A client of the lab's admin kubeconfig that acts as `user` (the
+    /// admin may impersonate), so RBAC decides what it may do.
+    pub async fn client_as(&self, user: &str) -> Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
+        config.auth_info.impersonate = Some(user.to_string());
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Runs `podnet_controllers::run` in the background over `client`.
+    pub fn start_controllers_with(&mut self, client: kube::Client) {
         let cfg = ControllersConfig {
             resync: Duration::from_secs(1),
             ..Default::default()
