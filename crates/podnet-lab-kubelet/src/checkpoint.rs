@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use super::Kubelet;
-use super::pod::{AdoptedRun, CState, ContainerRt, PodHandle, run_path, teardown_sandbox};
+use super::pod::{
+    AdoptedRun, CState, ContainerRt, PodHandle, ephemeral_as_container, run_path, teardown_sandbox,
+};
 use super::write_atomic;
 
 const FILE: &str = "checkpoint.json";
@@ -95,14 +97,22 @@ fn restore(fresh: PodHandle, rec: &Value) -> PodHandle {
     *fresh.ip.lock().unwrap() = rec["ip"].as_str().map(String::from);
     *fresh.cni_result.lock().unwrap() = Some(rec["cniResult"].clone()).filter(|v| !v.is_null());
     let spec = fresh.pod.lock().unwrap().spec.clone().unwrap_or_default();
+    // Ephemeral containers (`kubectl debug`) are taken back like the
+    // others: one still running is adopted, one that ended stays ended (it
+    // runs once), one added while the kubelet was away is started.
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .filter_map(|ec| ephemeral_as_container(&fresh.name, ec));
     {
         let mut cs = fresh.containers.lock().unwrap();
-        for c in &spec.containers {
+        for c in spec.containers.iter().cloned().chain(ephemeral) {
             let saved = &rec["containers"][&c.name];
             cs.insert(
                 c.name.clone(),
                 ContainerRt {
-                    spec: c.clone(),
+                    spec: c,
                     state: terminated_from_json(&saved["state"])
                         .unwrap_or(CState::Waiting("ContainerCreating".into(), String::new())),
                     last: terminated_from_json(&saved["last"]),

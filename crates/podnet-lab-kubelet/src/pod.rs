@@ -427,13 +427,8 @@ pub fn start_ephemeral(k: &Arc<Kubelet>, h: &Arc<PodHandle>) {
         if seen.contains(&ec.name) {
             continue;
         }
-        // The same fields as a container's, less ports and probes.
-        let spec: Container = match serde_json::to_value(&ec).and_then(serde_json::from_value) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(pod = %h.name, container = %ec.name, error = %e, "ephemeral container");
-                continue;
-            }
+        let Some(spec) = ephemeral_as_container(&h.name, &ec) else {
+            continue;
         };
         {
             let mut cs = h.containers.lock().unwrap();
@@ -456,6 +451,21 @@ pub fn start_ephemeral(k: &Arc<Kubelet>, h: &Arc<PodHandle>) {
         }
         tracing::info!(pod = %h.name, container = %ec.name, target = ?ec.target_container_name, "ephemeral container");
         tokio::spawn(supervise(k.clone(), h.clone(), ec.name, None));
+    }
+}
+
+/// An ephemeral container as the container the kubelet runs: the same
+/// fields, less ports and probes. `None` (logged) if it does not convert.
+pub fn ephemeral_as_container(
+    pod: &str,
+    ec: &k8s_openapi::api::core::v1::EphemeralContainer,
+) -> Option<Container> {
+    match serde_json::to_value(ec).and_then(serde_json::from_value) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(pod, container = %ec.name, error = %e, "ephemeral container");
+            None
+        }
     }
 }
 

@@ -195,6 +195,113 @@ fn debug_pods_and_nodes_with_kubectl_1_27_and_1_33() {
         text(&o)
     );
 
+    // The node's kubelet dies (SIGKILL) with an ephemeral container still
+    // running and the others ended: the restarted kubelet takes the running
+    // one back (the same process, still reported) and runs none again.
+    lab.kubectl(&[
+        "debug",
+        "box",
+        "--image=busybox",
+        "--target=box",
+        "-c",
+        "keeper",
+        "--",
+        "sleep",
+        "31338",
+    ]);
+    wait_for(&lab, &["pod", "box"], |pod| {
+        ephemeral_status(pod, "keeper").filter(|s| !s["state"]["running"].is_null())
+    });
+    let keeper = pids_of("sleep 31338");
+    assert_eq!(keeper.len(), 1, "one keeper process: {keeper:?}");
+    let ended = |pod: &serde_json::Value| -> Vec<serde_json::Value> {
+        (0..KUBECTLS.len())
+            .map(|i| ephemeral_status(pod, &format!("dbg{i}")).unwrap()["state"].clone())
+            .collect()
+    };
+    let ended_before = ended(&lab.get_json(&["pod", "box"]));
+    // While the kubelet is stopped (then killed), one more is added: the
+    // restarted kubelet must start it, once.
+    let old_kubelet = lab.kubelet_pid(&worker);
+    let old = nix::unistd::Pid::from_raw(old_kubelet);
+    nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    lab.kubectl(&[
+        "debug",
+        "box",
+        "--image=busybox",
+        "--target=box",
+        "-c",
+        "late",
+        "--",
+        "sleep",
+        "31339",
+    ]);
+    assert!(
+        pids_of("sleep 31339").is_empty(),
+        "a stopped kubelet started an ephemeral container"
+    );
+    nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGKILL).unwrap();
+    // Its supervisor starts it again; it says so when it has taken the pod
+    // back.
+    let log = format!("/var/lib/podnet/{}/nodes/{worker}/kubelet.log", lab.name);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let new_kubelet = std::fs::read_to_string(format!(
+            "/var/lib/podnet/{}/nodes/{worker}/kubelet.pid",
+            lab.name
+        ))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok());
+        if new_kubelet.is_some_and(|p| p != old_kubelet)
+            && text.lines().any(|l| {
+                l.contains("pod taken back") && l.contains("pod=box") && l.contains("containers=3")
+            })
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted kubelet did not take box back with its container, keeper and late:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        pids_of("sleep 31338"),
+        keeper,
+        "the running ephemeral container was started again"
+    );
+    wait_for(&lab, &["pod", "box"], |pod| {
+        ephemeral_status(pod, "late").filter(|s| !s["state"]["running"].is_null())
+    });
+    assert_eq!(
+        pids_of("sleep 31339").len(),
+        1,
+        "the ephemeral container added while the kubelet was away runs once"
+    );
+    // The adopted run is still the kubelet's: its end is reported, once.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let s = wait_for(&lab, &["pod", "box"], |pod| {
+        ephemeral_status(pod, "keeper").filter(|s| !s["state"]["terminated"].is_null())
+    });
+    assert_eq!(s["state"]["terminated"]["exitCode"], 137, "{s}");
+    assert!(pids_of("sleep 31338").is_empty(), "keeper was restarted");
+    // An ended one was not run again: the same run, ended as before.
+    let pod = lab.get_json(&["pod", "box"]);
+    assert_eq!(
+        ended(&pod),
+        ended_before,
+        "an ended ephemeral container was run again"
+    );
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{pod}"
+    );
+
     // A debugging pod on the node: the node's network, its files at /host.
     let cni = format!(
         "/var/lib/podnet/{}/nodes/{worker}/root/etc/cni/net.d",
@@ -302,4 +409,27 @@ fn wait_for<T>(lab: &Lab, what: &[&str], f: impl Fn(&serde_json::Value) -> Optio
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// The status of ephemeral container `name` in `pod`.
+fn ephemeral_status(pod: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    pod["status"]["ephemeralContainerStatuses"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+}
+
+/// The pids of the processes whose whole command line is `cmdline`.
+fn pids_of(cmdline: &str) -> Vec<i32> {
+    let o = Command::new("pgrep")
+        .args(["-xf", cmdline])
+        .output()
+        .unwrap();
+    let mut pids: Vec<i32> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    pids.sort();
+    pids
 }
