@@ -14,6 +14,7 @@ use support::Lab;
 
 const KUBECTLS: &[&str] = &[
     "/usr/lib/google-cloud-sdk/bin/kubectl.1.27",
+    "/usr/lib/google-cloud-sdk/bin/kubectl.1.30",
     "/usr/lib/google-cloud-sdk/bin/kubectl.1.33",
 ];
 const NETSHOOT: &str = "--image=nicolaka/netshoot";
@@ -78,7 +79,7 @@ fn text(o: &Output) -> String {
 }
 
 #[test]
-fn debug_pods_and_nodes_with_kubectl_1_27_and_1_33() {
+fn debug_pods_and_nodes_with_kubectl_1_27_1_30_and_1_33() {
     // `/host` is made on the shared filesystem for the node debugger's
     // volume; `down` must take it away again if the lab made it.
     let host_existed = std::path::Path::new("/host").exists();
