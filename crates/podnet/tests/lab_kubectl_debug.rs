@@ -199,17 +199,21 @@ fn debug_pods_and_nodes_with_kubectl_1_27_1_30_and_1_33() {
     // The node's kubelet dies (SIGKILL) with an ephemeral container still
     // running and the others ended: the restarted kubelet takes the running
     // one back (the same process, still reported) and runs none again.
-    lab.kubectl(&[
-        "debug",
-        "box",
-        "--image=busybox",
-        "--target=box",
-        "-c",
-        "keeper",
-        "--",
-        "sleep",
-        "31338",
-    ]);
+    // An ephemeral container `name` in box that sleeps `secs` (no attach).
+    let debug_sleep = |name: &str, secs: &str| {
+        lab.kubectl(&[
+            "debug",
+            "box",
+            "--image=busybox",
+            "--target=box",
+            "-c",
+            name,
+            "--",
+            "sleep",
+            secs,
+        ]);
+    };
+    debug_sleep("keeper", "31338");
     wait_for(&lab, &["pod", "box"], |pod| {
         ephemeral_status(pod, "keeper").filter(|s| !s["state"]["running"].is_null())
     });
@@ -226,17 +230,7 @@ fn debug_pods_and_nodes_with_kubectl_1_27_1_30_and_1_33() {
     let old_kubelet = lab.kubelet_pid(&worker);
     let old = nix::unistd::Pid::from_raw(old_kubelet);
     nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    lab.kubectl(&[
-        "debug",
-        "box",
-        "--image=busybox",
-        "--target=box",
-        "-c",
-        "late",
-        "--",
-        "sleep",
-        "31339",
-    ]);
+    debug_sleep("late", "31339");
     assert!(
         pids_of("sleep 31339").is_empty(),
         "a stopped kubelet started an ephemeral container"
