@@ -152,41 +152,47 @@ pub async fn run(
                 continue;
             }
         };
-        let mut world = world().lock().unwrap_or_else(|e| e.into_inner());
-        for c in batch {
-            match c {
-                Change::Pod(Update::Set(_, pod)) => dirty |= world.upsert_pod_facts(*pod),
-                Change::Pod(Update::Gone(key)) => {
-                    let (ns, name) = key.split_once('/').unwrap_or(("", &key));
-                    dirty |= world.remove_pod(ns, name);
-                }
-                Change::Namespace(Update::Set(_, ns)) => dirty |= world.upsert_namespace(&ns),
-                Change::Namespace(Update::Gone(key)) => {
-                    world.remove_namespace(key.trim_start_matches('/'));
-                    dirty = true;
-                }
-                Change::Policy(Update::Set(_, np)) => {
-                    if let Err(e) = world.upsert_policy(&np) {
-                        tracing::warn!(error = %e, policy = ?np.metadata.name, "policy refused; keeping its last version");
+        // Off the async workers: a plan over 150,000 pods takes a few
+        // hundred ms, and the route and proxy watches must not wait for it.
+        let state = tokio::task::block_in_place(|| {
+            let mut world = world().lock().unwrap_or_else(|e| e.into_inner());
+            for c in batch {
+                match c {
+                    Change::Pod(Update::Set(_, pod)) => dirty |= world.upsert_pod_facts(*pod),
+                    Change::Pod(Update::Gone(key)) => {
+                        let (ns, name) = key.split_once('/').unwrap_or(("", &key));
+                        dirty |= world.remove_pod(ns, name);
                     }
-                    dirty = true;
+                    Change::Namespace(Update::Set(_, ns)) => dirty |= world.upsert_namespace(&ns),
+                    Change::Namespace(Update::Gone(key)) => {
+                        world.remove_namespace(key.trim_start_matches('/'));
+                        dirty = true;
+                    }
+                    Change::Policy(Update::Set(_, np)) => {
+                        if let Err(e) = world.upsert_policy(&np) {
+                            tracing::warn!(error = %e, policy = ?np.metadata.name, "policy refused; keeping its last version");
+                        }
+                        dirty = true;
+                    }
+                    Change::Policy(Update::Gone(key)) => {
+                        let (ns, name) = key.split_once('/').unwrap_or(("", &key));
+                        world.remove_policy(ns, name);
+                        dirty = true;
+                    }
+                    Change::Pod(Update::Synced)
+                    | Change::Namespace(Update::Synced)
+                    | Change::Policy(Update::Synced) => synced += 1,
                 }
-                Change::Policy(Update::Gone(key)) => {
-                    let (ns, name) = key.split_once('/').unwrap_or(("", &key));
-                    world.remove_policy(ns, name);
-                    dirty = true;
-                }
-                Change::Pod(Update::Synced)
-                | Change::Namespace(Update::Synced)
-                | Change::Policy(Update::Synced) => synced += 1,
             }
-        }
-        if synced < 3 || !dirty {
+            if synced < 3 || !dirty {
+                return None;
+            }
+            dirty = false;
+            Some(plan_world(&facts, &world))
+        });
+        let Some(state) = state else {
             continue;
-        }
-        dirty = false;
-        let state = plan_world(&facts, &world);
-        drop(world);
+        };
         let synced = tokio::task::block_in_place(|| {
             applier
                 .lock()

@@ -10,3 +10,4 @@ pub mod netns;
 pub mod nflog;
 pub mod nft;
 pub mod nft_elements;
+pub mod nft_rules;

@@ -151,7 +151,7 @@ pub enum Family {
 }
 
 impl Family {
-    fn nfproto(self) -> u8 {
+    pub(crate) fn nfproto(self) -> u8 {
         match self {
             Family::Inet => 1,
             Family::Ip => 2,
@@ -730,8 +730,8 @@ struct MsgInfo {
 
 /// Netlink message and attribute encoding (TLVs padded to 4 bytes).
 #[derive(Default)]
-struct Writer {
-    buf: Vec<u8>,
+pub(crate) struct Writer {
+    pub(crate) buf: Vec<u8>,
 }
 
 impl Writer {
@@ -740,7 +740,14 @@ impl Writer {
     }
 
     /// nlmsghdr + nfgenmsg; returns the message's start.
-    fn begin_msg(&mut self, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
+    pub(crate) fn begin_msg(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        seq: u32,
+        family: u8,
+        res_id: u16,
+    ) -> usize {
         let start = self.buf.len();
         self.buf.extend(0u32.to_ne_bytes()); // length, set by end_msg
         self.buf.extend(ty.to_ne_bytes());
@@ -753,7 +760,7 @@ impl Writer {
         start
     }
 
-    fn end_msg(&mut self, start: usize) {
+    pub(crate) fn end_msg(&mut self, start: usize) {
         let len = (self.buf.len() - start) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
     }
@@ -770,7 +777,7 @@ impl Writer {
         self.pad();
     }
 
-    fn attr_str(&mut self, ty: u16, s: &str) {
+    pub(crate) fn attr_str(&mut self, ty: u16, s: &str) {
         let mut z = Vec::with_capacity(s.len() + 1);
         z.extend(s.as_bytes());
         z.push(0);
@@ -858,22 +865,7 @@ impl ElementWriter {
     /// on a short-lived thread that enters it, so the caller's thread never
     /// changes namespace; the socket stays bound to `ns` for its life.
     pub fn open(ns: Namespace<'_>) -> Result<Self, ElementError> {
-        let socket = match ns {
-            Namespace::Current => open_socket()?,
-            Namespace::Fd(fd) => std::thread::scope(|s| {
-                s.spawn(|| {
-                    setns(fd, CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| ElementError::Socket(e.into()))?;
-                    open_socket()
-                })
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(ElementError::Socket(io::Error::other(
-                        "namespace thread panicked",
-                    )))
-                })
-            })?,
-        };
+        let socket = socket_in(ns).map_err(ElementError::Socket)?;
         // Sequence numbers only need to differ between this socket's
         // batches; start somewhere recognisable in `nft monitor` traces.
         let seq = std::time::SystemTime::now()
@@ -995,19 +987,34 @@ impl ElementWriter {
     }
 }
 
-fn open_socket() -> Result<Socket, ElementError> {
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(ElementError::Socket)?;
-    socket.bind_auto().map_err(ElementError::Socket)?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(ElementError::Socket)?;
+/// A netlink socket to nf_tables in `ns`. For another namespace the
+/// socket is made on a short-lived thread that enters it, so the caller's
+/// thread never changes namespace; the socket stays bound to `ns` for its
+/// life.
+pub(crate) fn socket_in(ns: Namespace<'_>) -> io::Result<Socket> {
+    match ns {
+        Namespace::Current => open_socket(),
+        Namespace::Fd(fd) => std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(fd, CloneFlags::CLONE_NEWNET)?;
+                open_socket()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+        }),
+    }
+}
+
+fn open_socket() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
     // Errors name the attribute at fault (the element) and do not echo the
     // whole request back.
-    socket.set_ext_ack(true).map_err(ElementError::Socket)?;
-    socket.set_cap_ack(true).map_err(ElementError::Socket)?;
+    socket.set_ext_ack(true)?;
+    socket.set_cap_ack(true)?;
     let timeout = nix::sys::time::TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
-    setsockopt(&socket, sockopt::ReceiveTimeout, &timeout)
-        .map_err(|e| ElementError::Socket(e.into()))?;
+    setsockopt(&socket, sockopt::ReceiveTimeout, &timeout)?;
     Ok(socket)
 }
 

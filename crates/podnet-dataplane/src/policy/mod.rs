@@ -34,6 +34,9 @@ pub enum PolicyApplyError {
     /// kernel keeps its previous state.
     #[error("updating policy set elements: {0}")]
     Elements(#[from] ElementError),
+    /// The table's chains could not be read over netlink.
+    #[error("reading the policy table's chains: {0}")]
+    Chains(#[from] podnet_kernel::nft_rules::ChainReadError),
     /// nft's listing could not be understood.
     #[error("reading policy counters: {0}")]
     Parse(String),
@@ -86,18 +89,20 @@ impl<'a> PolicyApplier<'a> {
     /// one (chain by chain; set elements are not read, so this stays
     /// cheap at any size). `false` also when the table is gone.
     pub fn table_intact(&self) -> Result<bool, PolicyApplyError> {
-        let want = render_full_with(&PolicyState::default(), self.drop_log.as_ref());
+        let want = nft::chain_rule_counts(&render_full_with(
+            &PolicyState::default(),
+            self.drop_log.as_ref(),
+        ));
         let (family, table) = TABLE.split_once(' ').expect("family and name");
-        for (chain, rules) in nft::chain_rule_counts(&want) {
-            let text = match nft::run(self.ns, &["list", "chain", family, table, &chain]) {
-                Ok(t) => t,
-                Err(_) => return Ok(false),
-            };
-            if nft::chain_rule_counts(&text).get(&chain) != Some(&rules) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        let family: Family = family.parse().expect("the table's family is nft's");
+        // Over netlink: `nft list chain` would read every set element first.
+        let Some(kernel) = podnet_kernel::nft_rules::chain_rule_counts(self.ns, family, table)?
+        else {
+            return Ok(false);
+        };
+        Ok(want
+            .iter()
+            .all(|(chain, rules)| kernel.rules.get(chain) == Some(rules)))
     }
 
     /// The state last applied, if any.

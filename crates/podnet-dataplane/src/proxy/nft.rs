@@ -320,32 +320,26 @@ impl NftProxy {
     /// flushed table). Set elements are not read, so this stays cheap at
     /// any number of services.
     pub fn intact(&mut self) -> bool {
-        let tables: Vec<(String, Vec<(String, usize)>)> = self
-            .applied
-            .values()
-            .map(|t| {
-                (
-                    t.qualified_name(),
-                    t.chains
-                        .iter()
-                        .map(|(n, c)| (n.clone(), c.rules.len()))
-                        .collect(),
-                )
-            })
-            .collect();
-        for (q, chains) in tables {
-            for (chain, want) in chains {
-                let cmd = format!("list chain {q} {chain}");
-                let words: Vec<&str> = cmd.split_whitespace().collect();
-                let Ok(listing) = self.list(&words) else {
+        let ns = self.target.nft();
+        for t in self.applied.values() {
+            let family = match t.family {
+                Family::V4 => podnet_kernel::nft_elements::Family::Ip,
+                Family::V6 => podnet_kernel::nft_elements::Family::Ip6,
+            };
+            // Over netlink: nft would read every set element first.
+            let kernel = match podnet_kernel::nft_rules::chain_rule_counts(ns, family, TABLE) {
+                Ok(Some(k)) => k,
+                Ok(None) => return false,
+                Err(e) => {
+                    tracing::warn!(error = %e, table = %t.qualified_name(), "reading the proxy table's chains");
                     return false;
-                };
-                let have = nft::chain_rule_counts(&listing)
-                    .get(&chain)
-                    .copied()
-                    .unwrap_or(0);
-                if want > 0 && have == 0 {
-                    return false;
+                }
+            };
+            for (chain, c) in &t.chains {
+                match kernel.rules.get(chain) {
+                    None => return false,
+                    Some(0) if !c.rules.is_empty() => return false,
+                    Some(_) => {}
                 }
             }
         }
