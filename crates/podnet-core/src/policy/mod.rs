@@ -8,6 +8,7 @@
 //! - [`render`]: the state as one nft table with constant rules, and the
 //!   element diff between two states.
 
+pub mod labels;
 pub mod model;
 pub mod plan;
 pub mod render;

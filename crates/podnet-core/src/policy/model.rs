@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -14,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::PolicyError;
+pub use super::labels::{LabelSource, Labels, intern};
 
 /// The label every namespace carries with its own name (set by the API server).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -82,10 +84,26 @@ impl Direction {
 /// `namespace/name` of a pod: how matrices and metrics name it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct PodKey {
-    /// The pod's namespace.
-    pub namespace: String,
-    /// The pod's name.
-    pub name: String,
+    /// The pod's namespace (interned: shared by its pods).
+    #[serde(serialize_with = "serialize_str")]
+    pub namespace: Arc<str>,
+    /// The pod's name (shared with the world's index).
+    #[serde(serialize_with = "serialize_str")]
+    pub name: Arc<str>,
+}
+
+fn serialize_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s)
+}
+
+impl PodKey {
+    /// The key of `namespace/name`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        PodKey {
+            namespace: intern(namespace),
+            name: Arc::from(name),
+        }
+    }
 }
 
 impl std::fmt::Display for PodKey {
@@ -97,8 +115,8 @@ impl std::fmt::Display for PodKey {
 /// A container port with a name, the target of a named policy port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamedPort {
-    /// The port's name (`IANA_SVC_NAME`).
-    pub name: String,
+    /// The port's name (`IANA_SVC_NAME`), interned.
+    pub name: Arc<str>,
     /// Its protocol.
     pub proto: Proto,
     /// Its number.
@@ -111,11 +129,11 @@ pub struct PodFacts {
     /// Namespace and name.
     pub key: PodKey,
     /// The pod's labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Its IPv4 address, once it has one.
     pub ip: Option<Ipv4Addr>,
-    /// The node it runs on.
-    pub node: Option<String>,
+    /// The node it runs on (interned).
+    pub node: Option<Arc<str>>,
     /// hostNetwork pods are never selected and never matched as pod peers.
     pub host_network: bool,
     /// Named container ports, for named policy ports.
@@ -143,25 +161,27 @@ impl PodFacts {
                     u16::try_from(p.container_port),
                 ) {
                     named_ports.push(NamedPort {
-                        name: name.clone(),
+                        name: intern(name),
                         proto,
                         port,
                     });
                 }
             }
         }
+        named_ports.shrink_to_fit();
         PodFacts {
-            key: PodKey {
-                namespace: pod
-                    .metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-                name: pod.metadata.name.clone().unwrap_or_default(),
-            },
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            key: PodKey::new(
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or_default(),
+            ),
+            labels: pod
+                .metadata
+                .labels
+                .as_ref()
+                .map(Labels::from_map)
+                .unwrap_or_default(),
             ip,
-            node: spec.and_then(|s| s.node_name.clone()),
+            node: spec.and_then(|s| s.node_name.as_deref()).map(intern),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             named_ports,
         }
@@ -171,7 +191,7 @@ impl PodFacts {
     pub fn resolve(&self, name: &str, proto: Proto) -> Option<u16> {
         self.named_ports
             .iter()
-            .find(|p| p.name == name && p.proto == proto)
+            .find(|p| &*p.name == name && p.proto == proto)
             .map(|p| p.port)
     }
 
@@ -232,13 +252,15 @@ impl Selector {
     }
 
     /// Whether `labels` satisfy every requirement (empty selects all).
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    pub fn matches(&self, labels: &impl LabelSource) -> bool {
+        self.labels
+            .iter()
+            .all(|(k, v)| labels.label(k) == Some(v.as_str()))
             && self.exprs.iter().all(|(k, op)| match op {
-                Op::In(vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-                Op::NotIn(vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-                Op::Exists => labels.contains_key(k),
-                Op::DoesNotExist => !labels.contains_key(k),
+                Op::In(vs) => labels.label(k).is_some_and(|v| vs.iter().any(|x| x == v)),
+                Op::NotIn(vs) => labels.label(k).is_none_or(|v| !vs.iter().any(|x| x == v)),
+                Op::Exists => labels.label(k).is_some(),
+                Op::DoesNotExist => labels.label(k).is_none(),
             })
     }
 }
@@ -395,7 +417,7 @@ impl CompiledPolicy {
     /// Whether the policy selects `pod` (same namespace, selector matches,
     /// not hostNetwork).
     pub fn selects(&self, pod: &PodFacts) -> bool {
-        pod.key.namespace == self.namespace
+        *pod.key.namespace == *self.namespace
             && !pod.host_network
             && self.selector.matches(&pod.labels)
     }
@@ -539,8 +561,11 @@ impl PolicyWorld {
         }
         let pods: Vec<PodFacts> = pods.iter().map(PodFacts::from_pod).collect();
         for p in &pods {
-            ns.entry(p.key.namespace.clone()).or_insert_with(|| {
-                BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), p.key.namespace.clone())])
+            ns.entry(p.key.namespace.to_string()).or_insert_with(|| {
+                BTreeMap::from([(
+                    NAMESPACE_NAME_LABEL.to_string(),
+                    p.key.namespace.to_string(),
+                )])
             });
         }
         let mut index = HashMap::with_capacity(pods.len());
@@ -570,14 +595,15 @@ impl PolicyWorld {
     /// [`PolicyWorld::upsert_pod`] with the pod's facts already taken (a
     /// watcher can keep only these, not the whole Pod).
     pub fn upsert_pod_facts(&mut self, facts: PodFacts) -> bool {
-        self.namespaces
-            .entry(facts.key.namespace.clone())
-            .or_insert_with(|| {
+        if !self.namespaces.contains_key(&*facts.key.namespace) {
+            self.namespaces.insert(
+                facts.key.namespace.to_string(),
                 BTreeMap::from([(
                     NAMESPACE_NAME_LABEL.to_string(),
-                    facts.key.namespace.clone(),
-                )])
-            });
+                    facts.key.namespace.to_string(),
+                )]),
+            );
+        }
         match self.index.get(&facts.key) {
             Some(&i) => {
                 let p = &mut self.pods[i];
@@ -596,10 +622,7 @@ impl PolicyWorld {
 
     /// Forgets a deleted pod; returns whether the plan can differ.
     pub fn remove_pod(&mut self, namespace: &str, name: &str) -> bool {
-        let key = PodKey {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
+        let key = PodKey::new(namespace, name);
         let Some(i) = self.index.remove(&key) else {
             return false;
         };
@@ -639,7 +662,7 @@ impl PolicyWorld {
 
     /// Forgets a deleted namespace (its pods, if any remain, keep its name).
     pub fn remove_namespace(&mut self, name: &str) {
-        if self.pods.iter().any(|p| p.key.namespace == name) {
+        if self.pods.iter().any(|p| &*p.key.namespace == name) {
             self.namespaces.insert(
                 name.to_string(),
                 BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]),
@@ -689,7 +712,7 @@ impl PolicyWorld {
                     return false;
                 };
                 let ns_ok = match ns {
-                    NsMatch::Same(n) => *n == pod.key.namespace,
+                    NsMatch::Same(n) => **n == *pod.key.namespace,
                     NsMatch::Labels(sel) => sel.matches(self.namespace_labels(&pod.key.namespace)),
                 };
                 ns_ok && pods.matches(&pod.labels)

@@ -134,12 +134,12 @@ pub fn plan_world(node: &NodeFacts, world: &PolicyWorld) -> PolicyState {
         }
     }
     let candidates = |pod: &PodFacts| -> Vec<&CompiledPolicy> {
-        let Some(e) = by_ns.get(pod.key.namespace.as_str()) else {
+        let Some(e) = by_ns.get(&*pod.key.namespace) else {
             return Vec::new();
         };
         let mut out: Vec<&CompiledPolicy> = e.any.clone();
-        for (k, v) in &pod.labels {
-            if let Some(list) = e.by_label.get(&(k.as_str(), v.as_str())) {
+        for (k, v) in pod.labels.iter() {
+            if let Some(list) = e.by_label.get(&(k, v)) {
                 out.extend(list.iter().copied());
             }
         }
@@ -394,11 +394,8 @@ fn classify(world: &PolicyWorld, peers: &[&Peer], names: &[(String, Proto)]) -> 
     let pod_list: Vec<(u32, &PodFacts)> = pods_by_addr.iter().map(|(a, p)| (*a, *p)).collect();
     let mut label_index: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
     for (i, (_, pod)) in pod_list.iter().enumerate() {
-        for (k, v) in &pod.labels {
-            label_index
-                .entry((k.as_str(), v.as_str()))
-                .or_default()
-                .push(i);
+        for (k, v) in pod.labels.iter() {
+            label_index.entry((k, v)).or_default().push(i);
         }
     }
     let all: Vec<usize> = (0..pod_list.len()).collect();

@@ -412,7 +412,7 @@ fn explain_names_the_admitting_rule_and_agrees_with_verdict() {
         world
             .pods
             .iter()
-            .find(|p| p.key.namespace == ns && p.key.name == name)
+            .find(|p| &*p.key.namespace == ns && &*p.key.name == name)
             .unwrap()
     };
     let (xa, yb, zb) = (facts("x", "a"), facts("y", "b"), facts("z", "b"));

@@ -315,7 +315,7 @@ impl Lab {
                     }
                 }
                 serde_json::from_value(json!({
-                    "metadata": {"name": p.key.name, "namespace": p.key.namespace, "labels": p.labels},
+                    "metadata": {"name": &*p.key.name, "namespace": &*p.key.namespace, "labels": p.labels},
                     "spec": {"nodeName": self.nodes[p.node].name,
                         "containers": [{"name": "cont", "ports": ports}]},
                     "status": {"podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}]}

@@ -130,7 +130,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     let keys = expected.pods.clone();
     let targets: Vec<String> = keys
         .iter()
-        .map(|to| ip_of[&(to.namespace.clone(), to.name.clone())].clone())
+        .map(|to| ip_of[&(to.namespace.to_string(), to.name.to_string())].clone())
         .collect();
     let containers: HashMap<(String, String), String> = pods
         .iter()
@@ -155,7 +155,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
                     let client = client.clone();
                     let from = keys[f].clone();
                     let container = containers
-                        .get(&(from.namespace.clone(), from.name.clone()))
+                        .get(&(from.namespace.to_string(), from.name.to_string()))
                         .cloned()
                         .unwrap_or_default();
                     let jobs: Vec<(String, Probe)> = cells

@@ -271,8 +271,8 @@ pub fn mtu(
                 .pods
                 .iter()
                 .find(|f| {
-                    f.key.namespace == p.metadata.namespace.clone().unwrap_or_default()
-                        && f.key.name == p.metadata.name.clone().unwrap_or_default()
+                    Some(&*f.key.namespace) == p.metadata.namespace.as_deref()
+                        && Some(&*f.key.name) == p.metadata.name.as_deref()
                 })
                 .is_some_and(|f| {
                     !policy
@@ -590,7 +590,7 @@ pub fn policy_selectors(w: &World, policy: &PolicyWorld) -> Vec<Check> {
         let in_ns: Vec<&podnet_core::policy::model::PodFacts> = policy
             .pods
             .iter()
-            .filter(|p| p.key.namespace == pol.namespace && !p.host_network)
+            .filter(|p| *p.key.namespace == *pol.namespace && !p.host_network)
             .collect();
         if !in_ns.is_empty() && !in_ns.iter().any(|p| pol.selects(p)) {
             let np = w.policies.iter().find(|n| {
@@ -602,6 +602,10 @@ pub fn policy_selectors(w: &World, policy: &PolicyWorld) -> Vec<Check> {
                 .and_then(|s| s.pod_selector.as_ref())
                 .and_then(|s| s.match_labels.clone())
                 .unwrap_or_default();
+            let labelled: Vec<(&str, BTreeMap<String, String>)> = in_ns
+                .iter()
+                .map(|p| (&*p.key.name, p.labels.to_map()))
+                .collect();
             out.push(Check::warn(
                 "policy",
                 pol.id(),
@@ -610,7 +614,7 @@ pub fn policy_selectors(w: &World, policy: &PolicyWorld) -> Vec<Check> {
                     labels_text(&sel),
                     in_ns.len(),
                     pol.namespace,
-                    closest_hint(&sel, in_ns.iter().map(|p| (p.key.name.as_str(), &p.labels)))
+                    closest_hint(&sel, labelled.iter().map(|(n, l)| (*n, l)))
                 ),
             ));
         }
