@@ -1,8 +1,9 @@
 //! Kernel primitives that every effectful part of podnet shares: a
 //! synchronous rtnetlink socket, network namespaces podnet owns, nft
-//! transactions, and nf_tables set elements written over netlink. Small and
-//! dependency-light, so the CNI plugin can use it without pulling in the
-//! planners.
+//! transactions, nf_tables set elements written over netlink, and a table's
+//! chains and rule counts read over netlink (drift checks that never read
+//! set elements). Small and dependency-light, so the CNI plugin can use it
+//! without pulling in the planners.
 
 pub mod netlink;
 pub mod netns;
