@@ -326,6 +326,50 @@ fn dual_stack_tables_load() {
     assert!(!tables.contains("ip6 podnet-proxy"), "{tables}");
 }
 
+/// The first load of a fresh node goes in steps of service ports (one
+/// transaction each); the first load of a restarted agent, whose table is
+/// in the kernel, is one transaction through an `nft -f` child. Both must
+/// leave exactly the table one full load leaves.
+#[test]
+fn first_loads_in_steps_and_on_restart_equal_one_full_load() {
+    let lab = three_pods();
+    let ports: Vec<_> = (0..30)
+        .map(|i| {
+            service(
+                &format!("s{i}"),
+                &format!("10.97.0.{}", i + 1),
+                80,
+                &[(&lab.pods[i % 3], 8080), (&lab.pods[(i + 1) % 3], 8080)],
+            )
+        })
+        .collect();
+    let st = state(ports);
+    let mut fresh = NftProxy::new(lab.target());
+    let r = fresh.first_load(&st, 4).unwrap();
+    assert!(
+        r.full && r.element_changes > 0,
+        "a fresh node loads in steps (a full load, then element updates): {r:?}"
+    );
+    let stepped = normalized_table(&lab.node_a, "ip");
+    drop(fresh);
+    let mut restarted = NftProxy::new(lab.target());
+    let r = restarted.first_load(&st, 4).unwrap();
+    assert!(
+        r.full && r.element_changes == 0,
+        "with the table in place, one full transaction: {r:?}"
+    );
+    let on_restart = normalized_table(&lab.node_a, "ip");
+    sh(
+        &lab.node_a,
+        &["nft", "delete", "table", "ip", "podnet-proxy"],
+    );
+    NftProxy::new(lab.target()).full_sync(&st).unwrap();
+    let one_load = normalized_table(&lab.node_a, "ip");
+    assert!(one_load.contains("10.97.0.30 . tcp . 80"), "{one_load}");
+    assert_eq!(stepped, one_load, "stepped first load");
+    assert_eq!(on_restart, one_load, "first load on restart");
+}
+
 #[test]
 fn an_agent_restart_keeps_established_connections_and_the_ruleset() {
     use std::io::{Read, Write};

@@ -200,6 +200,16 @@ impl NftProxy {
     /// resync on demand). Tables of a family no longer used are deleted in
     /// the same transaction.
     pub fn full_sync(&mut self, state: &ProxyState) -> Result<SyncReport, ProxyError> {
+        self.full_sync_by(state, false)
+    }
+
+    /// [`NftProxy::full_sync`], through an `nft -f` child process when
+    /// `in_child` (else in process when libnftables is there).
+    fn full_sync_by(
+        &mut self,
+        state: &ProxyState,
+        in_child: bool,
+    ) -> Result<SyncReport, ProxyError> {
         let tables = tables(state);
         let mut script = String::new();
         for t in tables.values() {
@@ -211,7 +221,11 @@ impl NftProxy {
                 script.push_str(&format!("table {q} {{}}\ndelete table {q}\n"));
             }
         }
-        self.apply(&script)?;
+        if in_child {
+            nft::apply(self.target.nft(), &script)?;
+        } else {
+            self.apply(&script)?;
+        }
         self.shapes = tables.keys().map(|f| (*f, Shape::of(state, *f))).collect();
         self.v6_ports = state.ports.values().filter(|p| has_v6(p)).count();
         self.applied = tables;
@@ -233,14 +247,20 @@ impl NftProxy {
     /// agent at hundreds of MiB. Where the tables are there (or cannot be
     /// listed), or a state was applied already, this is
     /// [`NftProxy::sync`]: the old table serves traffic until one
-    /// transaction replaces it, never half of it.
+    /// transaction replaces it, never half of it. That one transaction
+    /// (an agent restart) goes through an `nft -f` child process, so its
+    /// memory is the child's, returned whole when it exits, and not
+    /// left in the agent's heap.
     pub fn first_load(
         &mut self,
         state: &ProxyState,
         step: usize,
     ) -> Result<SyncReport, ProxyError> {
-        if self.state.is_some() || state.ports.len() <= step || self.kernel_has_table() {
+        if self.state.is_some() || state.ports.len() <= step {
             return self.sync(state);
+        }
+        if self.kernel_has_table() {
+            return self.full_sync_by(state, true);
         }
         let mut ports = state.ports.iter();
         let first = ProxyState {
