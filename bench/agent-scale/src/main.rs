@@ -727,22 +727,7 @@ async fn run(args: &Args, agent: &Path, tmp: &Path, node_ns: &NetNs) -> Result<(
     let mut proc = AgentProc(cmd.spawn().context("starting podnet-agent")?);
     let pid = proc.0.id();
     let deadline = Duration::from_secs(args.timeout_seconds);
-    while !conflist.exists() {
-        if let Some(st) = proc.0.try_wait()? {
-            bail!(
-                "podnet-agent exited ({st}) before programming; its log:\n{}",
-                tail(&log_path, 40)
-            );
-        }
-        if started.elapsed() > deadline {
-            bail!(
-                "podnet-agent not programmed after {} s; its log:\n{}",
-                args.timeout_seconds,
-                tail(&log_path, 40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_programmed(&mut proc, &conflist, started + deadline, &log_path, |_| {}).await?;
     let programmed = started.elapsed().as_secs_f64();
     let hwm_programmed = vm_hwm(pid)?;
     let cpu_programmed = cpu_seconds(pid)?;
@@ -889,19 +874,10 @@ async fn run(args: &Args, agent: &Path, tmp: &Path, node_ns: &NetNs) -> Result<(
     proc = AgentProc(cmd.spawn().context("restarting podnet-agent")?);
     let pid = proc.0.id();
     let mut child_hwm = 0;
-    while !conflist.exists() {
-        if let Some(st) = proc.0.try_wait()? {
-            bail!(
-                "the restarted podnet-agent exited ({st}); its log:\n{}",
-                tail(&log_path, 40)
-            );
-        }
-        if started.elapsed() > deadline {
-            bail!("the restarted podnet-agent not programmed after {deadline:?}");
-        }
-        child_hwm = child_hwm.max(children_hwm(pid));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_programmed(&mut proc, &conflist, started + deadline, &log_path, |pid| {
+        child_hwm = child_hwm.max(children_hwm(pid))
+    })
+    .await?;
     let restarted = started.elapsed().as_secs_f64();
     let hwm_restart = vm_hwm(pid)?;
 
@@ -983,6 +959,36 @@ async fn run(args: &Args, agent: &Path, tmp: &Path, node_ns: &NetNs) -> Result<(
     );
     server.shutdown();
     drop(proc);
+    Ok(())
+}
+
+/// Waits until the agent has written its conflist (its dataplane is
+/// programmed), calling `sample` with its pid every 5 ms; fails with the
+/// agent's log if it exits first or the deadline passes.
+async fn wait_programmed(
+    proc: &mut AgentProc,
+    conflist: &Path,
+    deadline: Instant,
+    log_path: &Path,
+    mut sample: impl FnMut(u32),
+) -> Result<()> {
+    let pid = proc.0.id();
+    while !conflist.exists() {
+        if let Some(st) = proc.0.try_wait()? {
+            bail!(
+                "podnet-agent exited ({st}) before programming; its log:\n{}",
+                tail(log_path, 40)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "podnet-agent not programmed by its deadline; its log:\n{}",
+                tail(log_path, 40)
+            );
+        }
+        sample(pid);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Ok(())
 }
 

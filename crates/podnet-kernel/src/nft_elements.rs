@@ -39,7 +39,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::nft::Namespace;
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -63,7 +63,7 @@ const NFTNL_UDATA_SET_ELEM_FLAGS: u8 = 1;
 const NFTNL_SET_ELEM_F_INTERVAL_OPEN: u32 = 1;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLMSGERR_ATTR_OFFS: u16 = 2;
-const NLMSG_HDRLEN: usize = 16;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
 /// The element list is one netlink attribute, whose length is a `u16`:
 /// bigger changes are split over several messages of the same batch.
 const MAX_ELEMENTS_BYTES: usize = 60_000;
@@ -1018,6 +1018,16 @@ fn open_socket() -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// The native-endian `u16` at `i` of a netlink message.
+pub(crate) fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_ne_bytes([b[i], b[i + 1]])
+}
+
+/// The native-endian `u32` at `i` of a netlink message.
+pub(crate) fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
 /// One `NLMSG_ERROR` (an ACK when `errno` is 0) from the kernel.
 #[derive(Debug, PartialEq, Eq)]
 struct Reply {
@@ -1031,8 +1041,6 @@ struct Reply {
 /// Splits a datagram into replies; anything but ACKs and errors (there
 /// should be none) is passed over.
 fn replies(mut data: &[u8]) -> Result<Vec<Reply>, ElementError> {
-    let u16_at = |b: &[u8], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
-    let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     let mut out = Vec::new();
     while data.len() >= NLMSG_HDRLEN {
         let len = u32_at(data, 0) as usize;

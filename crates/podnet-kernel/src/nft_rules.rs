@@ -17,9 +17,10 @@ use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMS
 use netlink_sys::Socket;
 
 use crate::nft::Namespace;
-use crate::nft_elements::{Family, Writer, socket_in};
+use crate::nft_elements::{
+    Family, NFNL_SUBSYS_NFTABLES, NLMSG_HDRLEN, Writer, socket_in, u16_at, u32_at,
+};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
@@ -28,7 +29,6 @@ const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
-const NLMSG_HDRLEN: usize = 16;
 /// nlmsghdr + nfgenmsg.
 const NFNL_HDRLEN: usize = NLMSG_HDRLEN + 4;
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -231,14 +231,6 @@ impl Reader {
             }
         }
     }
-}
-
-fn u16_at(b: &[u8], i: usize) -> u16 {
-    u16::from_ne_bytes([b[i], b[i + 1]])
-}
-
-fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
 /// The string attribute `ty` of a message's attributes (NUL-terminated).

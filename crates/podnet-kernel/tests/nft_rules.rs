@@ -16,31 +16,6 @@ use podnet_kernel::nft_rules::chain_rule_counts;
 
 const PREFIX: &str = "pnnftru";
 
-/// Rules per chain as nft itself lists them: the lines inside each `chain
-/// NAME {` block, less the base chain's `type ... hook` line and the
-/// blank lines. (The oracle; shares nothing with the netlink reader.)
-fn nft_listed_counts(listing: &str) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    let mut chain: Option<String> = None;
-    for line in listing.lines().map(str::trim) {
-        if let Some(name) = line
-            .strip_prefix("chain ")
-            .and_then(|r| r.strip_suffix(" {"))
-        {
-            out.insert(name.to_string(), 0);
-            chain = Some(name.to_string());
-        } else if line == "}" {
-            chain = None;
-        } else if let Some(c) = &chain
-            && !line.is_empty()
-            && !line.starts_with("type ")
-        {
-            *out.get_mut(c).unwrap() += 1;
-        }
-    }
-    out
-}
-
 fn elements(n: u32) -> String {
     (0..n)
         .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())
@@ -77,8 +52,12 @@ fn rule_counts_over_netlink_match_nft_and_do_not_read_sets() {
         );
         nft::apply(ns, &script).expect("load tables");
     };
-    let listed =
-        || nft_listed_counts(&nft::run(ns, &["list", "table", "inet", "pn-rules"]).expect("list"));
+    // The oracle: nft's own listing, counted from its text (no code shared
+    // with the netlink reader).
+    let listed = || {
+        let text = nft::run(ns, &["list", "table", "inet", "pn-rules"]).expect("list");
+        nft::chain_rule_counts(&text)
+    };
 
     load(10);
     let small = chain_rule_counts(ns, Family::Inet, "pn-rules")

@@ -244,13 +244,13 @@ impl NftProxy {
     /// [`NftProxy::full_sync`] and the rest [`NftProxy::update`]s.
     /// libnftables holds a whole transaction in memory at once (parse
     /// tree, cache, netlink batch): 10,000 services in one peaked the
-    /// agent at hundreds of MiB. Where the tables are there (or cannot be
-    /// listed), or a state was applied already, this is
-    /// [`NftProxy::sync`]: the old table serves traffic until one
-    /// transaction replaces it, never half of it. That one transaction
-    /// (an agent restart) goes through an `nft -f` child process, so its
-    /// memory is the child's, returned whole when it exits, and not
-    /// left in the agent's heap.
+    /// agent at hundreds of MiB. Where a state was applied already, or
+    /// the state is one step or less, this is [`NftProxy::sync`]. Where
+    /// the tables are there (an agent restart; also when they cannot be
+    /// listed) the old table serves traffic until one transaction replaces
+    /// it, never half of it; that transaction goes through an `nft -f`
+    /// child process, so its memory is the child's, returned whole when it
+    /// exits, not left in the agent's heap.
     pub fn first_load(
         &mut self,
         state: &ProxyState,
