@@ -172,7 +172,11 @@ pub fn observe(k: &Arc<Kubelet>, pod: Pod, gone: bool) {
                 } else {
                     pod.metadata.deletion_grace_period_seconds.unwrap_or(30)
                 };
-                let _ = h.stop.send(true);
+                // `send_replace`, not `send`: `send` stores nothing when no
+                // task is subscribed at this instant (a start between its
+                // waits), and that start would then make the sandbox of a
+                // pod already torn down and confirmed deleted.
+                h.stop.send_replace(true);
                 tokio::spawn(terminate(k.clone(), h, grace));
             }
         }
