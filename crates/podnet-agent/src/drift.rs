@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 static REPAIRS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+static CHECKS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+
+/// Every periodic check, so each appears in `/metrics` from the start.
+pub const CHECKS_RUN: &[&str] = &["routes", "proxy", "policy"];
 
 /// Every kind of repair, so each appears in `/metrics` from the start.
 pub const KINDS: &[&str] = &[
@@ -31,7 +35,18 @@ pub fn repaired(kind: &'static str, n: u64) {
     }
 }
 
-/// The repair counters as Prometheus text.
+/// Records one completed check of `check` (one of [`CHECKS_RUN`]): with
+/// the repair counters, it tells "checked, nothing drifted" from "never
+/// checked".
+pub fn checked(check: &'static str) {
+    *CHECKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(check)
+        .or_default() += 1;
+}
+
+/// The repair and check counters as Prometheus text.
 pub fn metrics() -> String {
     let counts = REPAIRS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut s = String::from(
@@ -41,6 +56,14 @@ pub fn metrics() -> String {
         s.push_str(&format!(
             "podnet_drift_repairs_total{{kind=\"{kind}\"}} {}\n",
             counts.get(kind).copied().unwrap_or(0)
+        ));
+    }
+    let checks = CHECKS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    s.push_str("# HELP podnet_drift_checks_total Periodic comparisons of the kernel with what the agent programmed, completed.\n# TYPE podnet_drift_checks_total counter\n");
+    for check in CHECKS_RUN {
+        s.push_str(&format!(
+            "podnet_drift_checks_total{{check=\"{check}\"}} {}\n",
+            checks.get(check).copied().unwrap_or(0)
         ));
     }
     s

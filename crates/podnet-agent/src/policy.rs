@@ -76,8 +76,9 @@ fn repair_drift(applier: &Mutex<PolicyApplier<'static>>) {
         return; // not programmed yet: nothing to compare with
     };
     match applier.table_intact() {
-        Ok(true) => {}
+        Ok(true) => crate::drift::checked("policy"),
         Ok(false) => {
+            crate::drift::checked("policy");
             tracing::warn!(
                 table = podnet_core::policy::TABLE,
                 "policy table drifted (deleted, or rules gone); reloading it"

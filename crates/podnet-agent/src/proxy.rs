@@ -207,6 +207,7 @@ fn repair_drift(backend: &mut Backend) {
         Backend::Nft(b) => (b.intact(), "ip podnet-proxy"),
         Backend::Iptables(b) => (b.intact(), "KUBE-* chains"),
     };
+    crate::drift::checked("proxy");
     if intact {
         return;
     }

@@ -108,6 +108,15 @@ pub struct Route {
     pub v6: bool,
 }
 
+/// A neighbour entry (ARP) or a device's FDB entry, as a dump lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Neighbour {
+    /// The IP it maps (ARP), or the remote it sends to (a VXLAN FDB entry).
+    pub ip: Option<IpAddr>,
+    /// The link-layer address.
+    pub mac: Vec<u8>,
+}
+
 /// A veth pair to create: the host end stays here, the peer is created
 /// directly inside another namespace under its final name (no rename, no
 /// move), which saves round trips and leaves nothing half-made in between.
@@ -667,6 +676,62 @@ impl Netlink {
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
             r => r.map(drop),
         }
+    }
+
+    /// Lists link `index`'s IPv4 neighbours (`bridge: false`, `ip neigh
+    /// show dev`) or its own FDB entries (`bridge: true`, `bridge fdb show
+    /// dev`). One dump over the socket, where a drift check of 5,000 nodes
+    /// through `ip -j`/`bridge -j` took ~50 ms of processes and JSON.
+    pub fn neighbours(&mut self, index: u32, bridge: bool) -> Result<Vec<Neighbour>> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = if bridge {
+            AddressFamily::Bridge
+        } else {
+            AddressFamily::Inet
+        };
+        req.header.ifindex = index;
+        let msgs = self.request(
+            || "dump neighbours".into(),
+            RouteNetlinkMessage::GetNeighbour(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            // Older kernels ignore the index in a dump request.
+            if n.header.ifindex != index {
+                continue;
+            }
+            let mut e = Neighbour {
+                ip: None,
+                mac: Vec::new(),
+            };
+            for at in &n.attributes {
+                match at {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                        e.ip = Some(IpAddr::V4(*v4));
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                        e.ip = Some(IpAddr::V6(*v6));
+                    }
+                    // A bridge-family entry's remote comes undecoded (the
+                    // crate decodes by the message's family).
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        e.ip = match b.len() {
+                            4 => <[u8; 4]>::try_from(&b[..]).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(&b[..]).ok().map(IpAddr::from),
+                            _ => None,
+                        };
+                    }
+                    NeighbourAttribute::LinkLayerAddress(m) => e.mac = m.clone(),
+                    _ => {}
+                }
+            }
+            out.push(e);
+        }
+        Ok(out)
     }
 
     /// Lists the main table's unicast routes of one family.

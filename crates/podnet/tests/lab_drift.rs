@@ -65,6 +65,16 @@ fn repairs(node: &str, kind: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `podnet_drift_checks_total{check}` of the agent on `node`.
+fn checks(node: &str, check: &str) -> u64 {
+    let (_, text) = on_node_raw(node, &["curl", "-s", "http://127.0.0.1:9101/metrics"]);
+    let key = format!("podnet_drift_checks_total{{check=\"{check}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Whether `ns/pod` connects to `ip:port` over TCP.
 fn reaches(lab: &Lab, pod: &str, ip: &str, port: u16) -> bool {
     lab.kubectl_raw(&[
@@ -113,6 +123,39 @@ fn deleted_routes_entries_and_tables_come_back() {
     until("a reaches b and its Service before any fault", || {
         reaches(&lab, "a", &b_ip, 80) && reaches(&lab, "a", &svc_ip, 8080)
     });
+
+    // Nothing drifted yet: two full rounds of every check on every node
+    // find nothing to repair (a check that misreads the kernel would
+    // "repair" on every round).
+    for (node, ..) in &nodes {
+        let start: Vec<u64> = ["routes", "proxy", "policy"]
+            .iter()
+            .map(|c| checks(node, c))
+            .collect();
+        until(
+            &format!("two rounds of every drift check on {node}"),
+            || {
+                ["routes", "proxy", "policy"]
+                    .iter()
+                    .zip(&start)
+                    .all(|(c, s)| checks(node, c) >= s + 2)
+            },
+        );
+        for kind in [
+            "route",
+            "fdb",
+            "neighbour",
+            "vxlan-link",
+            "proxy-table",
+            "policy-table",
+        ] {
+            assert_eq!(
+                repairs(node, kind),
+                0,
+                "{node} repaired {kind} with nothing drifted"
+            );
+        }
+    }
 
     let cidr2 = worker2.2.clone();
     let vtep2 = cidr2.split('/').next().unwrap().to_string();
