@@ -57,13 +57,16 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// `kubectl port-forward TARGET PORT:REMOTE` on 127.0.0.1; returns once it
-/// says it is forwarding, with the process to kill.
-fn port_forward(lab: &Lab, bin: &str, target: &str, ports: &str) -> std::process::Child {
+/// `kubectl port-forward TARGET :REMOTE` on 127.0.0.1; returns once it says
+/// it is forwarding, with the process to kill and the local port. kubectl
+/// picks the local port itself: a port chosen here could be some other
+/// socket's ephemeral port by the time kubectl binds it.
+fn port_forward(lab: &Lab, bin: &str, target: &str, remote: u16) -> (std::process::Child, u16) {
     let mut child = Command::new(bin)
         .arg("--kubeconfig")
         .arg(&lab.kubeconfig)
-        .args(["port-forward", "--address", "127.0.0.1", target, ports])
+        .args(["port-forward", "--address", "127.0.0.1", target])
+        .arg(format!(":{remote}"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -76,9 +79,15 @@ fn port_forward(lab: &Lab, bin: &str, target: &str, ports: &str) -> std::process
         line.starts_with("Forwarding from 127.0.0.1:"),
         "{bin} port-forward {target}: {line}"
     );
+    let port = line
+        .trim_start_matches("Forwarding from 127.0.0.1:")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{bin} port-forward {target}: no local port in {line}"));
     // Keep reading its output so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in out.lines() {});
-    child
+    (child, port)
 }
 
 fn curl(port: u16, path: &str) -> String {
@@ -111,8 +120,7 @@ fn exec_and_port_forward_with_kubectl_1_20_1_27_1_30_and_1_33() {
         "--target-port",
         "8080",
     ]);
-    let base = 20000 + (std::process::id() % 5000) as u16 * 8;
-    for (i, bin) in KUBECTLS.iter().enumerate() {
+    for bin in KUBECTLS {
         // The exit code travels in the error stream's Status.
         let o = kubectl(
             &lab,
@@ -156,8 +164,7 @@ fn exec_and_port_forward_with_kubectl_1_20_1_27_1_30_and_1_33() {
         assert!(out.contains("size 33 77"), "{bin}: terminal size: {out}");
 
         // port-forward to the pod, then to the service (kubectl picks a pod).
-        let (p1, p2) = (base + 2 * i as u16, base + 2 * i as u16 + 1);
-        let mut pf = port_forward(&lab, bin, "pod/web", &format!("{p1}:8080"));
+        let (mut pf, p1) = port_forward(&lab, bin, "pod/web", 8080);
         assert_eq!(
             curl(p1, "/echo?msg=pod"),
             "pod",
@@ -167,7 +174,7 @@ fn exec_and_port_forward_with_kubectl_1_20_1_27_1_30_and_1_33() {
         assert_eq!(curl(p1, "/echo?msg=again"), "again", "{bin}");
         pf.kill().unwrap();
         pf.wait().unwrap();
-        let mut pf = port_forward(&lab, bin, "svc/web", &format!("{p2}:80"));
+        let (mut pf, p2) = port_forward(&lab, bin, "svc/web", 80);
         assert_eq!(
             curl(p2, "/echo?msg=svc"),
             "svc",
