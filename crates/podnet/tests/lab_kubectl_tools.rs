@@ -75,16 +75,11 @@ fn port_forward(lab: &Lab, bin: &str, target: &str, remote: u16) -> (std::proces
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert!(
-        line.starts_with("Forwarding from 127.0.0.1:"),
-        "{bin} port-forward {target}: {line}"
-    );
     let port = line
-        .trim_start_matches("Forwarding from 127.0.0.1:")
-        .split_whitespace()
-        .next()
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|rest| rest.split_whitespace().next())
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{bin} port-forward {target}: no local port in {line}"));
+        .unwrap_or_else(|| panic!("{bin} port-forward {target}: {line}"));
     // Keep reading its output so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in out.lines() {});
     (child, port)
